@@ -1,0 +1,85 @@
+"""(a) The instrumented rollout against a bare loop calling the same model on the same inputs, and
+(b) base frames per second of the toy model.
+
+    .venv/bin/python benchmarks/bench_rollout.py [--repeats 7]
+
+The bare loop is the minimal Self-Forcing loop with the noise drawn beforehand; the instrumented
+rollout draws its keyed noise itself, runs the method hooks and the ledger. Both must produce the
+same videos bit for bit (checked), so the ratio is pure harness overhead. Runs alternate and the
+ratio uses medians, because the machine is shared.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from harness.models.toy import load_toy  # noqa: E402
+from harness.noise import NoiseSource  # noqa: E402
+from harness.rollout import Sampler, renoise, rollout  # noqa: E402
+from harness.world.prompts import eval_prompts  # noqa: E402
+from methods.base import Base  # noqa: E402
+
+
+def bare_rollout(model, prompts, initial, path, sigmas):
+    """Self-Forcing's loop, nothing else: initial[c] and path[c][s] are drawn beforehand."""
+    with torch.inference_mode():
+        cond = model.encode(prompts)
+        cache = model.new_cache(len(prompts))
+        chunks = []
+        for c in range(model.spec.num_chunks):
+            x = initial[c]
+            for s, sigma in enumerate(sigmas):
+                x0 = model.denoise(x, sigma, cond, cache)
+                if s == len(sigmas) - 1:
+                    break
+                x = renoise(x0, path[c][s], sigmas[s + 1])
+            chunks.append(x0)
+            if c < model.spec.num_chunks - 1:
+                model.commit(x0, cond, cache)
+        return model.decode(torch.cat(chunks, 1))
+
+
+def measure(batch: int, repeats: int) -> dict:
+    model = load_toy()
+    sampler = Sampler()
+    prompts = [p.text for p in eval_prompts()][:batch]
+    prompts = (prompts * (batch // len(prompts) + 1))[:batch]
+    seeds = list(range(batch))
+    noise = NoiseSource(seeds, (model.spec.frames_per_chunk, *model.spec.latent_shape))
+    initial = [noise.initial(c) for c in range(model.spec.num_chunks)]
+    path = [[noise.path(c, s) for s in range(sampler.steps - 1)] for c in range(model.spec.num_chunks)]
+    bare_times, instr_times = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        bare = bare_rollout(model, prompts, initial, path, sampler.sigmas)
+        bare_times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        result = rollout(model, Base(), prompts, seeds, sampler)
+        instr_times.append(time.perf_counter() - start)
+        assert torch.equal(bare, result.videos), "instrumented and bare rollouts differ"
+    frames = result.videos.shape[0] * result.videos.shape[1]
+    bare_med, instr_med = statistics.median(bare_times), statistics.median(instr_times)
+    return {"batch": batch, "bare_s": bare_med, "instrumented_s": instr_med, "ratio": instr_med / bare_med,
+            "fps": frames / instr_med, "nfe_per_video": result.ledger.nfe / batch}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    for batch in (1, 48):
+        r = measure(batch, args.repeats)
+        print(f"batch {r['batch']:3d}: bare {r['bare_s']:.3f} s, instrumented {r['instrumented_s']:.3f} s, "
+              f"ratio {r['ratio']:.3f}; {r['fps']:.0f} frames/s; {r['nfe_per_video']:.0f} NFE/video")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+"""`refinery`: run | sweep | score | report | train-world | methods | metrics.
+
+Every command composes its configuration with Hydra from sweeps/ and takes Hydra overrides
+(`method=base sampler.steps=8 paths.store=/tmp/runs`). Bad input of any kind ends in one line on
+stderr naming the problem and the fix, and exit code 2, before anything is written.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from harness.errors import UsageError, unknown_name
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "sweeps"
+GROUPS = ("model", "sampler", "method", "suite", "metric", "experiment")
+USAGE = """usage: refinery COMMAND [key=value ...]
+
+commands:
+  run          generate and score one cell          refinery run method=base sampler.steps=8
+  sweep        a Hydra multirun over cells          refinery sweep experiment=quickstart [hydra/launcher=joblib]
+  score        (re)score stored videos              refinery score experiment=quickstart
+  report       tables and a figure from the store   refinery report experiment=quickstart
+  train-world  retrain the toy model from scratch   refinery train-world [steps=1800 out=path]
+  methods      list registered methods
+  metrics      list registered metrics
+"""
+
+
+# ---------------------------------------------------------------------------------------------
+# composition
+
+
+def _check_group_choices(overrides: list[str]) -> None:
+    """Unknown config-group options get a did-you-mean line instead of Hydra's traceback."""
+    for override in overrides:
+        key, _, value = override.lstrip("+~").partition("=")
+        if key not in GROUPS or not value or value == "null":
+            continue
+        known = sorted(p.stem for p in (CONFIG_DIR / key).glob("*.yaml"))
+        for choice in value.split(","):
+            if choice not in known:
+                raise unknown_name(key, choice, known)
+
+
+def compose(overrides: list[str], with_hydra: bool = False) -> DictConfig:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    _check_group_choices(overrides)
+    try:
+        with initialize_config_dir(str(CONFIG_DIR), version_base=None, job_name="refinery"):
+            return hydra_compose("config", overrides=overrides, return_hydra_config=with_hydra)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise UsageError(" ".join(str(exc).split()) + " (see `refinery --help` and sweeps/)") from None
+
+
+def sweep_points(overrides: list[str]) -> list[tuple[list[str], DictConfig]]:
+    """Every cell of a sweep: the experiment's sweeper params and the command line's sweeps, expanded
+    as Hydra's basic sweeper expands them; each with its composed config."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from hydra.errors import HydraException
+
+    _check_group_choices(overrides)
+    try:
+        given = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as exc:
+        raise UsageError(" ".join(str(exc).split())) from None
+    fixed = [o.input_line for o in given if not o.is_sweep_override()]
+    params = compose(fixed, with_hydra=True).hydra.sweeper.params
+    params = OmegaConf.to_container(params) if params else {}
+    # the command line's overrides win over the experiment's sweep of the same key
+    keys = {o.get_key_element() for o in given}
+    swept = [f"{k}={v}" for k, v in params.items() if k not in keys] + overrides
+    parsed = OverridesParser.create().parse_overrides(swept)
+    points = BasicSweeper.split_arguments(parsed, None)[0]
+    return [(point, compose(point)) for point in points]
+
+
+# ---------------------------------------------------------------------------------------------
+# commands
+
+
+def _labels(points: list[list[str]]) -> list[dict[str, str]]:
+    """The settings that vary across a sweep's cells label its rows."""
+    parsed = [dict(o.partition("=")[::2] for o in point) for point in points]
+    varying = [k for k in parsed[0] if len({p.get(k) for p in parsed}) > 1]
+    return [{k: p[k] for k in varying} or {"method": "run"} for p in parsed]
+
+
+def cmd_run(overrides: list[str]) -> None:
+    _run_cell(compose(overrides))
+
+
+def _run_cell(cfg: DictConfig) -> None:
+    """One cell: generate what is missing, score what is stale. Also the body of every sweep job."""
+    from harness.pipeline import generate, open_store, resolve_run, score
+
+    run = resolve_run(cfg)
+    store = open_store(cfg)
+    made = generate(run, store)
+    cell = store.cell(run.key)
+    scored = score(cell, cfg.metric)
+    print(f"cell {run.key}: {made.videos} videos generated ({made.model_calls} model calls), "
+          f"{len(run.items())} stored at {cell.path}; scored: {', '.join(scored) or 'up to date'}")
+
+
+def cmd_sweep(overrides: list[str]) -> None:
+    import hydra
+
+    from harness.pipeline import open_store, resolve_run
+
+    points = sweep_points(overrides)
+    for _, cfg in points:  # validate every cell before launching any
+        resolve_run(cfg)
+        open_store(cfg)
+    sys.argv = [sys.argv[0], "--multirun", *overrides]
+    hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base=None)(_run_cell)()
+    print(f"sweep done: {len(points)} cells in {Path(points[0][1].paths.store).resolve()}")
+
+
+def _refs(overrides: list[str]):
+    from harness.pipeline import resolve_run
+    from harness.report import CellRef
+
+    points = sweep_points(overrides)
+    labels = _labels([p for p, _ in points])
+    return points, [CellRef(resolve_run(cfg).key, lab) for (_, cfg), lab in zip(points, labels)]
+
+
+def cmd_score(overrides: list[str]) -> None:
+    from harness.pipeline import open_store, score
+
+    points, refs = _refs(overrides)
+    store = open_store(points[0][1])
+    for (_, cfg), ref in zip(points, refs):
+        computed = score(store.cell(ref.key), cfg.metric, force=True)
+        print(f"cell {ref.key}: scored {', '.join(computed)}")
+
+
+def cmd_report(overrides: list[str]) -> None:
+    from harness.pipeline import open_store
+    from harness.report import write_report
+
+    points, refs = _refs(overrides)
+    cfg = points[0][1]
+    name = cfg.experiment or "adhoc"
+    out = Path(cfg.paths.reports) / name
+    paths = write_report(open_store(cfg), refs, out, title=f"Refinery report: {name}",
+                         metrics=list(cfg.report.metrics), figure=tuple(cfg.report.figure))
+    print(f"report written to {out.resolve()}/ ({', '.join(p.name for p in paths.values())})")
+
+
+def cmd_train_world(overrides: list[str]) -> None:
+    from harness.models.toy_train import TrainWorldConfig, train_world
+
+    known = {f.name for f in fields(TrainWorldConfig)}
+    options = {}
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if key not in known:
+            raise unknown_name("train-world option", key, known)
+        options[key] = value
+    cfg = OmegaConf.merge(OmegaConf.structured(TrainWorldConfig), OmegaConf.create(options))
+    path = train_world(TrainWorldConfig(**OmegaConf.to_container(cfg)))
+    print(f"toy model written to {path}")
+
+
+def cmd_list(kind: str) -> None:
+    from harness.registry import METHODS, METRICS
+
+    registry = METHODS if kind == "methods" else METRICS
+    for name in registry.names():
+        print(f"{name:20s} {registry.get(name).description}")
+
+
+COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "score": cmd_score, "report": cmd_report,
+            "train-world": cmd_train_world}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    command, rest = args[0], args[1:]
+    try:
+        if command in ("methods", "metrics"):
+            cmd_list(command)
+        elif command in COMMANDS:
+            COMMANDS[command](rest)
+        else:
+            raise unknown_name("command", command, [*COMMANDS, "methods", "metrics"])
+    except UsageError as exc:
+        print(f"refinery: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

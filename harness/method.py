@@ -1,0 +1,61 @@
+"""The base class of sampling methods: the rollout loop's hook points, each defaulting to `base`.
+
+A method overrides only the hooks it changes, declares its parameters as a validated dataclass and
+what it needs of the model; `check` refuses an impossible combination before any compute.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar
+
+import torch
+
+from harness.errors import UsageError
+from harness.models.base import ModelSpec
+from harness.rollout import Context, sampler_path_noise
+
+
+@dataclass(frozen=True)
+class NoParams:
+    pass
+
+
+class Method:
+    name: ClassVar[str]
+    version: ClassVar[str] = "1"
+    description: ClassVar[str] = ""
+    Params: ClassVar[type] = NoParams
+    needs_uncond: ClassVar[bool] = False
+
+    def __init__(self, **params: Any):
+        known = {f.name for f in fields(self.Params)}
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise UsageError(f"method {self.name!r} has no parameter {', '.join(unknown)}; "
+                             f"its parameters: {', '.join(sorted(known)) or 'none'}")
+        self.params = self.Params(**params)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "params": asdict(self.params)}
+
+    def check(self, spec: ModelSpec) -> None:
+        """Refuse, with a one-line reason, a model this method cannot run on."""
+        if self.needs_uncond and not spec.has_uncond:
+            raise UsageError(f"method {self.name!r} needs an unconditional branch, which model "
+                             f"{spec.name!r} does not have; choose another method or model")
+
+    # -- hooks ---------------------------------------------------------------------------------
+    def begin(self, ctx: Context) -> None:
+        """Called once per rollout, before the first chunk."""
+
+    def initial_noise(self, ctx: Context) -> torch.Tensor:
+        return ctx.noise.initial(ctx.chunk)
+
+    def denoise(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
+        return ctx.model.denoise(x, ctx.sigma, ctx.cond, ctx.cache)
+
+    def path_noise(self, x: torch.Tensor, x0: torch.Tensor, ctx: Context) -> torch.Tensor:
+        return sampler_path_noise(x, x0, ctx)
+
+    def finish_chunk(self, x0: torch.Tensor, ctx: Context) -> torch.Tensor:
+        return x0

@@ -1,0 +1,374 @@
+"""The embedded `toy` backend: a small Self-Forcing-shaped AR video diffusion model of the shapes world.
+
+Three parts, trained by `harness.models.toy_train`:
+- `FrameAutoencoder`, the "VAE": 32x32 RGB frame <-> 4x8x8 latent, normalised to unit scale;
+- `TextEncoder`: word embeddings over the world's vocabulary and a small transformer; the empty
+  prompt is the unconditional branch (a learned null token);
+- `CausalDenoiser`: a transformer over 2x2 latent patches, block-causal over chunks of 3 latent
+  frames, per-frame noise level through adaLN, text through cross-attention, a KV cache of clean
+  chunks. It predicts the velocity (noise - x0), from which x0 = x - sigma * v.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness.errors import UsageError
+from harness.models.base import Cond, KVCache, ModelSpec
+from harness.world.grammar import VOCABULARY, parse
+
+
+@dataclass(frozen=True)
+class ToyConfig:
+    frame_size: int = 32
+    latent_channels: int = 4
+    latent_size: int = 8
+    patch: int = 2
+    dim: int = 128
+    depth: int = 4
+    heads: int = 4
+    text_dim: int = 64
+    text_depth: int = 2
+    max_frames: int = 24
+    frames_per_chunk: int = 3
+    num_chunks: int = 7
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return (self.latent_size // self.patch) ** 2
+
+
+TOKENS = ["<pad>", "<null>", *sorted(VOCABULARY)]
+MAX_PROMPT_TOKENS = 12
+
+
+# ----------------------------------------------------------------------------------------------
+# autoencoder
+
+
+class FrameAutoencoder(nn.Module):
+    def __init__(self, cfg: ToyConfig):
+        super().__init__()
+        c = cfg.latent_channels
+        self.encoder = nn.Sequential(
+            nn.Conv2d(3, 32, 3, padding=1), nn.SiLU(),
+            nn.Conv2d(32, 64, 4, stride=2, padding=1), nn.SiLU(),
+            nn.Conv2d(64, 64, 3, padding=1), nn.SiLU(),
+            nn.Conv2d(64, 64, 4, stride=2, padding=1), nn.SiLU(),
+            nn.Conv2d(64, c, 3, padding=1),
+        )
+        self.decoder = nn.Sequential(
+            nn.Conv2d(c, 64, 3, padding=1), nn.SiLU(),
+            nn.Conv2d(64, 64, 3, padding=1), nn.SiLU(),
+            nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(64, 64, 3, padding=1), nn.SiLU(),
+            nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(64, 32, 3, padding=1), nn.SiLU(),
+            nn.Conv2d(32, 3, 3, padding=1),
+        )
+        # latent normalisation, like Wan's latents_mean / latents_std; set after training
+        self.register_buffer("latent_mean", torch.zeros(c))
+        self.register_buffer("latent_std", torch.ones(c))
+
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) in [0, 1] -> normalised latents (N, C, h, w)."""
+        z = self.encoder(frames * 2 - 1)
+        return (z - self.latent_mean[:, None, None]) / self.latent_std[:, None, None]
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """normalised latents (N, C, h, w) -> (N, 3, H, W) in [0, 1]."""
+        z = z * self.latent_std[:, None, None] + self.latent_mean[:, None, None]
+        return (self.decoder(z) * 0.5 + 0.5).clamp(0, 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# text encoder
+
+
+def tokenize(prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Word ids (B, L) and a mask; "" is the unconditional prompt (one null token)."""
+    index = {w: i for i, w in enumerate(TOKENS)}
+    ids = torch.zeros(len(prompts), MAX_PROMPT_TOKENS, dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        if prompt == "":
+            words = ["<null>"]
+        else:
+            words = parse(prompt).text.split()  # validates vocabulary and grammar
+        ids[row, : len(words)] = torch.tensor([index[w] for w in words])
+    return ids, ids != 0
+
+
+class TextEncoder(nn.Module):
+    def __init__(self, cfg: ToyConfig):
+        super().__init__()
+        self.embed = nn.Embedding(len(TOKENS), cfg.text_dim)
+        self.pos = nn.Parameter(torch.randn(MAX_PROMPT_TOKENS, cfg.text_dim) * 0.02)
+        layer = nn.TransformerEncoderLayer(cfg.text_dim, 4, 2 * cfg.text_dim, dropout=0.0,
+                                           batch_first=True, norm_first=True)
+        self.blocks = nn.TransformerEncoder(layer, cfg.text_depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(cfg.text_dim)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h = self.embed(ids) + self.pos[: ids.shape[1]]
+        return self.norm(self.blocks(h, src_key_padding_mask=~mask))
+
+
+# ----------------------------------------------------------------------------------------------
+# causal denoiser
+
+
+def sigma_embedding(sigma: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal features of 1000 * sigma, (..., dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / half)
+    args = (sigma.float() * 1000.0)[..., None] * freqs
+    return torch.cat([args.cos(), args.sin()], dim=-1)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ToyConfig):
+        super().__init__()
+        d, self.heads = cfg.dim, cfg.heads
+        self.norm1 = nn.LayerNorm(d, elementwise_affine=False)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+        self.norm_x = nn.LayerNorm(d)
+        self.cross_q = nn.Linear(d, d)
+        self.cross_kv = nn.Linear(cfg.text_dim, 2 * d)
+        self.cross_proj = nn.Linear(d, d)
+        self.norm2 = nn.LayerNorm(d, elementwise_affine=False)
+        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(approximate="tanh"), nn.Linear(4 * d, d))
+        self.modulation = nn.Linear(d, 6 * d)
+        nn.init.zeros_(self.modulation.weight)
+        nn.init.zeros_(self.modulation.bias)
+
+    def _split(self, t: torch.Tensor) -> torch.Tensor:
+        b, n, _ = t.shape
+        return t.view(b, n, self.heads, -1).transpose(1, 2)
+
+    def forward(self, h, temb, tokens_per_frame, text, text_mask, context=None, attn_mask=None):
+        """h (B, N, D); temb (B, F, D) per-frame time features; context: cached (k, v) or None.
+
+        Returns the new h and this chunk's (k, v) so that commit can store them.
+        """
+        modulation = self.modulation(temb).repeat_interleave(tokens_per_frame, 1)
+        shift1, scale1, gate1, shift2, scale2, gate2 = modulation.chunk(6, dim=-1)
+        q, k, v = self.qkv(self.norm1(h) * (1 + scale1) + shift1).chunk(3, dim=-1)
+        q, k, v = self._split(q), self._split(k), self._split(v)
+        keys, values = (k, v) if context is None else (torch.cat([context[0], k], 2), torch.cat([context[1], v], 2))
+        a = F.scaled_dot_product_attention(q, keys, values, attn_mask=attn_mask)
+        h = h + gate1 * self.proj(a.transpose(1, 2).flatten(2))
+        ck, cv = self.cross_kv(text).chunk(2, dim=-1)
+        c = F.scaled_dot_product_attention(self._split(self.cross_q(self.norm_x(h))), self._split(ck),
+                                           self._split(cv), attn_mask=text_mask[:, None, None, :])
+        h = h + self.cross_proj(c.transpose(1, 2).flatten(2))
+        h = h + gate2 * self.mlp(self.norm2(h) * (1 + scale2) + shift2)
+        return h, (k, v)
+
+
+class CausalDenoiser(nn.Module):
+    def __init__(self, cfg: ToyConfig):
+        super().__init__()
+        self.cfg = cfg
+        patch_dim = cfg.latent_channels * cfg.patch ** 2
+        self.patch_in = nn.Linear(patch_dim, cfg.dim)
+        self.spatial_pos = nn.Parameter(torch.randn(cfg.tokens_per_frame, cfg.dim) * 0.02)
+        self.frame_pos = nn.Parameter(torch.randn(cfg.max_frames, cfg.dim) * 0.02)
+        self.time_mlp = nn.Sequential(nn.Linear(cfg.dim, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim))
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
+        self.norm_out = nn.LayerNorm(cfg.dim, elementwise_affine=False)
+        self.out_modulation = nn.Linear(cfg.dim, 2 * cfg.dim)
+        self.patch_out = nn.Linear(cfg.dim, patch_dim)
+        for layer in (self.out_modulation, self.patch_out):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def patchify(self, x: torch.Tensor) -> torch.Tensor:
+        b, f, c, hh, ww = x.shape
+        p = self.cfg.patch
+        x = x.view(b, f, c, hh // p, p, ww // p, p).permute(0, 1, 3, 5, 2, 4, 6)
+        return x.reshape(b, f * (hh // p) * (ww // p), c * p * p)
+
+    def unpatchify(self, t: torch.Tensor, frames: int) -> torch.Tensor:
+        cfg, p = self.cfg, self.cfg.patch
+        g = cfg.latent_size // p
+        t = t.view(t.shape[0], frames, g, g, cfg.latent_channels, p, p).permute(0, 1, 4, 2, 5, 3, 6)
+        return t.reshape(t.shape[0], frames, cfg.latent_channels, cfg.latent_size, cfg.latent_size)
+
+    def forward(self, x, sigma, text, text_mask, start_frame=0, contexts=None, attn_mask=None):
+        """Velocity for latents x (B, F, C, h, w) at per-frame noise levels sigma (B, F).
+
+        contexts: per-layer cached (k, v) of the frames before `start_frame`, or None.
+        Returns (velocity, per-layer (k, v) of these frames).
+        """
+        b, f = x.shape[:2]
+        n = self.cfg.tokens_per_frame
+        pos = self.frame_pos[start_frame: start_frame + f].repeat_interleave(n, 0) + self.spatial_pos.repeat(f, 1)
+        h = self.patch_in(self.patchify(x)) + pos
+        temb = self.time_mlp(sigma_embedding(sigma, self.cfg.dim))  # per frame: (B, F, D)
+        kvs = []
+        for i, block in enumerate(self.blocks):
+            h, kv = block(h, temb, n, text, text_mask, None if contexts is None else contexts[i], attn_mask)
+            kvs.append(kv)
+        shift, scale = self.out_modulation(temb).repeat_interleave(n, 1).chunk(2, dim=-1)
+        out = self.patch_out(self.norm_out(h) * (1 + scale) + shift)
+        return self.unpatchify(out, f), kvs
+
+
+def block_causal_mask(frames: int, cfg: ToyConfig) -> torch.Tensor:
+    """Boolean (T, T) mask: a token sees every token of its own chunk and of earlier chunks."""
+    chunk = torch.arange(frames).div(cfg.frames_per_chunk, rounding_mode="floor")
+    chunk = chunk.repeat_interleave(cfg.tokens_per_frame)
+    return chunk[None, :] <= chunk[:, None]
+
+
+# ----------------------------------------------------------------------------------------------
+# the VideoModel
+
+
+class ToyVideoModel(nn.Module):
+    """The `toy` backend: implements harness.models.base.VideoModel."""
+
+    def __init__(self, cfg: ToyConfig | None = None):
+        super().__init__()
+        self.cfg = cfg or ToyConfig()
+        self.vae = FrameAutoencoder(self.cfg)
+        self.text = TextEncoder(self.cfg)
+        self.denoiser = CausalDenoiser(self.cfg)
+        self.num_chunks = self.cfg.num_chunks  # rollout length; may differ from training's
+        self.source = "untrained"
+
+    @property
+    def spec(self) -> ModelSpec:
+        c = self.cfg
+        return ModelSpec(name="toy", frames_per_chunk=c.frames_per_chunk,
+                                                  num_chunks=self.num_chunks,
+                         latent_shape=(c.latent_channels, c.latent_size, c.latent_size),
+                         video_shape=(3, c.frame_size, c.frame_size))
+
+    def with_chunks(self, num_chunks: int) -> "ToyVideoModel":
+        """A view of the same weights that rolls out `num_chunks` chunks (at most max_frames frames)."""
+        if not 1 <= num_chunks * self.cfg.frames_per_chunk <= self.cfg.max_frames:
+            raise UsageError(f"model.num_chunks={num_chunks} is out of range; the toy model takes 1.."
+                             f"{self.cfg.max_frames // self.cfg.frames_per_chunk} chunks")
+        view = copy.copy(self)  # shares parameters, owns its chunk count
+        view.num_chunks = num_chunks
+        return view
+
+    # -- contract ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, prompts: list[str]) -> Cond:
+        ids, mask = tokenize(prompts)
+        return Cond(self.text(ids, mask), mask, tuple(prompts))
+
+    def new_cache(self, batch: int) -> KVCache:
+        return KVCache(batch=batch)
+
+    def _expanded_context(self, cache: KVCache, k: int):
+        if cache.frames == 0:
+            return None
+        if k == 1:
+            return cache.layers
+        return [(a.repeat_interleave(k, 0), b.repeat_interleave(k, 0)) for a, b in cache.layers]
+
+    def _check_batch(self, x: torch.Tensor, cache: KVCache) -> int:
+        if x.shape[0] % cache.batch:
+            raise ValueError(f"batch {x.shape[0]} is not a multiple of the cache batch {cache.batch}")
+        return x.shape[0] // cache.batch
+
+    def velocity(self, x: torch.Tensor, sigma: torch.Tensor | float, cond: Cond, cache: KVCache) -> torch.Tensor:
+        """The raw velocity prediction for a chunk; differentiable (training uses it)."""
+        k = self._check_batch(x, cache)
+        cond = cond.repeat(x.shape[0] // cond.tokens.shape[0])
+        sig = torch.as_tensor(sigma, dtype=torch.float32).reshape(-1, 1).expand(x.shape[0], x.shape[1])
+        v, _ = self.denoiser(x, sig, cond.tokens, cond.mask, cache.frames, self._expanded_context(cache, k))
+        return v
+
+    @torch.no_grad()
+    def denoise(self, x: torch.Tensor, sigma: float, cond: Cond, cache: KVCache) -> torch.Tensor:
+        return x - float(sigma) * self.velocity(x, sigma, cond, cache)
+
+    @torch.no_grad()
+    def commit(self, x0: torch.Tensor, cond: Cond, cache: KVCache) -> None:
+        self._check_batch(x0, cache)
+        sig = torch.zeros(x0.shape[0], x0.shape[1])
+        _, kvs = self.denoiser(x0, sig, cond.tokens, cond.mask, cache.frames, self._expanded_context(cache, 1))
+        if cache.frames == 0:
+            cache.layers = kvs
+        else:
+            cache.layers = [(torch.cat([a, k], 2), torch.cat([b, v], 2)) for (a, b), (k, v) in zip(cache.layers, kvs)]
+        cache.frames += x0.shape[1]
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        b, f = latents.shape[:2]
+        return self.vae.decode(latents.flatten(0, 1)).view(b, f, 3, self.cfg.frame_size, self.cfg.frame_size)
+
+    @torch.no_grad()
+    def encode_video(self, video: torch.Tensor) -> torch.Tensor:
+        """(B, F, 3, H, W) in [0, 1] -> latents (B, F, C, h, w)."""
+        b, f = video.shape[:2]
+        z = self.vae.encode(video.flatten(0, 1))
+        return z.view(b, f, *z.shape[1:])
+
+    @torch.no_grad()
+    def recompute_denoise(self, history: torch.Tensor, x: torch.Tensor, sigma: float, cond: Cond) -> torch.Tensor:
+        """x0 for chunk x given clean `history` latents, by one block-causal pass over the whole
+        prefix without a cache. Slower; the reference that the cached path must equal."""
+        seq = torch.cat([history, x], 1)
+        sig = torch.cat([torch.zeros(x.shape[0], history.shape[1]), torch.full(x.shape[:2], float(sigma))], 1)
+        mask = block_causal_mask(seq.shape[1], self.cfg)
+        v, _ = self.denoiser(seq, sig, cond.tokens, cond.mask, 0, None, mask)
+        return x - float(sigma) * v[:, history.shape[1]:]
+
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        for name, tensor in sorted(self.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().contiguous().cpu().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": "toy", "config": asdict(self.cfg), "num_chunks": self.num_chunks, "source": self.source,
+                "parameters": sum(p.numel() for p in self.parameters())}
+
+
+# ----------------------------------------------------------------------------------------------
+# weights
+
+SHIPPED_WEIGHTS = Path(__file__).parent / "weights" / "toy.safetensors"
+
+
+def load_toy(path: str | Path | None = None) -> ToyVideoModel:
+    """Load toy weights (the shipped file when `path` is None); only through safetensors."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path) if path else SHIPPED_WEIGHTS
+    if not path.is_file():
+        raise UsageError(f"toy checkpoint {path} is missing; it ships with the package "
+                         "(harness/models/weights/toy.safetensors) or is rebuilt by `refinery train-world`")
+    try:
+        from safetensors import safe_open
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UsageError(f"toy checkpoint {path} is corrupt or not a safetensors file ({exc}); "
+                         "restore it from the package or rebuild it with `refinery train-world`") from None
+    import json
+    cfg = ToyConfig(**json.loads(meta.get("toy_config", "{}")))
+    model = ToyVideoModel(cfg)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise UsageError(f"toy checkpoint {path} does not fit the toy architecture "
+                         f"(missing {len(missing)}, unexpected {len(unexpected)} tensors); "
+                         "rebuild it with `refinery train-world`")
+    model.source = str(path)
+    return model.eval()

@@ -1,0 +1,171 @@
+"""`refinery train-world`: train the toy backend from scratch on the shapes world (CPU, ~25 min).
+
+1. render the training prompts (several seeds each) into a uint8 dataset;
+2. train the frame autoencoder, then fix its latent normalisation;
+3. train the text encoder and causal denoiser with flow matching under diffusion forcing: every
+   chunk of a clip draws its own noise level (a quarter of them clean, as context), prompts drop to
+   the unconditional null prompt 10% of the time, and an EMA of the weights is what ships.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from harness.models.toy import SHIPPED_WEIGHTS, ToyConfig, ToyVideoModel, block_causal_mask, tokenize
+from harness.world.grammar import parse
+from harness.world.prompts import train_prompts
+from harness.world.render import render
+
+
+@dataclass
+class TrainWorldConfig:
+    out: str = str(SHIPPED_WEIGHTS)
+    seed: int = 0
+    videos_per_prompt: int = 8
+    vae_steps: int = 1000
+    vae_batch: int = 128
+    vae_lr: float = 2e-3
+    steps: int = 1800
+    batch: int = 32
+    lr: float = 3e-4
+    warmup: int = 100
+    ema: float = 0.995
+    clean_context_prob: float = 0.25
+    prompt_dropout: float = 0.1
+    threads: int = 0  # torch threads; 0 keeps torch's default (all cores)
+
+
+def render_dataset(prompts: list[str], per_prompt: int, frames: int, size: int) -> tuple[np.ndarray, list[str]]:
+    videos = np.empty((len(prompts) * per_prompt, frames, size, size, 3), dtype=np.uint8)
+    labels = []
+    for i, prompt in enumerate(tqdm(prompts, desc="render world", unit="prompt")):
+        scene = parse(prompt)
+        for k in range(per_prompt):
+            videos[i * per_prompt + k] = np.round(render(scene, 10_000 + i * per_prompt + k, frames, size) * 255)
+            labels.append(prompt)
+    return videos, labels
+
+
+def _cosine_lr(step: int, total: int, warmup: int, base: float) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup))))
+
+
+def train_autoencoder(model: ToyVideoModel, frames: torch.Tensor, cfg: TrainWorldConfig, gen: torch.Generator) -> None:
+    vae = model.vae
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    bar = tqdm(range(cfg.vae_steps), desc="train autoencoder", unit="step")
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = _cosine_lr(step, cfg.vae_steps, 50, cfg.vae_lr)
+        idx = torch.randint(len(frames), (cfg.vae_batch,), generator=gen)
+        x = frames[idx].float().div(255).permute(0, 3, 1, 2)
+        z = vae.encoder(x * 2 - 1)
+        # noisy latents teach the decoder to tolerate imperfect denoiser outputs
+        z_noisy = z + 0.1 * torch.randn(z.shape, generator=gen)
+        rec = vae.decoder(z_noisy) * 0.5 + 0.5
+        loss = F.mse_loss(rec, x) + 0.1 * F.l1_loss(rec, x) + 1e-3 * z.pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+    with torch.no_grad():
+        sample = frames[torch.randint(len(frames), (4096,), generator=gen)].float().div(255).permute(0, 3, 1, 2)
+        z = vae.encoder(sample * 2 - 1)
+        vae.latent_mean.copy_(z.mean(dim=(0, 2, 3)))
+        vae.latent_std.copy_(z.std(dim=(0, 2, 3)))
+
+
+def encode_dataset(model: ToyVideoModel, videos: np.ndarray) -> torch.Tensor:
+    out = []
+    with torch.no_grad():
+        for start in tqdm(range(0, len(videos), 256), desc="encode latents", unit="batch"):
+            v = torch.from_numpy(videos[start: start + 256]).float().div(255).permute(0, 1, 4, 2, 3)
+            out.append(model.encode_video(v))
+    return torch.cat(out)
+
+
+def chunk_sigmas(batch: int, cfg: ToyConfig, clean_prob: float, gen: torch.Generator) -> torch.Tensor:
+    """Diffusion forcing: an independent noise level per chunk, some chunks clean; (B, F)."""
+    sig = torch.rand(batch, cfg.num_chunks, generator=gen)
+    sig[torch.rand(batch, cfg.num_chunks, generator=gen) < clean_prob] = 0.0
+    return sig.repeat_interleave(cfg.frames_per_chunk, 1)
+
+
+def train_denoiser(model: ToyVideoModel, latents: torch.Tensor, labels: list[str], cfg: TrainWorldConfig,
+                   gen: torch.Generator) -> ToyVideoModel:
+    params = list(model.text.parameters()) + list(model.denoiser.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+    ema = copy.deepcopy(model).eval()
+    ids_all, mask_all = tokenize(labels)
+    null_ids, null_mask = tokenize([""])
+    mask = block_causal_mask(latents.shape[1], model.cfg)
+    bar = tqdm(range(cfg.steps), desc="train denoiser", unit="step")
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = _cosine_lr(step, cfg.steps, cfg.warmup, cfg.lr)
+        idx = torch.randint(len(latents), (cfg.batch,), generator=gen)
+        x0 = latents[idx]
+        ids, tmask = ids_all[idx].clone(), mask_all[idx].clone()
+        drop = torch.rand(cfg.batch, generator=gen) < cfg.prompt_dropout
+        ids[drop], tmask[drop] = null_ids, null_mask
+        sig = chunk_sigmas(cfg.batch, model.cfg, cfg.clean_context_prob, gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        s = sig[:, :, None, None, None]
+        xt = (1 - s) * x0 + s * noise
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            v, _ = model.denoiser(xt, sig, model.text(ids, tmask), tmask, 0, None, mask)
+        noisy = (sig > 0)[:, :, None, None, None].float()
+        loss = ((v.float() - (noise - x0)) ** 2 * noisy).sum() / (noisy.sum() * x0[0, 0].numel())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        with torch.no_grad():
+            decay = min(cfg.ema, (1 + step) / (10 + step))
+            for pe, pm in zip(ema.parameters(), model.parameters()):
+                pe.lerp_(pm, 1 - decay)
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+    return ema
+
+
+def save_toy(model: ToyVideoModel, path: str | Path, meta: dict) -> None:
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp), metadata={"toy_config": json.dumps(asdict(model.cfg)),
+                                         "training": json.dumps(meta)})
+    tmp.replace(path)
+
+
+def train_world(cfg: TrainWorldConfig) -> Path:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    start = time.time()
+    model = ToyVideoModel(ToyConfig())
+    frames_per_video = model.cfg.frames_per_chunk * model.cfg.num_chunks
+    videos, labels = render_dataset(train_prompts(), cfg.videos_per_prompt, frames_per_video, model.cfg.frame_size)
+    frames = torch.from_numpy(videos.reshape(-1, *videos.shape[2:]))
+    train_autoencoder(model, frames, cfg, gen)
+    latents = encode_dataset(model, videos)
+    ema = train_denoiser(model, latents, labels, cfg, gen)
+    meta = {**asdict(cfg), "wall_seconds": round(time.time() - start, 1), "torch": torch.__version__}
+    save_toy(ema, cfg.out, meta)
+    return Path(cfg.out)

@@ -1,0 +1,48 @@
+"""Lazy registries of models, methods, metrics and verifiers.
+
+Entries are "module:attr" strings resolved on first use, so importing the harness never imports a
+backend or a metric library it does not use. An unknown name is a UsageError with the closest names.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from harness.errors import unknown_name
+
+
+class Registry:
+    def __init__(self, kind: str, entries: dict[str, str]):
+        self.kind = kind
+        self._entries = dict(entries)
+
+    def register(self, name: str, target: str) -> None:
+        """Add an entry, e.g. register("my_method", "my_pkg.my_method:MyMethod")."""
+        self._entries[name] = target
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def target(self, name: str) -> str:
+        if name not in self._entries:
+            raise unknown_name(self.kind, name, self._entries)
+        return self._entries[name]
+
+    def get(self, name: str) -> Any:
+        module, attr = self.target(name).split(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+MODELS = Registry("model", {
+    "toy": "harness.models.loader:load_toy_model",
+})
+METHODS = Registry("method", {
+    "base": "methods.base:Base",
+})
+METRICS = Registry("metric", {
+    "dynamics": "metrics.dynamics:Dynamics",
+    "temporal_flicker": "metrics.temporal_flicker:TemporalFlicker",
+    "world_alignment": "metrics.world_alignment:WorldAlignment",
+    "compute": "metrics.compute:Compute",
+})
+VERIFIERS = Registry("verifier", {})

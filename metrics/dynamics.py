@@ -1,0 +1,122 @@
+"""Dynamic degree as frame similarity: SSIM and PSNR between frames a fixed interval apart.
+
+AutoRefiner (Table 7) measures how much a video moves by the similarity of frames 5 apart; lower
+similarity means more motion. `ssim` and `psnr` are vectorised over many image pairs at once and
+match scikit-image's `structural_similarity(a, b, channel_axis=-1, data_range=255)` and
+`peak_signal_noise_ratio(a, b, data_range=255)`, so other metrics can reuse them.
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from harness.errors import UsageError
+from metrics.base import Metric, VideoBatch
+
+DATA_RANGE = 255.0
+# skimage returns inf for identical images, which would make every mean over pairs infinite. 100 dB
+# is the MSE 255**2 * 1e-10, far below any visible difference; every smaller MSE (0 included)
+# scores exactly this.
+PSNR_CAP_DB = 100.0
+WIN_SIZE = 7  # skimage's default uniform window
+K1, K2 = 0.01, 0.03
+# Pixel values (pairs x H x W x 3) per chunk: bounds the float64 intermediates to roughly 1 GB.
+_CHUNK_ELEMENTS = 8_000_000
+
+
+def _as_nchw64(x: torch.Tensor) -> torch.Tensor:
+    """(N, H, W, 3) in [0, 255] -> float64 (N, 3, H, W); float64 because uxx - ux**2 cancels badly."""
+    if x.ndim != 4 or x.shape[-1] != 3:
+        raise ValueError(f"expected (N, H, W, 3) images, got shape {tuple(x.shape)}")
+    return x.to(torch.float64).permute(0, 3, 1, 2)
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean SSIM of each image pair, (N, H, W, 3) x2 -> (N,) float64, as skimage's defaults.
+
+    skimage averages the SSIM map only where the 7x7 window lies inside the image (it crops
+    (win_size - 1) // 2 from each border), so an unpadded box filter gives exactly that region.
+    """
+    if a.shape != b.shape:
+        raise ValueError(f"ssim needs equal shapes, got {tuple(a.shape)} and {tuple(b.shape)}")
+    if min(a.shape[1], a.shape[2]) < WIN_SIZE:
+        raise ValueError(f"ssim needs images of at least {WIN_SIZE}x{WIN_SIZE}, got {tuple(a.shape)}")
+    x, y = _as_nchw64(a), _as_nchw64(b)
+    n, c = x.shape[:2]
+    # One pooling call for all five local moments.
+    moments = torch.stack([x, y, x * x, y * y, x * y], dim=1).flatten(0, 2).unsqueeze(1)
+    pooled = F.avg_pool2d(moments, WIN_SIZE, stride=1)
+    pooled = pooled.view(n, 5, c, *pooled.shape[-2:])
+    ux, uy, uxx, uyy, uxy = pooled.unbind(1)
+    np_win = WIN_SIZE**2
+    cov_norm = np_win / (np_win - 1)  # skimage's use_sample_covariance=True
+    vx = cov_norm * (uxx - ux * ux)
+    vy = cov_norm * (uyy - uy * uy)
+    vxy = cov_norm * (uxy - ux * uy)
+    c1, c2 = (K1 * DATA_RANGE) ** 2, (K2 * DATA_RANGE) ** 2
+    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+    return s.mean(dim=(1, 2, 3))  # channels weigh equally, as skimage's per-channel mean
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """PSNR in dB of each image pair, (N, H, W, 3) x2 -> (N,) float64, capped at PSNR_CAP_DB."""
+    if a.shape != b.shape:
+        raise ValueError(f"psnr needs equal shapes, got {tuple(a.shape)} and {tuple(b.shape)}")
+    diff = a.to(torch.float64) - b.to(torch.float64)
+    mse = diff.square().flatten(1).mean(dim=1)
+    floor = DATA_RANGE**2 * 10 ** (-PSNR_CAP_DB / 10)
+    return 10 * torch.log10(DATA_RANGE**2 / mse.clamp_min(floor))
+
+
+class Dynamics(Metric):
+    name: ClassVar[str] = "dynamics"
+    version: ClassVar[str] = "1"
+    higher_is_better: ClassVar[dict[str, bool]] = {"ssim": False, "psnr": False}
+    description: ClassVar[str] = (
+        "Mean SSIM (skimage defaults, 7x7 uniform window) and PSNR (dB, capped at 100) over frame "
+        "pairs (f, f+interval), interval 5 by default as in AutoRefiner Table 7; lower = more motion."
+    )
+
+    def __init__(self, **options: Any):
+        interval = options.get("interval", 5)
+        if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
+            raise UsageError(f"dynamics: interval must be a positive integer, got {interval!r}")
+        self.interval = interval
+        # The caller picks the device; CPU by default so scoring never competes with a GPU job.
+        try:
+            self.device = torch.device(options.get("device", "cpu"))
+        except (RuntimeError, TypeError) as err:
+            raise UsageError(f"dynamics: bad device option {options.get('device')!r}: {err}") from err
+        super().__init__(**options)
+
+    def score(self, batch: VideoBatch) -> dict[str, np.ndarray]:
+        videos = batch.videos
+        b, f = videos.shape[:2]
+        if f < self.interval + 1:
+            raise UsageError(
+                f"dynamics: interval {self.interval} needs videos of at least {self.interval + 1} "
+                f"frames, got {f}; lower the interval option"
+            )
+        pairs = f - self.interval
+        first = videos[:, : pairs].reshape(b * pairs, *videos.shape[2:])
+        later = videos[:, self.interval :].reshape(b * pairs, *videos.shape[2:])
+        ssims, psnrs = self._pairwise(first, later)
+        return {
+            "ssim": ssims.reshape(b, pairs).mean(axis=1),
+            "psnr": psnrs.reshape(b, pairs).mean(axis=1),
+        }
+
+    def _pairwise(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """SSIM and PSNR of every pair, in chunks of many pairs so memory stays bounded."""
+        per_pair = int(np.prod(a.shape[1:]))
+        step = max(1, _CHUNK_ELEMENTS // per_pair)
+        ssims, psnrs = [], []
+        for start in range(0, len(a), step):
+            x = torch.tensor(a[start : start + step], device=self.device)
+            y = torch.tensor(b[start : start + step], device=self.device)
+            ssims.append(ssim(x, y).cpu().numpy())
+            psnrs.append(psnr(x, y).cpu().numpy())
+        return np.concatenate(ssims), np.concatenate(psnrs)

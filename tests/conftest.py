@@ -1,0 +1,34 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+# A cell small enough for subprocess tests: 4 prompts, 1 seed, 2 chunks, 2 steps.
+FAST = ["suite=world_smoke", "samples_per_prompt=1", "model.num_chunks=2", "sampler.steps=2", "batch_size=4"]
+
+
+@pytest.fixture
+def randomized_toy():
+    """An untrained toy model whose zero-initialised output layers are randomised, so every path
+    through the network (history, time, text) changes the output."""
+    from harness.models.toy import ToyVideoModel
+
+    torch.manual_seed(0)
+    model = ToyVideoModel().eval()
+    for name, p in model.named_parameters():
+        if "modulation" in name or "patch_out" in name:
+            torch.nn.init.normal_(p, std=0.05)
+    return model
+
+
+@pytest.fixture(scope="session")
+def toy():
+    from harness.models.toy import load_toy
+
+    return load_toy()

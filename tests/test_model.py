@@ -1,0 +1,93 @@
+"""The model contract on the toy backend: cache equivalence, cache immutability, candidate batching."""
+import pytest
+import torch
+
+from harness.errors import UsageError
+from harness.models.toy import load_toy
+
+PROMPTS = ["a red circle bouncing", "a blue square and a yellow triangle moving left"]
+
+
+def test_cached_sampling_equals_recomputing_the_prefix(randomized_toy):
+    model = randomized_toy
+    cond = model.encode(PROMPTS)
+    cache = model.new_cache(2)
+    history = torch.zeros(2, 0, *model.spec.latent_shape)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(model.spec.num_chunks):
+        x = torch.randn(2, 3, *model.spec.latent_shape, generator=gen)
+        for sigma in (1.0, 0.6, 0.3):
+            cached = model.denoise(x, sigma, cond, cache)
+            recomputed = model.recompute_denoise(history, x, sigma, cond)
+            assert torch.allclose(cached, recomputed, atol=1e-5, rtol=0)
+            x = 0.5 * cached + 0.5 * x
+        model.commit(cached, cond, cache)
+        history = torch.cat([history, cached], 1)
+    assert cache.frames == history.shape[1]
+
+
+def test_history_changes_the_prediction(randomized_toy):
+    """Guards the equivalence test against a cache that is silently ignored."""
+    model = randomized_toy
+    cond = model.encode(PROMPTS)
+    x = torch.randn(2, 3, *model.spec.latent_shape)
+    empty, full = model.new_cache(2), model.new_cache(2)
+    model.commit(torch.randn(2, 3, *model.spec.latent_shape), cond, full)
+    assert (model.denoise(x, 0.5, cond, empty) - model.denoise(x, 0.5, cond, full)).abs().max() > 1e-3
+
+
+def test_denoise_never_mutates_the_cache(randomized_toy):
+    model = randomized_toy
+    cond = model.encode(PROMPTS)
+    cache = model.new_cache(2)
+    model.commit(torch.randn(2, 3, *model.spec.latent_shape), cond, cache)
+    before = [(k.clone(), v.clone()) for k, v in cache.layers]
+    x = torch.randn(2, 3, *model.spec.latent_shape)
+    first = model.denoise(x, 0.7, cond, cache)
+    for _ in range(3):
+        model.denoise(torch.randn_like(x), 0.4, cond, cache)
+    assert cache.frames == 3
+    assert all(torch.equal(k, k0) and torch.equal(v, v0) for (k, v), (k0, v0) in zip(cache.layers, before))
+    assert torch.equal(model.denoise(x, 0.7, cond, cache), first)
+
+
+def test_candidates_batch_equals_one_by_one(randomized_toy):
+    model = randomized_toy
+    cond = model.encode(PROMPTS)
+    cache = model.new_cache(2)
+    model.commit(torch.randn(2, 3, *model.spec.latent_shape), cond, cache)
+    x = torch.randn(2 * 3, 3, *model.spec.latent_shape)  # 3 candidates per video
+    batched = model.denoise(x, 0.5, cond, cache)
+    for b in range(2):
+        one_cache = model.new_cache(1)
+        one_cache.frames = cache.frames
+        one_cache.layers = [(k[b:b + 1], v[b:b + 1]) for k, v in cache.layers]
+        single = model.denoise(x[3 * b: 3 * b + 3], 0.5, cond.select(torch.tensor([b])), one_cache)
+        assert torch.allclose(batched[3 * b: 3 * b + 3], single, atol=1e-5)
+
+
+def test_unconditional_branch_differs_from_conditional(toy):
+    cond, uncond = toy.encode(PROMPTS[:1]), toy.encode([""])
+    x = torch.randn(1, 3, *toy.spec.latent_shape)
+    cache = toy.new_cache(1)
+    assert (toy.denoise(x, 0.8, cond, cache) - toy.denoise(x, 0.8, uncond, cache)).abs().max() > 1e-3
+
+
+def test_out_of_vocabulary_prompt_names_the_words(toy):
+    with pytest.raises(UsageError, match="dragon"):
+        toy.encode(["a red dragon bouncing"])
+
+
+def test_missing_and_corrupt_checkpoints(tmp_path):
+    with pytest.raises(UsageError, match="missing"):
+        load_toy(tmp_path / "nope.safetensors")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(UsageError, match="corrupt"):
+        load_toy(bad)
+
+
+def test_chunk_count_is_validated(toy):
+    with pytest.raises(UsageError, match="num_chunks"):
+        toy.with_chunks(0)
+    assert toy.with_chunks(2).spec.num_chunks == 2 and toy.spec.num_chunks == 7

@@ -1,0 +1,64 @@
+"""The store under sweeps: a rerun costs nothing, a SIGKILLed sweep resumes to the same table, and
+two joblib workers writing one store corrupt nothing."""
+import re
+import signal
+import subprocess
+import sys
+import time
+
+from conftest import FAST, ROOT
+
+SWEEP = [*FAST, "sampler.steps=2,3", "report.metrics=[temporal_flicker,dynamics,compute.nfe]",
+         "report.figure=[compute.nfe,dynamics.ssim]"]
+
+
+def refinery(*args, wait=True):
+    cmd = [sys.executable, "-m", "harness.cli", *args]
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1"}
+    if not wait:
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def report_table(tmp_path, store):
+    out = tmp_path / f"reports-{store.name}"
+    refinery("report", *SWEEP, f"paths.store={store}", f"paths.reports={out}")
+    return (out / "adhoc" / "report.md").read_text()
+
+
+def test_rerun_of_a_finished_sweep_makes_no_model_call(tmp_path):
+    store = tmp_path / "store"
+    first = refinery("sweep", *SWEEP, f"paths.store={store}")
+    assert len(re.findall(r"[1-9]\d* videos generated", first)) == 2
+    again = refinery("sweep", *SWEEP, f"paths.store={store}")
+    assert re.findall(r"(\d+) videos generated \((\d+) model calls\)", again) == [("0", "0")] * 2
+
+
+def test_sigkilled_sweep_resumes_to_the_same_table(tmp_path):
+    reference = tmp_path / "reference"
+    start = time.perf_counter()
+    refinery("sweep", *SWEEP, f"paths.store={reference}")
+    duration = time.perf_counter() - start
+    expected = report_table(tmp_path, reference)
+    for i, fraction in enumerate((0.35, 0.6, 0.85)):
+        store = tmp_path / f"killed{i}"
+        proc = refinery("sweep", *SWEEP, f"paths.store={store}", wait=False)
+        time.sleep(fraction * duration)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        refinery("sweep", *SWEEP, f"paths.store={store}")
+        assert report_table(tmp_path, store).replace(store.name, "") == expected.replace(reference.name, "")
+
+
+def test_two_joblib_workers_share_one_store(tmp_path):
+    store = tmp_path / "store"
+    # every cell twice, two workers: the same cell is written by two processes at once
+    refinery("sweep", *FAST, "sampler.steps=2,3,2,3", "report.metrics=[temporal_flicker,dynamics,compute.nfe]",
+             "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"paths.store={store}")
+    assert not list(store.rglob("*.tmp*")) and not list(store.rglob(".lock"))
+    sequential = tmp_path / "sequential"
+    refinery("sweep", *SWEEP, f"paths.store={sequential}")
+    assert report_table(tmp_path, store).replace(store.name, "") == \
+        report_table(tmp_path, sequential).replace(sequential.name, "")
