@@ -117,8 +117,9 @@ def cmd_sweep(overrides: list[str]) -> None:
     from harness.pipeline import open_store, resolve_run
 
     points = sweep_points(overrides)
-    for _, cfg in points:  # validate every cell before launching any
+    for _, cfg in points:  # validate every cell before writing anything
         resolve_run(cfg)
+    for _, cfg in points:
         open_store(cfg)
     sys.argv = [sys.argv[0], "--multirun", *overrides]
     hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base=None)(_run_cell)()

@@ -6,6 +6,7 @@ what it needs of the model; `check` refuses an impossible combination before any
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -38,8 +39,9 @@ class Method:
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "params": asdict(self.params)}
 
-    def check(self, spec: ModelSpec) -> None:
-        """Refuse, with a one-line reason, a model this method cannot run on."""
+    def prepare(self, spec: ModelSpec, weights_dir: Path) -> None:
+        """Before any compute: refuse, with a one-line UsageError, a model this method cannot run on,
+        and load what the method needs (verifiers, trained weights) from `weights_dir`."""
         if self.needs_uncond and not spec.has_uncond:
             raise UsageError(f"method {self.name!r} needs an unconditional branch, which model "
                              f"{spec.name!r} does not have; choose another method or model")
@@ -54,8 +56,14 @@ class Method:
     def denoise(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
         return ctx.model.denoise(x, ctx.sigma, ctx.cond, ctx.cache)
 
+    def select(self, x0: torch.Tensor, ctx: Context) -> torch.Tensor | None:
+        """Which rows of x0 go on (indices, one per video), or None to keep them all."""
+        return None
+
     def path_noise(self, x: torch.Tensor, x0: torch.Tensor, ctx: Context) -> torch.Tensor:
+        """The noise that renoises x0 to the next level; k rows per row of x0 make k candidates."""
         return sampler_path_noise(x, x0, ctx)
 
-    def finish_chunk(self, x0: torch.Tensor, ctx: Context) -> torch.Tensor:
-        return x0
+    def commit(self, x0: torch.Tensor, ctx: Context) -> None:
+        """Fill the cache with the finished chunk (methods with a second cache also fill theirs)."""
+        ctx.model.commit(x0, ctx.cond, ctx.cache)

@@ -80,7 +80,7 @@ def resolve_run(cfg: DictConfig) -> Run:
     method = METHODS.get(cfg.method.name)(**(OmegaConf.to_container(params) if params else {}))
     prompts, tags = suite_prompts(cfg.suite)
     model = MODELS.get(cfg.model.name)(OmegaConf.to_container(cfg.model))
-    method.check(model.spec)
+    method.prepare(model.spec, Path(cfg.paths.weights))
     shift = cfg.sampler.shift if cfg.sampler.shift is not None else cfg.model.default_shift
     sampler = Sampler(cfg.sampler.kind, _positive("sampler.steps", cfg.sampler.steps, 1), float(shift))
     spec = {

@@ -38,6 +38,11 @@ MODELS = Registry("model", {
 })
 METHODS = Registry("method", {
     "base": "methods.base:Base",
+    "bon": "methods.bon:BestOfN",
+    "sop": "methods.sop:SearchOverPath",
+    "pnp": "methods.pnp:PredictAndPerturb",
+    "cfg": "methods.cfg:ClassifierFreeGuidance",
+    "cfg_zero": "methods.cfg:CfgZeroStar",
 })
 METRICS = Registry("metric", {
     "dynamics": "metrics.dynamics:Dynamics",
@@ -45,4 +50,7 @@ METRICS = Registry("metric", {
     "world_alignment": "metrics.world_alignment:WorldAlignment",
     "compute": "metrics.compute:Compute",
 })
-VERIFIERS = Registry("verifier", {})
+VERIFIERS = Registry("verifier", {
+    "world_reward": "harness.verifiers.world_reward:WorldReward",
+    "clip_score": "harness.verifiers.clip_score:ClipScore",
+})

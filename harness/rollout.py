@@ -1,17 +1,19 @@
 """THE autoregressive sampling loop. Methods plug in at its hooks (harness.method.Method):
 
     for chunk in chunks:
-        x = method.initial_noise(ctx)                      # noise refiners of the initial noise
+        x = method.initial_noise(ctx)                      # noise refiners; candidates (B*N rows)
         for step in steps:
             x0 = method.denoise(x, ctx)                    # guidance, predict-and-perturb
+            keep = method.select(x0, ctx)                  # candidate selection (BoN, SoP)
             if last step: break
-            eps = method.path_noise(x, x0, ctx)            # pathwise refiners; the sampler's rule
+            eps = method.path_noise(x, x0, ctx)            # pathwise refiners, path candidates
             x = renoise(x0, eps, next sigma)
-        x0 = method.finish_chunk(x0, ctx)                  # candidate selection
-        commit x0 to the KV cache
+        method.commit(x0, ctx)                             # the clean re-run that fills the cache
+    decode the chunks no hook has decoded already
 
 Samplers differ only in the path noise: the stochastic sampler of Self-Forcing draws fresh noise,
 the Euler ODE sampler reuses the noise implied by x and x0 (then renoise is exactly an Euler step).
+Rows: a hook may return k candidate rows per video (k * B); `select` returns which rows survive.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from harness.noise import NoiseSource
 
 if TYPE_CHECKING:
     from harness.method import Method
+    from harness.verifiers.base import Verifier
 
 SAMPLERS = ("stochastic", "ode")
 
@@ -70,6 +73,7 @@ class Context:
     chunk: int = 0
     step: int = 0
     history: list[torch.Tensor] = field(default_factory=list)  # committed clean chunks
+    decoded: dict[int, torch.Tensor] = field(default_factory=dict)  # chunk -> frames a hook decoded
 
     @property
     def sigma(self) -> float:
@@ -78,6 +82,11 @@ class Context:
     @property
     def is_last_step(self) -> bool:
         return self.step == self.sampler.steps - 1
+
+    def verify(self, verifier: "Verifier", frames: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """Score frames (N, F, 3, H, W) with a verifier; counted in the ledger, one call per row."""
+        self.ledger.verifier_calls += frames.shape[0]
+        return verifier.score(frames, prompts)
 
 
 @dataclass
@@ -90,7 +99,7 @@ class RolloutResult:
 def sampler_path_noise(x: torch.Tensor, x0: torch.Tensor, ctx: Context) -> torch.Tensor:
     """The sampler's own path noise: fresh keyed noise, or the ODE's implied noise."""
     if ctx.sampler.kind == "stochastic":
-        return ctx.noise.path(ctx.chunk, ctx.step)
+        return ctx.noise.path(ctx.chunk, ctx.step, candidates=x0.shape[0] // len(ctx.noise.seeds))
     return (x - (1 - ctx.sigma) * x0) / ctx.sigma
 
 
@@ -108,17 +117,33 @@ def rollout(model: VideoModel, method: "Method", prompts: list[str], seeds: list
         for chunk in range(spec.num_chunks):
             ctx.chunk, ctx.step = chunk, 0
             x = method.initial_noise(ctx)
-            for step, sigma in enumerate(sampler.sigmas):
+            for step in range(sampler.steps):
                 ctx.step = step
                 x0 = method.denoise(x, ctx)
+                keep = method.select(x0, ctx)
+                if keep is not None:
+                    x, x0 = x[keep], x0[keep]
                 if ctx.is_last_step:
                     break
-                x = renoise(x0, method.path_noise(x, x0, ctx), sampler.sigmas[step + 1])
-            x0 = method.finish_chunk(x0, ctx)
+                eps = method.path_noise(x, x0, ctx)
+                x = renoise(x0.repeat_interleave(eps.shape[0] // x0.shape[0], 0), eps, sampler.sigmas[step + 1])
             ctx.history.append(x0)
             if chunk < spec.num_chunks - 1:  # the last chunk has no successor to attend to it
-                counted.commit(x0, cond, ctx.cache)
+                method.commit(x0, ctx)
         latents = torch.cat(ctx.history, dim=1)
-        videos = counted.decode(latents)
+        videos = decode_remaining(ctx, latents)
         ledger.frames += videos.shape[0] * videos.shape[1]
     return RolloutResult(videos, latents, ledger)
+
+
+def decode_remaining(ctx: Context, latents: torch.Tensor) -> torch.Tensor:
+    """Decode, in one call, the chunks that no hook decoded already (search methods keep the frames
+    of the candidates they verified), then assemble the video in chunk order."""
+    per_chunk = ctx.model.spec.frames_per_chunk * ctx.model.spec.frames_per_latent
+    missing = [c for c in range(len(ctx.history)) if c not in ctx.decoded]
+    if len(missing) == len(ctx.history):
+        return ctx.model.decode(latents)
+    if missing:
+        frames = ctx.model.decode(torch.cat([ctx.history[c] for c in missing], 1)).split(per_chunk, 1)
+        ctx.decoded.update(zip(missing, frames))
+    return torch.cat([ctx.decoded[c] for c in range(len(ctx.history))], 1)

@@ -8,8 +8,10 @@ import time
 
 from conftest import FAST, ROOT
 
-SWEEP = [*FAST, "sampler.steps=2,3", "report.metrics=[temporal_flicker,dynamics,compute.nfe]",
-         "report.figure=[compute.nfe,dynamics.ssim]"]
+# two batches per cell, so that a kill can land between the batches of one cell
+SWEEP = [o for o in FAST if not o.startswith("batch_size")] + [
+    "batch_size=2", "sampler.steps=2,3", "report.metrics=[temporal_flicker,dynamics,compute.nfe]",
+    "report.figure=[compute.nfe,dynamics.ssim]"]
 
 
 def refinery(*args, wait=True):
@@ -36,20 +38,40 @@ def test_rerun_of_a_finished_sweep_makes_no_model_call(tmp_path):
     assert re.findall(r"(\d+) videos generated \((\d+) model calls\)", again) == [("0", "0")] * 2
 
 
+def first_record(store):
+    return any(store.glob("cells/*/records/*.json"))
+
+
+def first_batch_of_two(store):
+    return any(len(list(cell.glob("records/*.json"))) >= 2 for cell in store.glob("cells/*"))
+
+
+def first_complete_cell(store):
+    return any('"complete"' in p.read_text() for p in store.glob("cells/*/status.json"))
+
+
+def kill_when(store, condition, timeout=120.0):
+    """Start a sweep and SIGKILL it the moment `condition(store)` holds."""
+    proc = refinery("sweep", *SWEEP, f"paths.store={store}", wait=False)
+    deadline = time.monotonic() + timeout
+    while not condition(store) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return [c for c in store.glob("cells/*") if '"complete"' not in (c / "status.json").read_text()]
+
+
 def test_sigkilled_sweep_resumes_to_the_same_table(tmp_path):
     reference = tmp_path / "reference"
-    start = time.perf_counter()
     refinery("sweep", *SWEEP, f"paths.store={reference}")
-    duration = time.perf_counter() - start
-    expected = report_table(tmp_path, reference)
-    for i, fraction in enumerate((0.35, 0.6, 0.85)):
+    expected = report_table(tmp_path, reference).replace(reference.name, "")
+    interrupted = 0
+    for i, condition in enumerate((first_record, first_batch_of_two, first_complete_cell)):
         store = tmp_path / f"killed{i}"
-        proc = refinery("sweep", *SWEEP, f"paths.store={store}", wait=False)
-        time.sleep(fraction * duration)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        interrupted += bool(kill_when(store, condition))
         refinery("sweep", *SWEEP, f"paths.store={store}")
-        assert report_table(tmp_path, store).replace(store.name, "") == expected.replace(reference.name, "")
+        assert report_table(tmp_path, store).replace(store.name, "") == expected
+    assert interrupted >= 2  # the kills really landed inside cells
 
 
 def test_two_joblib_workers_share_one_store(tmp_path):

@@ -1,0 +1,42 @@
+"""The verifier contract: a score per video chunk, higher is better, used by search methods and as a
+training reward. Verifiers load their weights from a local folder; a missing file is a UsageError
+naming it and where it comes from, raised before any compute."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+
+from harness.errors import UsageError
+from metrics.base import WeightFile
+
+
+class Verifier:
+    name: ClassVar[str]
+    version: ClassVar[str] = "1"
+    description: ClassVar[str] = ""
+    differentiable: ClassVar[bool] = False  # gradients flow from the score to the pixels
+    weights: ClassVar[tuple[WeightFile, ...]] = ()
+
+    def __init__(self, weights_dir: Path):
+        self.weights_dir = Path(weights_dir)
+
+    def weight_path(self, weight: WeightFile) -> Path:
+        path = self.weights_dir / weight.relative_path
+        if not path.is_file():
+            raise UsageError(f"verifier {self.name!r} needs {path}, which is missing; get it from "
+                             f"{weight.origin} and place it under paths.weights={self.weights_dir}")
+        return path
+
+    def score(self, frames: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """frames (N, F, 3, H, W) in [0, 1], one prompt per row -> (N,) scores, higher is better."""
+        raise NotImplementedError
+
+    def digest(self) -> str:
+        """A content hash of the weights, part of the key of every cell that uses this verifier."""
+        h = hashlib.sha256(f"{self.name}/{self.version}".encode())
+        for weight in self.weights:
+            h.update(self.weight_path(weight).read_bytes())
+        return h.hexdigest()[:16]
