@@ -1,4 +1,4 @@
-"""`refinery`: run | sweep | score | report | train-world | methods | metrics.
+"""`refinery`: run | sweep | score | report | train-world | train-reward | methods | metrics.
 
 Every command composes its configuration with Hydra from sweeps/ and takes Hydra overrides
 (`method=base sampler.steps=8 paths.store=/tmp/runs`). Bad input of any kind ends in one line on
@@ -23,7 +23,8 @@ commands:
   sweep        a Hydra multirun over cells          refinery sweep experiment=quickstart [hydra/launcher=joblib]
   score        (re)score stored videos              refinery score experiment=quickstart
   report       tables and a figure from the store   refinery report experiment=quickstart
-  train-world  retrain the toy model from scratch   refinery train-world [steps=1800 out=path]
+  train-world  retrain the toy model from scratch   refinery train-world [steps=2000 out=path]
+  train-reward retrain the world reward verifier    refinery train-reward [steps=1200 out=path]
   methods      list registered methods
   metrics      list registered metrics
 """
@@ -59,19 +60,24 @@ def compose(overrides: list[str], with_hydra: bool = False) -> DictConfig:
         raise UsageError(" ".join(str(exc).split()) + " (see `refinery --help` and sweeps/)") from None
 
 
+def _parse(overrides: list[str]) -> list:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    _check_group_choices(overrides)
+    try:
+        return OverridesParser.create().parse_overrides(overrides)
+    except HydraException as exc:
+        raise UsageError(" ".join(str(exc).split())) from None
+
+
 def sweep_points(overrides: list[str]) -> list[tuple[list[str], DictConfig]]:
     """Every cell of a sweep: the experiment's sweeper params and the command line's sweeps, expanded
     as Hydra's basic sweeper expands them; each with its composed config."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from hydra.errors import HydraException
-
-    _check_group_choices(overrides)
-    try:
-        given = OverridesParser.create().parse_overrides(overrides)
-    except HydraException as exc:
-        raise UsageError(" ".join(str(exc).split())) from None
+    given = _parse(overrides)
     fixed = [o.input_line for o in given if not o.is_sweep_override()]
     params = compose(fixed, with_hydra=True).hydra.sweeper.params
     params = OmegaConf.to_container(params) if params else {}
@@ -135,6 +141,17 @@ def _refs(overrides: list[str]):
     return points, [CellRef(resolve_run(cfg).key, lab) for (_, cfg), lab in zip(points, labels)]
 
 
+def _baseline(overrides: list[str], cfg: DictConfig) -> str | None:
+    """The key of the cell that compute overheads are measured against: the command line's fixed
+    settings plus `report.baseline` (e.g. method=base), without the experiment's swept settings."""
+    from harness.pipeline import resolve_run
+
+    if not cfg.report.get("baseline"):
+        return None
+    fixed = [o.input_line for o in _parse(overrides) if not o.is_sweep_override()]
+    return resolve_run(compose([*fixed, *str(cfg.report.baseline).split()])).key
+
+
 def cmd_score(overrides: list[str]) -> None:
     from harness.pipeline import open_store, score
 
@@ -147,30 +164,44 @@ def cmd_score(overrides: list[str]) -> None:
 
 def cmd_report(overrides: list[str]) -> None:
     from harness.pipeline import open_store
-    from harness.report import write_report
+    from harness.report import CellRef, write_report
 
     points, refs = _refs(overrides)
     cfg = points[0][1]
     name = cfg.experiment or "adhoc"
     out = Path(cfg.paths.reports) / name
+    baseline = _baseline(overrides, cfg)
+    if baseline and baseline not in {r.key for r in refs}:
+        refs.insert(0, CellRef(baseline, {k: "baseline" for k in refs[0].labels}))
     paths = write_report(open_store(cfg), refs, out, title=f"Refinery report: {name}",
-                         metrics=list(cfg.report.metrics), figure=tuple(cfg.report.figure))
+                         metrics=list(cfg.report.metrics), figure=tuple(cfg.report.figure), baseline=baseline)
     print(f"report written to {out.resolve()}/ ({', '.join(p.name for p in paths.values())})")
+
+
+def _options(command: str, overrides: list[str], known: list[str]) -> dict[str, str]:
+    options = {}
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if key not in known or not value:
+            raise unknown_name(f"{command} option", key, known)
+        options[key] = value
+    return options
 
 
 def cmd_train_world(overrides: list[str]) -> None:
     from harness.models.toy_train import TrainWorldConfig, train_world
 
-    known = {f.name for f in fields(TrainWorldConfig)}
-    options = {}
-    for o in overrides:
-        key, _, value = o.partition("=")
-        if key not in known:
-            raise unknown_name("train-world option", key, known)
-        options[key] = value
+    options = _options("train-world", overrides, [f.name for f in fields(TrainWorldConfig)])
     cfg = OmegaConf.merge(OmegaConf.structured(TrainWorldConfig), OmegaConf.create(options))
     path = train_world(TrainWorldConfig(**OmegaConf.to_container(cfg)))
     print(f"toy model written to {path}")
+
+
+def cmd_train_reward(overrides: list[str]) -> None:
+    from harness.verifiers import train_reward
+
+    options = _options("train-reward", overrides, ["out", "steps", "seed", "threads"])
+    train_reward.main([arg for key, value in options.items() for arg in (f"--{key}", value)])
 
 
 def cmd_list(kind: str) -> None:
@@ -182,7 +213,7 @@ def cmd_list(kind: str) -> None:
 
 
 COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "score": cmd_score, "report": cmd_report,
-            "train-world": cmd_train_world}
+            "train-world": cmd_train_world, "train-reward": cmd_train_reward}
 
 
 def main(argv: list[str] | None = None) -> int:

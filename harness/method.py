@@ -13,7 +13,7 @@ import torch
 
 from harness.errors import UsageError
 from harness.models.base import ModelSpec
-from harness.rollout import Context, sampler_path_noise
+from harness.rollout import Context, Sampler, sampler_path_noise
 
 
 @dataclass(frozen=True)
@@ -39,9 +39,9 @@ class Method:
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "params": asdict(self.params)}
 
-    def prepare(self, spec: ModelSpec, weights_dir: Path) -> None:
-        """Before any compute: refuse, with a one-line UsageError, a model this method cannot run on,
-        and load what the method needs (verifiers, trained weights) from `weights_dir`."""
+    def prepare(self, spec: ModelSpec, sampler: Sampler, weights_dir: Path) -> None:
+        """Before any compute: refuse, with a one-line UsageError, a model or sampler this method
+        cannot run with, and load what it needs (verifiers, trained weights) from `weights_dir`."""
         if self.needs_uncond and not spec.has_uncond:
             raise UsageError(f"method {self.name!r} needs an unconditional branch, which model "
                              f"{spec.name!r} does not have; choose another method or model")

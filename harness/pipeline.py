@@ -80,9 +80,9 @@ def resolve_run(cfg: DictConfig) -> Run:
     method = METHODS.get(cfg.method.name)(**(OmegaConf.to_container(params) if params else {}))
     prompts, tags = suite_prompts(cfg.suite)
     model = MODELS.get(cfg.model.name)(OmegaConf.to_container(cfg.model))
-    method.prepare(model.spec, Path(cfg.paths.weights))
     shift = cfg.sampler.shift if cfg.sampler.shift is not None else cfg.model.default_shift
     sampler = Sampler(cfg.sampler.kind, _positive("sampler.steps", cfg.sampler.steps, 1), float(shift))
+    method.prepare(model.spec, sampler, Path(cfg.paths.weights))
     spec = {
         "refinery": REFINERY_VERSION,
         "model": {"name": cfg.model.name, "digest": model.digest(), "num_chunks": model.spec.num_chunks},

@@ -101,6 +101,30 @@ def _score_rows(cell: Cell) -> list[dict]:
     return rows
 
 
+def add_overhead(df: pd.DataFrame, store: Store, baseline: str) -> pd.DataFrame:
+    """The AutoRefiner paper's compute columns, per video, relative to the `baseline` cell:
+    overhead.delta_nfe (per video), overhead.verify (verifier calls per chunk) and
+    overhead.delta_vae (extra chunk decodes per chunk). All read from the ledger's counts."""
+    counts = df[df["metric"].isin(["compute.nfe", "compute.verifier_calls", "compute.decodes"])]
+    wide = counts.pivot_table(index=["cell", "video"], columns="metric", values="value").reset_index()
+    base = wide[wide["cell"] == baseline]
+    if base.empty:
+        return df
+    base_nfe, base_vae = base["compute.nfe"].mean(), base["compute.decodes"].mean()
+    chunks = {c: store.cell(c).spec()["model"]["num_chunks"] for c in wide["cell"].unique()}
+    per_chunk = wide["cell"].map(chunks)
+    derived = {"overhead.delta_nfe": wide["compute.nfe"] - base_nfe,
+               "overhead.verify": wide["compute.verifier_calls"] / per_chunk,
+               "overhead.delta_vae": (wide["compute.decodes"] - base_vae) / per_chunk}
+    rows = []
+    first = df.drop_duplicates(["cell", "video"]).set_index(["cell", "video"])
+    for metric, values in derived.items():
+        extra = first.loc[list(zip(wide["cell"], wide["video"]))].reset_index()
+        extra["metric"], extra["value"], extra["higher_is_better"] = metric, values.to_numpy(), False
+        rows.append(extra[df.columns])
+    return pd.concat([df, *rows], ignore_index=True)
+
+
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
     """One row per cell × metric: mean, bootstrap CI and n (the non-NaN values)."""
     keys = [c for c in df.columns if c not in _COLUMNS[2:]] + ["metric"]
@@ -142,14 +166,17 @@ class _Table:
 
 def write_report(store: Store, refs: list[CellRef], out_dir: Path, title: str,
                  metrics: list[str] | None = None,
-                 figure: tuple[str, str | None] | None = ("compute.nfe", None)) -> dict[str, Path]:
+                 figure: tuple[str, str | None] | None = ("compute.nfe", None),
+                 baseline: str | None = None) -> dict[str, Path]:
     """Write report.md, report.csv, report.html and (when its metrics exist) figure.png.
 
     metrics: names like "dynamics" (all its outputs) or "dynamics.ssim"; None for all.
     figure: (x, y) metrics; y None means the first table metric that is not compute.*.
+    baseline: the key of the cell that compute overheads are measured against (see add_overhead).
     """
     out_dir = Path(out_dir)
-    summary = summarize(collect(store, refs))
+    df = collect(store, refs)
+    summary = summarize(add_overhead(df, store, baseline) if baseline else df)
     columns = _select_metrics(summary, metrics)
     label_keys = _label_keys(refs)
     groups = comparable_groups(store, refs)

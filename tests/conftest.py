@@ -1,4 +1,3 @@
-import os
 import sys
 from pathlib import Path
 
@@ -7,7 +6,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# The in-process rollouts here are tiny: one thread is as fast, and never contends for a busy core.
+torch.set_num_threads(1)
 
 # A cell small enough for subprocess tests: 4 prompts, 1 seed, 2 chunks, 2 steps.
 FAST = ["suite=world_smoke", "samples_per_prompt=1", "model.num_chunks=2", "sampler.steps=2", "batch_size=4"]
@@ -32,3 +32,11 @@ def toy():
     from harness.models.toy import load_toy
 
     return load_toy()
+
+
+def prepared_rollout(model, method, prompts, seeds, sampler, ledger=None):
+    """A rollout of a method prepared as the pipeline prepares it (resolve_run) before any compute."""
+    from harness.rollout import rollout
+
+    method.prepare(model.spec, sampler, Path("weights"))
+    return rollout(model, method, prompts, seeds, sampler, ledger)

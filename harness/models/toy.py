@@ -30,8 +30,8 @@ from harness.world.grammar import VOCABULARY, parse
 class ToyConfig:
     frame_size: int = 32
     latent_channels: int = 4
-    latent_size: int = 8
-    patch: int = 2
+    latent_size: int = 16
+    patch: int = 4
     dim: int = 128
     depth: int = 4
     heads: int = 4
@@ -57,21 +57,19 @@ MAX_PROMPT_TOKENS = 12
 class FrameAutoencoder(nn.Module):
     def __init__(self, cfg: ToyConfig):
         super().__init__()
-        c = cfg.latent_channels
-        self.encoder = nn.Sequential(
-            nn.Conv2d(3, 32, 3, padding=1), nn.SiLU(),
-            nn.Conv2d(32, 64, 4, stride=2, padding=1), nn.SiLU(),
-            nn.Conv2d(64, 64, 3, padding=1), nn.SiLU(),
-            nn.Conv2d(64, 64, 4, stride=2, padding=1), nn.SiLU(),
-            nn.Conv2d(64, c, 3, padding=1),
-        )
-        self.decoder = nn.Sequential(
-            nn.Conv2d(c, 64, 3, padding=1), nn.SiLU(),
-            nn.Conv2d(64, 64, 3, padding=1), nn.SiLU(),
-            nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(64, 64, 3, padding=1), nn.SiLU(),
-            nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(64, 32, 3, padding=1), nn.SiLU(),
-            nn.Conv2d(32, 3, 3, padding=1),
-        )
+        c, width = cfg.latent_channels, 64
+        halvings = int(math.log2(cfg.frame_size // cfg.latent_size))
+        down, up = [], []
+        for _ in range(halvings):
+            down += [nn.Conv2d(width, width, 4, stride=2, padding=1), nn.SiLU(),
+                     nn.Conv2d(width, width, 3, padding=1), nn.SiLU()]
+            up += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(width, width, 3, padding=1), nn.SiLU()]
+        self.encoder = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.SiLU(), *down,
+                                     nn.Conv2d(width, c, 3, padding=1))
+        self.decoder = nn.Sequential(nn.Conv2d(c, width, 3, padding=1), nn.SiLU(),
+                                     nn.Conv2d(width, width, 3, padding=1), nn.SiLU(), *up,
+                                     nn.Conv2d(width, width, 3, padding=1), nn.SiLU(),
+                                     nn.Conv2d(width, 3, 3, padding=1))
         # latent normalisation, like Wan's latents_mean / latents_std; set after training
         self.register_buffer("latent_mean", torch.zeros(c))
         self.register_buffer("latent_std", torch.ones(c))
@@ -181,6 +179,9 @@ class CausalDenoiser(nn.Module):
         self.spatial_pos = nn.Parameter(torch.randn(cfg.tokens_per_frame, cfg.dim) * 0.02)
         self.frame_pos = nn.Parameter(torch.randn(cfg.max_frames, cfg.dim) * 0.02)
         self.time_mlp = nn.Sequential(nn.Linear(cfg.dim, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim))
+        # the pooled prompt joins the noise level in adaLN: global attributes (colour, shape, motion)
+        # reach every token directly, which a small model learns far faster than cross-attention alone
+        self.text_pool = nn.Sequential(nn.Linear(cfg.text_dim, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim))
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
         self.norm_out = nn.LayerNorm(cfg.dim, elementwise_affine=False)
         self.out_modulation = nn.Linear(cfg.dim, 2 * cfg.dim)
@@ -211,7 +212,9 @@ class CausalDenoiser(nn.Module):
         n = self.cfg.tokens_per_frame
         pos = self.frame_pos[start_frame: start_frame + f].repeat_interleave(n, 0) + self.spatial_pos.repeat(f, 1)
         h = self.patch_in(self.patchify(x)) + pos
-        temb = self.time_mlp(sigma_embedding(sigma, self.cfg.dim))  # per frame: (B, F, D)
+        weights = text_mask.float() / text_mask.float().sum(1, keepdim=True)
+        pooled = self.text_pool(torch.einsum("bl,bld->bd", weights, text))
+        temb = self.time_mlp(sigma_embedding(sigma, self.cfg.dim)) + pooled[:, None]  # (B, F, D)
         kvs = []
         for i, block in enumerate(self.blocks):
             h, kv = block(h, temb, n, text, text_mask, None if contexts is None else contexts[i], attn_mask)

@@ -31,17 +31,18 @@ class TrainWorldConfig:
     out: str = str(SHIPPED_WEIGHTS)
     seed: int = 0
     videos_per_prompt: int = 8
-    vae_steps: int = 1000
-    vae_batch: int = 128
+    vae_steps: int = 600
+    vae_batch: int = 64
     vae_lr: float = 2e-3
-    steps: int = 1800
+    steps: int = 2000
     batch: int = 32
-    lr: float = 3e-4
+    lr: float = 5e-4
     warmup: int = 100
     ema: float = 0.995
     clean_context_prob: float = 0.25
     prompt_dropout: float = 0.1
     threads: int = 0  # torch threads; 0 keeps torch's default (all cores)
+    checkpoint_every: int = 250  # denoiser steps between checkpoints of the EMA weights to `out`
 
 
 def render_dataset(prompts: list[str], per_prompt: int, frames: int, size: int) -> tuple[np.ndarray, list[str]]:
@@ -72,7 +73,7 @@ def train_autoencoder(model: ToyVideoModel, frames: torch.Tensor, cfg: TrainWorl
         x = frames[idx].float().div(255).permute(0, 3, 1, 2)
         z = vae.encoder(x * 2 - 1)
         # noisy latents teach the decoder to tolerate imperfect denoiser outputs
-        z_noisy = z + 0.1 * torch.randn(z.shape, generator=gen)
+        z_noisy = z + 0.05 * torch.randn(z.shape, generator=gen)
         rec = vae.decoder(z_noisy) * 0.5 + 0.5
         loss = F.mse_loss(rec, x) + 0.1 * F.l1_loss(rec, x) + 1e-3 * z.pow(2).mean()
         opt.zero_grad(set_to_none=True)
@@ -104,7 +105,7 @@ def chunk_sigmas(batch: int, cfg: ToyConfig, clean_prob: float, gen: torch.Gener
 
 
 def train_denoiser(model: ToyVideoModel, latents: torch.Tensor, labels: list[str], cfg: TrainWorldConfig,
-                   gen: torch.Generator) -> ToyVideoModel:
+                   gen: torch.Generator, on_checkpoint=None) -> ToyVideoModel:
     params = list(model.text.parameters()) + list(model.denoiser.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
     ema = copy.deepcopy(model).eval()
@@ -138,6 +139,8 @@ def train_denoiser(model: ToyVideoModel, latents: torch.Tensor, labels: list[str
                 pe.lerp_(pm, 1 - decay)
         if step % 20 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
+        if on_checkpoint and (step + 1) % cfg.checkpoint_every == 0:
+            on_checkpoint(ema, step + 1)
     return ema
 
 
@@ -165,7 +168,10 @@ def train_world(cfg: TrainWorldConfig) -> Path:
     frames = torch.from_numpy(videos.reshape(-1, *videos.shape[2:]))
     train_autoencoder(model, frames, cfg, gen)
     latents = encode_dataset(model, videos)
-    ema = train_denoiser(model, latents, labels, cfg, gen)
-    meta = {**asdict(cfg), "wall_seconds": round(time.time() - start, 1), "torch": torch.__version__}
+    def checkpoint(ema: ToyVideoModel, step: int) -> None:
+        save_toy(ema, cfg.out, {**asdict(cfg), "step": step, "wall_seconds": round(time.time() - start, 1)})
+
+    ema = train_denoiser(model, latents, labels, cfg, gen, checkpoint)
+    meta = {**asdict(cfg), "step": cfg.steps, "wall_seconds": round(time.time() - start, 1), "torch": torch.__version__}
     save_toy(ema, cfg.out, meta)
     return Path(cfg.out)

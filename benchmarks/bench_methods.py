@@ -1,0 +1,65 @@
+"""Cost of every method beyond its model calls:
+
+    ratio = method wall time / (base wall time * method NFE / base NFE)
+
+1.00 means the method costs exactly its denoiser evaluations; the rest is hook logic, candidate
+bookkeeping, verifier calls and decodes. Target: <= 1.10. Runs alternate with base and use medians.
+
+    .venv/bin/python benchmarks/bench_methods.py [--repeats 5] [--batch 16]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from harness.ledger import Ledger  # noqa: E402
+from harness.models.toy import load_toy  # noqa: E402
+from harness.registry import METHODS  # noqa: E402
+from harness.rollout import Sampler, rollout  # noqa: E402
+from harness.world.prompts import eval_prompts  # noqa: E402
+
+METHODS_TO_TIME = {"base": {}, "bon": {"n": 5}, "sop": {"n": 5}, "pnp": {}, "cfg": {}, "cfg_zero": {}}
+
+
+def timed(model, method, prompts, seeds, sampler) -> tuple[float, Ledger]:
+    start = time.perf_counter()
+    result = rollout(model, method, prompts, seeds, sampler)
+    return time.perf_counter() - start, result.ledger
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=16)
+    args = parser.parse_args()
+    model = load_toy()
+    sampler = Sampler()
+    prompts = [p.text for p in eval_prompts()][: args.batch]
+    seeds = list(range(len(prompts)))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {len(prompts)}")
+    print("| method | NFE / video | wall s (median) | base wall s (median) | ratio |")
+    print("|---|---|---|---|---|")
+    for name, params in METHODS_TO_TIME.items():
+        method = METHODS.get(name)(**params)
+        method.prepare(model.spec, Sampler(), Path("weights"))
+        base = METHODS.get("base")()
+        walls, base_walls = [], []
+        for _ in range(args.repeats):
+            wall, ledger = timed(model, method, prompts, seeds, sampler)
+            base_wall, base_ledger = timed(model, base, prompts, seeds, sampler)
+            walls.append(wall)
+            base_walls.append(base_wall)
+        w, b = statistics.median(walls), statistics.median(base_walls)
+        ratio = w / (b * ledger.nfe / base_ledger.nfe)
+        print(f"| {name} | {ledger.nfe / len(prompts):.0f} | {w:.3f} | {b:.3f} | {ratio:.3f} |")
+
+
+if __name__ == "__main__":
+    main()

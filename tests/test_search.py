@@ -1,0 +1,167 @@
+"""Best-of-N and Search-over-Path: the verifier's argmax is what goes on, n = 1 is base, and the
+ledger counts AutoRefiner Table 2's compute columns."""
+from pathlib import Path
+
+import pytest
+import torch
+
+from harness.errors import UsageError
+from harness.ledger import Ledger
+from harness.rollout import Sampler, rollout
+from harness.verifiers.base import Verifier
+from methods.base import Base
+from methods.bon import BestOfN
+from methods.sop import SearchOverPath
+
+PROMPTS = ["a red circle bouncing", "a green triangle falling"]
+SEEDS = [3, 4]
+N = 3
+
+
+
+
+class Recording(Verifier):
+    """Scores by the frames' spread (any score that differs between candidates will do) and keeps
+    every call, so a test can recompute the argmax."""
+
+    name = "recording"
+
+    def __init__(self):
+        super().__init__(Path("."))
+        self.calls: list[tuple[torch.Tensor, list[str], torch.Tensor]] = []
+
+    def score(self, frames, prompts):
+        scores = frames.flatten(1).std(1)
+        self.calls.append((frames.clone(), list(prompts), scores.clone()))
+        return scores
+
+
+class TracedSoP(SearchOverPath):
+    """Keeps the clean prediction that goes on from each step (what path_noise renoises)."""
+
+    kept: list[torch.Tensor]
+
+    def begin(self, ctx):
+        self.kept = []
+
+    def path_noise(self, x, x0, ctx):
+        self.kept.append(x0.clone())
+        return super().path_noise(x, x0, ctx)
+
+
+def prepared(cls, model, inject=None, **params):
+    method = cls(**params)
+    method.prepare(model.spec, Sampler(), Path("weights"))
+    if inject is not None:
+        method.verifier = inject
+    return method
+
+
+def winners(frames: torch.Tensor, scores: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    best = scores.view(-1, n).argmax(1)
+    return best, frames.view(-1, n, *frames.shape[1:])[torch.arange(len(best)), best]
+
+
+def chunk_of(model, tensor: torch.Tensor, chunk: int, decoded: bool) -> torch.Tensor:
+    """One chunk's frames of a video batch (decoded) or of its latents."""
+    per = model.spec.frames_per_chunk * (model.spec.frames_per_latent if decoded else 1)
+    return tensor[:, chunk * per: (chunk + 1) * per]
+
+
+@pytest.fixture(scope="module")
+def model(toy):
+    return toy.with_chunks(2)
+
+
+def test_bon_commits_the_best_scored_candidate_of_every_chunk(model):
+    verifier = Recording()
+    method = prepared(BestOfN, model, verifier, n=N)
+    contexts = []
+    method.begin = contexts.append  # keep the rollout's context to inspect its cache
+    result = rollout(model, method, PROMPTS, SEEDS, Sampler())
+    assert len(verifier.calls) == model.spec.num_chunks  # one verification per chunk, at the last step
+    chosen = []
+    for chunk, (frames, prompts, scores) in enumerate(verifier.calls):
+        assert prompts == [p for p in PROMPTS for _ in range(N)]
+        best, frames_of_best = winners(frames, scores, N)
+        chosen += best.tolist()
+        # the video reuses the winners' frames, and they are the decoded committed latents
+        assert torch.equal(chunk_of(model, result.videos, chunk, decoded=True), frames_of_best)
+        latents = chunk_of(model, result.latents, chunk, decoded=False)
+        assert torch.allclose(model.decode(latents), frames_of_best, atol=1e-5)
+    assert any(chosen), "every winner was candidate 0; the test would not see a wrong selection"
+    # the cache holds the committed winner of chunk 0 and nothing else
+    cache = model.new_cache(len(PROMPTS))
+    model.commit(chunk_of(model, result.latents, 0, decoded=False), model.encode(PROMPTS), cache)
+    for (k, v), (k_ref, v_ref) in zip(contexts[0].cache.layers, cache.layers, strict=True):
+        assert torch.equal(k, k_ref) and torch.equal(v, v_ref)
+
+
+def test_sop_keeps_the_argmax_after_every_step(model):
+    verifier = Recording()
+    method = prepared(TracedSoP, model, verifier, n=N)
+    sampler = Sampler(steps=3)
+    result = rollout(model, method, PROMPTS, SEEDS, sampler)
+    assert len(verifier.calls) == model.spec.num_chunks * sampler.steps
+    kept = iter(method.kept)
+    for i, (frames, _, scores) in enumerate(verifier.calls):
+        chunk, step = divmod(i, sampler.steps)
+        _, frames_of_best = winners(frames, scores, N)
+        if step < sampler.steps - 1:
+            assert torch.allclose(model.decode(next(kept)), frames_of_best, atol=1e-5)
+        else:
+            assert torch.equal(chunk_of(model, result.videos, chunk, decoded=True), frames_of_best)
+    # the candidates of step 1 branch from one kept prediction with different path noises
+    branches = verifier.calls[1][0]
+    assert not torch.equal(branches[0], branches[1])
+
+
+@pytest.mark.parametrize("cls", [BestOfN, SearchOverPath])
+@pytest.mark.parametrize("sampler", [Sampler(), Sampler("ode", steps=3)], ids=["stochastic", "ode"])
+def test_one_candidate_is_base_bit_for_bit(model, cls, sampler):
+    base_ledger, ledger = Ledger(), Ledger()
+    base = rollout(model, Base(), PROMPTS, SEEDS, sampler, base_ledger)
+    searched = rollout(model, prepared(cls, model, n=1), PROMPTS, SEEDS, sampler, ledger)
+    assert torch.equal(searched.videos, base.videos) and torch.equal(searched.latents, base.latents)
+    for counter in ("nfe", "cache_passes", "decodes", "verifier_calls"):
+        assert getattr(ledger, counter) == getattr(base_ledger, counter)
+
+
+def per_video(model, method) -> dict[str, float]:
+    ledger = Ledger()
+    rollout(model, method, PROMPTS, SEEDS, Sampler(steps=4), ledger)
+    return ledger.per_video(len(PROMPTS))
+
+
+def test_ledger_counts_autorefiner_table_2_columns(toy):
+    model = toy.with_chunks(7)  # Self-Forcing's shape: 7 chunks, 4 stochastic steps
+    base = per_video(model, Base())
+    bon = per_video(model, prepared(BestOfN, model, n=5))
+    sop = per_video(model, prepared(SearchOverPath, model, n=5))
+    assert (base["nfe"], base["verifier_calls"], base["decodes"]) == (28, 0, 7)
+    assert (bon["nfe"], bon["verifier_calls"], bon["decodes"]) == (140, 35, 35)
+    assert (sop["nfe"], sop["verifier_calls"], sop["decodes"]) == (140, 140, 140)
+    chunks = 7
+    table_2 = {name: (m["nfe"] - base["nfe"], m["verifier_calls"] / chunks, (m["decodes"] - base["decodes"]) / chunks)
+               for name, m in (("bon", bon), ("sop", sop))}
+    assert table_2 == {"bon": (112, 5, 4), "sop": (112, 20, 19)}
+    assert bon["cache_passes"] == sop["cache_passes"] == base["cache_passes"]  # only winners are committed
+
+
+@pytest.mark.parametrize("cls", [BestOfN, SearchOverPath])
+def test_describe_names_the_verifier_and_its_weights(model, cls):
+    described = prepared(cls, model).describe()
+    assert described["name"] == cls.name and described["params"] == {"n": 5, "verifier": "world_reward"}
+    assert described["verifier"]["name"] == "world_reward" and len(described["verifier"]["digest"]) == 16
+
+
+@pytest.mark.parametrize("cls", [BestOfN, SearchOverPath])
+def test_bad_input_is_refused_before_compute(model, cls, tmp_path):
+    with pytest.raises(UsageError, match=r"^method.params.n=0 is out of range; use n >= 1$"):
+        prepared(cls, model, n=0)
+    with pytest.raises(UsageError, match="unknown verifier 'world_rewad'; did you mean 'world_reward'"):
+        prepared(cls, model, verifier="world_rewad")
+    with pytest.raises(UsageError, match=f"needs {tmp_path}/open_clip/ViT-B-32-openai.safetensors, which is missing"):
+        cls(verifier="clip_score").prepare(model.spec, Sampler(), tmp_path)
+    with pytest.raises(UsageError, match="has no parameter candidates"):
+        cls(candidates=4)
