@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from harness.models.toy import SHIPPED_WEIGHTS, ToyConfig, ToyVideoModel, block_causal_mask, tokenize
+from harness.models.toy import SHIPPED_WEIGHTS, ToyConfig, ToyVideoModel, block_causal_mask, load_toy, tokenize
 from harness.world.grammar import parse
 from harness.world.prompts import train_prompts
 from harness.world.render import render
@@ -34,14 +34,16 @@ class TrainWorldConfig:
     vae_steps: int = 600
     vae_batch: int = 64
     vae_lr: float = 2e-3
-    steps: int = 2000
+    steps: int = 1300
     batch: int = 32
     lr: float = 5e-4
     warmup: int = 100
     ema: float = 0.995
-    clean_context_prob: float = 0.25
+    sampler_sigma_prob: float = 0.5  # share of chunks trained at the default sampler's noise levels
     prompt_dropout: float = 0.1
     threads: int = 0  # torch threads; 0 keeps torch's default (all cores)
+    vae_from: str = ""  # a toy checkpoint whose autoencoder is reused instead of trained (vae_steps unused)
+    init_from: str = ""  # a toy checkpoint to continue from: all its weights, its autoencoder kept
     checkpoint_every: int = 250  # denoiser steps between checkpoints of the EMA weights to `out`
 
 
@@ -97,11 +99,22 @@ def encode_dataset(model: ToyVideoModel, videos: np.ndarray) -> torch.Tensor:
     return torch.cat(out)
 
 
-def chunk_sigmas(batch: int, cfg: ToyConfig, clean_prob: float, gen: torch.Generator) -> torch.Tensor:
-    """Diffusion forcing: an independent noise level per chunk, some chunks clean; (B, F)."""
-    sig = torch.rand(batch, cfg.num_chunks, generator=gen)
-    sig[torch.rand(batch, cfg.num_chunks, generator=gen) < clean_prob] = 0.0
-    return sig.repeat_interleave(cfg.frames_per_chunk, 1)
+SAMPLER_SIGMAS = torch.tensor([1.0, 0.75, 0.5, 0.25])  # the default 4-step sampler's levels (shift 1)
+
+
+def chunk_sigmas(batch: int, cfg: ToyConfig, sampler_prob: float, gen: torch.Generator) -> torch.Tensor:
+    """Diffusion forcing: an independent noise level per chunk, (B, F).
+
+    Part of the levels are the default sampler's, where a few-step sampler needs the model most, the
+    rest uniform in (0, 1]. Levels rise along the video after a clean prefix of random length, so
+    a chunk's context is cleaner than the chunk itself, as with the KV cache of clean chunks."""
+    k = cfg.num_chunks
+    uniform = 1 - torch.rand(batch, k, generator=gen)
+    levels = SAMPLER_SIGMAS[torch.randint(len(SAMPLER_SIGMAS), (batch, k), generator=gen)]
+    pick = torch.rand(batch, k, generator=gen) < sampler_prob
+    sig = torch.where(pick, levels, uniform).sort(dim=1).values
+    clean = torch.arange(k)[None, :] < torch.randint(0, k, (batch, 1), generator=gen)
+    return sig.masked_fill(clean, 0.0).repeat_interleave(cfg.frames_per_chunk, 1)
 
 
 def train_denoiser(model: ToyVideoModel, latents: torch.Tensor, labels: list[str], cfg: TrainWorldConfig,
@@ -121,13 +134,13 @@ def train_denoiser(model: ToyVideoModel, latents: torch.Tensor, labels: list[str
         ids, tmask = ids_all[idx].clone(), mask_all[idx].clone()
         drop = torch.rand(cfg.batch, generator=gen) < cfg.prompt_dropout
         ids[drop], tmask[drop] = null_ids, null_mask
-        sig = chunk_sigmas(cfg.batch, model.cfg, cfg.clean_context_prob, gen)
+        sig = chunk_sigmas(cfg.batch, model.cfg, cfg.sampler_sigma_prob, gen)
         noise = torch.randn(x0.shape, generator=gen)
         s = sig[:, :, None, None, None]
         xt = (1 - s) * x0 + s * noise
         with torch.autocast("cpu", dtype=torch.bfloat16):
             v, _ = model.denoiser(xt, sig, model.text(ids, tmask), tmask, 0, None, mask)
-        noisy = (sig > 0)[:, :, None, None, None].float()
+        noisy = (sig > 0)[:, :, None, None, None].float()  # clean context chunks carry no loss
         loss = ((v.float() - (noise - x0)) ** 2 * noisy).sum() / (noisy.sum() * x0[0, 0].numel())
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -166,7 +179,12 @@ def train_world(cfg: TrainWorldConfig) -> Path:
     frames_per_video = model.cfg.frames_per_chunk * model.cfg.num_chunks
     videos, labels = render_dataset(train_prompts(), cfg.videos_per_prompt, frames_per_video, model.cfg.frame_size)
     frames = torch.from_numpy(videos.reshape(-1, *videos.shape[2:]))
-    train_autoencoder(model, frames, cfg, gen)
+    if cfg.init_from:
+        model.load_state_dict(load_toy(cfg.init_from).state_dict())
+    elif cfg.vae_from:
+        model.vae.load_state_dict(load_toy(cfg.vae_from).vae.state_dict())
+    else:
+        train_autoencoder(model, frames, cfg, gen)
     latents = encode_dataset(model, videos)
     def checkpoint(ema: ToyVideoModel, step: int) -> None:
         save_toy(ema, cfg.out, {**asdict(cfg), "step": step, "wall_seconds": round(time.time() - start, 1)})

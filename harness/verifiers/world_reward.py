@@ -22,7 +22,7 @@ from harness.verifiers.base import Verifier
 from harness.world.grammar import VOCABULARY, parse
 
 SHIPPED_WEIGHTS = Path(__file__).parent / "weights" / "world_reward.safetensors"
-REBUILD = "python -m harness.verifiers.train_reward"
+REBUILD = "refinery train-reward"
 WORDS = sorted(VOCABULARY)
 
 

@@ -70,7 +70,7 @@ def parse(prompt: str) -> Scene:
     while i + 2 < len(words) and words[i] == "a" and words[i + 1] in COLOURS and words[i + 2] in SHAPES:
         objects.append(WorldObject(words[i + 1], words[i + 2]))
         i += 3
-        if i < len(words) and words[i] == "and":
+        if words[i:i + 2] == ["and", "a"]:
             i += 1
     motion = _MOTION_BY_PHRASE.get(" ".join(words[i:]))
     if not objects or len(objects) > 2 or motion is None:
