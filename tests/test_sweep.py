@@ -9,9 +9,9 @@ import time
 from conftest import FAST, ROOT
 
 # two batches per cell, so that a kill can land between the batches of one cell
-SWEEP = [o for o in FAST if not o.startswith("batch_size")] + [
-    "batch_size=2", "sampler.steps=2,3", "report.metrics=[temporal_flicker,dynamics,compute.nfe]",
-    "report.figure=[compute.nfe,dynamics.ssim]"]
+CELLS = [o for o in FAST if not o.startswith("batch_size")] + [
+    "batch_size=2", "report.metrics=[temporal_flicker,dynamics,compute.nfe]", "report.figure=[compute.nfe,dynamics.ssim]"]
+SWEEP = [*CELLS, "sampler.steps=2,3"]
 
 
 def refinery(*args, wait=True):
@@ -77,8 +77,8 @@ def test_sigkilled_sweep_resumes_to_the_same_table(tmp_path):
 def test_two_joblib_workers_share_one_store(tmp_path):
     store = tmp_path / "store"
     # every cell twice, two workers: the same cell is written by two processes at once
-    refinery("sweep", *FAST, "sampler.steps=2,3,2,3", "report.metrics=[temporal_flicker,dynamics,compute.nfe]",
-             "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"paths.store={store}")
+    refinery("sweep", *CELLS, "sampler.steps=2,3,2,3", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+             f"paths.store={store}")
     assert not list(store.rglob("*.tmp*")) and not list(store.rglob(".lock"))
     sequential = tmp_path / "sequential"
     refinery("sweep", *SWEEP, f"paths.store={sequential}")

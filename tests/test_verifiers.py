@@ -62,7 +62,7 @@ def test_reward_loads_from_the_shipped_file(reward):
 
 def test_missing_or_corrupt_reward_weights_are_one_line_errors(tmp_path):
     missing = tmp_path / "none.safetensors"
-    with pytest.raises(UsageError, match=f"{missing} are missing; .*python -m harness.verifiers.train_reward"):
+    with pytest.raises(UsageError, match=f"{missing} are missing; .*refinery train-reward"):
         WorldReward(path=missing)
     corrupt = tmp_path / "corrupt.safetensors"
     corrupt.write_bytes(b"not a safetensors file")

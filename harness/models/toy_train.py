@@ -106,15 +106,16 @@ def chunk_sigmas(batch: int, cfg: ToyConfig, sampler_prob: float, gen: torch.Gen
     """Diffusion forcing: an independent noise level per chunk, (B, F).
 
     Part of the levels are the default sampler's, where a few-step sampler needs the model most, the
-    rest uniform in (0, 1]. Levels rise along the video after a clean prefix of random length, so
-    a chunk's context is cleaner than the chunk itself, as with the KV cache of clean chunks."""
+    rest uniform in (0, 1]. Half of the clips start with a clean prefix of random length (the KV cache
+    of clean chunks); the other half keep the first chunk noisy: only there does the prompt alone
+    decide the video, and a uniform prefix length leaves the text too little of the loss to learn from."""
     k = cfg.num_chunks
     uniform = 1 - torch.rand(batch, k, generator=gen)
     levels = SAMPLER_SIGMAS[torch.randint(len(SAMPLER_SIGMAS), (batch, k), generator=gen)]
     pick = torch.rand(batch, k, generator=gen) < sampler_prob
-    sig = torch.where(pick, levels, uniform).sort(dim=1).values
-    clean = torch.arange(k)[None, :] < torch.randint(0, k, (batch, 1), generator=gen)
-    return sig.masked_fill(clean, 0.0).repeat_interleave(cfg.frames_per_chunk, 1)
+    sig = torch.where(pick, levels, uniform)
+    prefix = torch.randint(1, k, (batch, 1), generator=gen) * (torch.rand(batch, 1, generator=gen) < 0.5)
+    return sig.masked_fill(torch.arange(k)[None, :] < prefix, 0.0).repeat_interleave(cfg.frames_per_chunk, 1)
 
 
 def train_denoiser(model: ToyVideoModel, latents: torch.Tensor, labels: list[str], cfg: TrainWorldConfig,
