@@ -40,6 +40,7 @@ class TrainWorldConfig:
     warmup: int = 100
     ema: float = 0.995
     sampler_sigma_prob: float = 0.5  # share of chunks trained at the default sampler's noise levels
+    noisy_first_prob: float = 0.5  # share of clips whose first chunk is noisy (no clean prefix)
     prompt_dropout: float = 0.1
     threads: int = 0  # torch threads; 0 keeps torch's default (all cores)
     vae_from: str = ""  # a toy checkpoint whose autoencoder is reused instead of trained (vae_steps unused)
@@ -102,19 +103,20 @@ def encode_dataset(model: ToyVideoModel, videos: np.ndarray) -> torch.Tensor:
 SAMPLER_SIGMAS = torch.tensor([1.0, 0.75, 0.5, 0.25])  # the default 4-step sampler's levels (shift 1)
 
 
-def chunk_sigmas(batch: int, cfg: ToyConfig, sampler_prob: float, gen: torch.Generator) -> torch.Tensor:
+def chunk_sigmas(batch: int, cfg: ToyConfig, sampler_prob: float, noisy_first: float,
+                 gen: torch.Generator) -> torch.Tensor:
     """Diffusion forcing: an independent noise level per chunk, (B, F).
 
     Part of the levels are the default sampler's, where a few-step sampler needs the model most, the
-    rest uniform in (0, 1]. Half of the clips start with a clean prefix of random length (the KV cache
-    of clean chunks); the other half keep the first chunk noisy: only there does the prompt alone
+    rest uniform in (0, 1]. Some clips start with a clean prefix of random length (the KV cache of
+    clean chunks); a `noisy_first` share keep the first chunk noisy: only there does the prompt alone
     decide the video, and a uniform prefix length leaves the text too little of the loss to learn from."""
     k = cfg.num_chunks
     uniform = 1 - torch.rand(batch, k, generator=gen)
     levels = SAMPLER_SIGMAS[torch.randint(len(SAMPLER_SIGMAS), (batch, k), generator=gen)]
     pick = torch.rand(batch, k, generator=gen) < sampler_prob
     sig = torch.where(pick, levels, uniform)
-    prefix = torch.randint(1, k, (batch, 1), generator=gen) * (torch.rand(batch, 1, generator=gen) < 0.5)
+    prefix = torch.randint(1, k, (batch, 1), generator=gen) * (torch.rand(batch, 1, generator=gen) >= noisy_first)
     return sig.masked_fill(torch.arange(k)[None, :] < prefix, 0.0).repeat_interleave(cfg.frames_per_chunk, 1)
 
 
@@ -135,12 +137,12 @@ def train_denoiser(model: ToyVideoModel, latents: torch.Tensor, labels: list[str
         ids, tmask = ids_all[idx].clone(), mask_all[idx].clone()
         drop = torch.rand(cfg.batch, generator=gen) < cfg.prompt_dropout
         ids[drop], tmask[drop] = null_ids, null_mask
-        sig = chunk_sigmas(cfg.batch, model.cfg, cfg.sampler_sigma_prob, gen)
+        sig = chunk_sigmas(cfg.batch, model.cfg, cfg.sampler_sigma_prob, cfg.noisy_first_prob, gen)
         noise = torch.randn(x0.shape, generator=gen)
         s = sig[:, :, None, None, None]
         xt = (1 - s) * x0 + s * noise
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            v, _ = model.denoiser(xt, sig, model.text(ids, tmask), tmask, 0, None, mask)
+        # float32 throughout: in bfloat16 the small differences between pooled prompts vanish
+        v, _ = model.denoiser(xt, sig, model.text(ids, tmask), tmask, 0, None, mask)
         noisy = (sig > 0)[:, :, None, None, None].float()  # clean context chunks carry no loss
         loss = ((v.float() - (noise - x0)) ** 2 * noisy).sum() / (noisy.sum() * x0[0, 0].numel())
         opt.zero_grad(set_to_none=True)
