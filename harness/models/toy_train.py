@@ -41,6 +41,8 @@ class TrainWorldConfig:
     ema: float = 0.995
     sampler_sigma_prob: float = 0.5  # share of chunks trained at the default sampler's noise levels
     noisy_first_prob: float = 0.5  # share of clips whose first chunk is noisy (no clean prefix)
+    first_chunks: int = 0  # train on the first k chunks of each clip only (0: all); a cheap stage
+    # that concentrates the loss where the prompt alone decides the video
     prompt_dropout: float = 0.1
     threads: int = 0  # torch threads; 0 keeps torch's default (all cores)
     vae_from: str = ""  # a toy checkpoint whose autoencoder is reused instead of trained (vae_steps unused)
@@ -103,7 +105,7 @@ def encode_dataset(model: ToyVideoModel, videos: np.ndarray) -> torch.Tensor:
 SAMPLER_SIGMAS = torch.tensor([1.0, 0.75, 0.5, 0.25])  # the default 4-step sampler's levels (shift 1)
 
 
-def chunk_sigmas(batch: int, cfg: ToyConfig, sampler_prob: float, noisy_first: float,
+def chunk_sigmas(batch: int, k: int, frames_per_chunk: int, sampler_prob: float, noisy_first: float,
                  gen: torch.Generator) -> torch.Tensor:
     """Diffusion forcing: an independent noise level per chunk, (B, F).
 
@@ -111,13 +113,12 @@ def chunk_sigmas(batch: int, cfg: ToyConfig, sampler_prob: float, noisy_first: f
     rest uniform in (0, 1]. Some clips start with a clean prefix of random length (the KV cache of
     clean chunks); a `noisy_first` share keep the first chunk noisy: only there does the prompt alone
     decide the video, and a uniform prefix length leaves the text too little of the loss to learn from."""
-    k = cfg.num_chunks
     uniform = 1 - torch.rand(batch, k, generator=gen)
     levels = SAMPLER_SIGMAS[torch.randint(len(SAMPLER_SIGMAS), (batch, k), generator=gen)]
     pick = torch.rand(batch, k, generator=gen) < sampler_prob
     sig = torch.where(pick, levels, uniform)
-    prefix = torch.randint(1, k, (batch, 1), generator=gen) * (torch.rand(batch, 1, generator=gen) >= noisy_first)
-    return sig.masked_fill(torch.arange(k)[None, :] < prefix, 0.0).repeat_interleave(cfg.frames_per_chunk, 1)
+    prefix = torch.randint(1, max(k, 2), (batch, 1), generator=gen) * (torch.rand(batch, 1, generator=gen) >= noisy_first)
+    return sig.masked_fill(torch.arange(k)[None, :] < prefix, 0.0).repeat_interleave(frames_per_chunk, 1)
 
 
 def train_denoiser(model: ToyVideoModel, latents: torch.Tensor, labels: list[str], cfg: TrainWorldConfig,
@@ -127,6 +128,9 @@ def train_denoiser(model: ToyVideoModel, latents: torch.Tensor, labels: list[str
     ema = copy.deepcopy(model).eval()
     ids_all, mask_all = tokenize(labels)
     null_ids, null_mask = tokenize([""])
+    if cfg.first_chunks:
+        latents = latents[:, : cfg.first_chunks * model.cfg.frames_per_chunk]
+    chunks = latents.shape[1] // model.cfg.frames_per_chunk
     mask = block_causal_mask(latents.shape[1], model.cfg)
     bar = tqdm(range(cfg.steps), desc="train denoiser", unit="step")
     for step in bar:
@@ -137,7 +141,8 @@ def train_denoiser(model: ToyVideoModel, latents: torch.Tensor, labels: list[str
         ids, tmask = ids_all[idx].clone(), mask_all[idx].clone()
         drop = torch.rand(cfg.batch, generator=gen) < cfg.prompt_dropout
         ids[drop], tmask[drop] = null_ids, null_mask
-        sig = chunk_sigmas(cfg.batch, model.cfg, cfg.sampler_sigma_prob, cfg.noisy_first_prob, gen)
+        sig = chunk_sigmas(cfg.batch, chunks, model.cfg.frames_per_chunk, cfg.sampler_sigma_prob,
+                           cfg.noisy_first_prob, gen)
         noise = torch.randn(x0.shape, generator=gen)
         s = sig[:, :, None, None, None]
         xt = (1 - s) * x0 + s * noise
