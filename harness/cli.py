@@ -7,7 +7,7 @@ stderr naming the problem and the fix, and exit code 2, before anything is writt
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -23,7 +23,7 @@ commands:
   sweep        a Hydra multirun over cells          refinery sweep experiment=quickstart [hydra/launcher=joblib]
   score        (re)score stored videos              refinery score experiment=quickstart
   report       tables and a figure from the store   refinery report experiment=quickstart
-  train-world  retrain the toy model from scratch   refinery train-world [steps=2000 out=path]
+  train-world  retrain the toy model from scratch   refinery train-world [steps=1300 out=path]
   train-reward retrain the world reward verifier    refinery train-reward [steps=1200 out=path]
   methods      list registered methods
   metrics      list registered metrics

@@ -116,12 +116,10 @@ def add_overhead(df: pd.DataFrame, store: Store, baseline: str) -> pd.DataFrame:
     derived = {"overhead.delta_nfe": wide["compute.nfe"] - base_nfe,
                "overhead.verify": wide["compute.verifier_calls"] / per_chunk,
                "overhead.delta_vae": (wide["compute.decodes"] - base_vae) / per_chunk}
-    rows = []
-    first = df.drop_duplicates(["cell", "video"]).set_index(["cell", "video"])
-    for metric, values in derived.items():
-        extra = first.loc[list(zip(wide["cell"], wide["video"]))].reset_index()
-        extra["metric"], extra["value"], extra["higher_is_better"] = metric, values.to_numpy(), False
-        rows.append(extra[df.columns])
+    videos = df.drop_duplicates(["cell", "video"]).set_index(["cell", "video"])
+    videos = videos.loc[list(zip(wide["cell"], wide["video"]))].reset_index()  # labels, prompt, seed
+    rows = [videos.assign(metric=metric, value=values.to_numpy(), higher_is_better=False)[df.columns]
+            for metric, values in derived.items()]
     return pd.concat([df, *rows], ignore_index=True)
 
 

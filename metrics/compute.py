@@ -18,12 +18,9 @@ LEDGER_KEYS: tuple[str, ...] = (
 )
 
 
-def _video_label(record: dict[str, Any], index: int) -> str:
-    """A name for the video in error messages: its id or path if the record has one."""
-    for key in ("index", "video_id", "id", "path"):
-        if record.get(key) is not None:
-            return f"{key}={record[key]!r}"
-    return f"video #{index} of the batch"
+def _video_label(record: dict[str, Any], position: int) -> str:
+    """A name for the video in error messages: its index in the cell (records carry it)."""
+    return f"video {record.get('index', f'#{position} of the batch')}"
 
 
 def _figure(value: Any) -> float:

@@ -184,8 +184,8 @@ def test_compute_passes_ledger_through() -> None:
 
 
 def test_compute_rejects_missing_ledger() -> None:
-    records = [{"ledger": ledger(1)}, {"video_id": "clip-7"}]
-    with pytest.raises(UsageError, match="clip-7"):
+    records = [{"ledger": ledger(1)}, {"index": 7}]
+    with pytest.raises(UsageError, match="video 7 has no ledger"):
         Compute().score(batch_of(np.zeros((2, 1, 8, 8, 3), dtype=np.uint8), records))
     incomplete = {k: v for k, v in ledger(1).items() if k != "fps"}
     with pytest.raises(UsageError, match="fps"):

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from harness.models.toy import SHIPPED_WEIGHTS, ToyConfig, ToyVideoModel, block_causal_mask, load_toy, tokenize
+from harness.rollout import Sampler
 from harness.world.grammar import parse
 from harness.world.prompts import train_prompts
 from harness.world.render import render
@@ -102,7 +103,7 @@ def encode_dataset(model: ToyVideoModel, videos: np.ndarray) -> torch.Tensor:
     return torch.cat(out)
 
 
-SAMPLER_SIGMAS = torch.tensor([1.0, 0.75, 0.5, 0.25])  # the default 4-step sampler's levels (shift 1)
+SAMPLER_SIGMAS = torch.tensor(Sampler(steps=4, shift=1.0).sigmas, dtype=torch.float32)  # the default sampler's levels
 
 
 def chunk_sigmas(batch: int, k: int, frames_per_chunk: int, sampler_prob: float, noisy_first: float,
