@@ -4,6 +4,6 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-for script in ("bench_rollout.py", "bench_methods.py", "bench_rerun.py"):
+for script in ("bench_rollout.py", "bench_methods.py", "bench_rerun.py", "bench_world_bench.py"):
     print(f"== {script}", flush=True)
     subprocess.run([sys.executable, str(HERE / script)], check=True)

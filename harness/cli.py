@@ -1,4 +1,4 @@
-"""`refinery`: run | sweep | score | report | train-world | train-reward | methods | metrics.
+"""`refinery`: run | sweep | score | report | train | train-world | train-reward | vbench | weights | methods | metrics.
 
 Every command composes its configuration with Hydra from sweeps/ and takes Hydra overrides
 (`method=base sampler.steps=8 paths.store=/tmp/runs`). Bad input of any kind ends in one line on
@@ -23,8 +23,11 @@ commands:
   sweep        a Hydra multirun over cells          refinery sweep experiment=quickstart [hydra/launcher=joblib]
   score        (re)score stored videos              refinery score experiment=quickstart
   report       tables and a figure from the store   refinery report experiment=quickstart
+  train        train a method's adapter             refinery train [train=reward|dmd] method=autorefiner [train.out=...]
   train-world  retrain the toy model from scratch   refinery train-world [steps=1300 out=path]
   train-reward retrain the world reward verifier    refinery train-reward [steps=1200 out=path]
+  weights      check the weight files a run needs   refinery weights check method=bon metric=...
+  vbench       VBench via its official package      refinery vbench export|evaluate|aggregate|ingest ...
   methods      list registered methods
   metrics      list registered metrics
 """
@@ -112,7 +115,7 @@ def _run_cell(cfg: DictConfig) -> None:
     store = open_store(cfg)
     made = generate(run, store)
     cell = store.cell(run.key)
-    scored = score(cell, cfg.metric)
+    scored = score(cell, cfg.metric, Path(cfg.paths.weights))
     print(f"cell {run.key}: {made.videos} videos generated ({made.model_calls} model calls), "
           f"{len(run.items())} stored at {cell.path}; scored: {', '.join(scored) or 'up to date'}")
 
@@ -158,7 +161,7 @@ def cmd_score(overrides: list[str]) -> None:
     points, refs = _refs(overrides)
     store = open_store(points[0][1])
     for (_, cfg), ref in zip(points, refs):
-        computed = score(store.cell(ref.key), cfg.metric, force=True)
+        computed = score(store.cell(ref.key), cfg.metric, Path(cfg.paths.weights), force=True)
         print(f"cell {ref.key}: scored {', '.join(computed)}")
 
 
@@ -197,11 +200,114 @@ def cmd_train_world(overrides: list[str]) -> None:
     print(f"toy model written to {path}")
 
 
+def cmd_train(overrides: list[str]) -> None:
+    """`train [train=reward|dmd] [key=value ...]`: the train group is not in the root config's
+    defaults (sampling never reads it), so the chosen option is appended to them."""
+    from harness.train.checkpoints import log_path
+    from harness.train.trainer import train
+
+    known = sorted(p.stem for p in (CONFIG_DIR / "train").glob("*.yaml"))
+    chosen = [o.partition("=")[2] for o in overrides if o.partition("=")[0].lstrip("+") == "train"]
+    name = chosen[-1] if chosen else "reward"
+    if name not in known:
+        raise unknown_name("train", name, known)
+    rest = [o for o in overrides if o.partition("=")[0].lstrip("+") != "train"]
+    path = train(compose([f"+train={name}", *rest]))
+    print(f"adapter checkpoint at {path} (training log {log_path(path)})")
+
+
 def cmd_train_reward(overrides: list[str]) -> None:
     from harness.verifiers import train_reward
 
     options = _options("train-reward", overrides, ["out", "steps", "seed", "threads"])
     train_reward.main([arg for key, value in options.items() for arg in (f"--{key}", value)])
+
+
+def cmd_weights(args: list[str]) -> None:
+    """`weights check [overrides]`: every weight file of the composed run; exit 2 while any is missing."""
+    from harness.weights import needed_files
+
+    if not args or args[0] != "check":
+        raise UsageError("use `refinery weights check [key=value ...]`")
+    files = needed_files(compose(args[1:]))
+    width = max(len(f.owner) for f in files)
+    for f in files:
+        print(f"{'ok     ' if f.present else 'MISSING'} {f.owner:{width}s} {f.path}  <- {f.origin}")
+    missing = [f for f in files if not f.present]
+    if missing:
+        raise UsageError(f"{len(missing)} of {len(files)} weight files are missing; place each at the path "
+                         "listed (paths.weights is the folder for external files)")
+
+
+def _positionals(args: list[str], usage: str, required: int, optional: int = 0) -> tuple[list[str], list[str]]:
+    """Arguments without '=' (paths), and the key=value rest."""
+    given = [a for a in args if "=" not in a]
+    if not required <= len(given) <= required + optional:
+        raise UsageError(f"usage: refinery {usage}")
+    return given, [a for a in args if "=" in a]
+
+
+def cmd_vbench(args: list[str]) -> None:
+    """`vbench export | evaluate | aggregate | ingest`: VBench through its official package."""
+    commands = {"export": _vbench_export, "evaluate": _vbench_evaluate, "aggregate": _vbench_aggregate,
+                "ingest": _vbench_ingest}
+    if not args or args[0] not in commands:
+        raise unknown_name("vbench command", args[0] if args else "", commands)
+    commands[args[0]](args[1:])
+
+
+def _vbench_export(args: list[str]) -> None:
+    from harness.pipeline import open_store
+    from harness.vbench.export import export_cell, vbench_cli
+    from harness.vbench.scores import dimensions_for
+
+    (out,), overrides = _positionals(args, "vbench export OUT [key=value ...]", 1)
+    points, refs = _refs(overrides)
+    v = points[0][1].vbench
+    full_info = Path(v.full_info) if v.full_info else None
+    dims = dimensions_for(v.mode, list(v.dimensions) if v.dimensions else None)
+    store = open_store(points[0][1])
+    for ref in refs:
+        export = export_cell(store.cell(ref.key), Path(out), v.mode, v.fps, v.crf, full_info)
+        print(f"cell {ref.key}: {len(set(export.videos.values()))} videos ({v.mode}) in {export.video_dir}\n"
+              f"  evaluate: refinery vbench evaluate {export.path}\n"
+              f"  or where VBench is installed: {vbench_cli(export, dims, full_info)}")
+
+
+def _vbench_evaluate(args: list[str]) -> None:
+    from harness.vbench.evaluate import Settings, preflight, run
+    from harness.vbench.scores import format_scores, read_results
+
+    (folder,), overrides = _positionals(args, "vbench evaluate DIR [key=value ...]", 1)
+    settings = Settings.from_config(compose(overrides))
+    results = run(preflight(Path(folder), settings), settings)
+    print(format_scores(read_results(results).scores))
+    print(f"results in {results}; `refinery vbench ingest {folder}` puts them into the store")
+
+
+def _vbench_aggregate(args: list[str]) -> None:
+    from harness.vbench.scores import aggregate, format_scores, read_results, to_json
+
+    (path,), rest = _positionals(args, "vbench aggregate PATH [format=table|json]", 1)
+    form = _options("vbench aggregate", rest, ["format"]).get("format", "table")
+    if form not in ("table", "json"):
+        raise UsageError(f"format={form} is unknown; use format=table or format=json")
+    summary = aggregate(read_results(Path(path)).scores, path)
+    print(to_json(summary) if form == "json" else format_scores(summary.dimensions, summary))
+
+
+def _vbench_ingest(args: list[str]) -> None:
+    from harness.store import Store
+    from harness.vbench.export import read_export
+    from harness.vbench.ingest import ingest
+    from harness.vbench.scores import read_results
+
+    given, overrides = _positionals(args, "vbench ingest DIR [RESULTS] [key=value ...]", 1, optional=1)
+    export = read_export(Path(given[0]))
+    results = read_results(Path(given[1]) if len(given) > 1 else export.result_dir)
+    cell, payload = ingest(export, results, Store(Path(compose(overrides).paths.store)))
+    print(f"cell {cell.key}: {payload['metric']} scores ({', '.join(payload['values'])}) written to "
+          f"{cell.path / 'scores'}; report them with report.metrics=[{payload['metric']}]")
 
 
 def cmd_list(kind: str) -> None:
@@ -213,7 +319,8 @@ def cmd_list(kind: str) -> None:
 
 
 COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "score": cmd_score, "report": cmd_report,
-            "train-world": cmd_train_world, "train-reward": cmd_train_reward}
+            "train": cmd_train, "train-world": cmd_train_world, "train-reward": cmd_train_reward, "weights": cmd_weights,
+            "vbench": cmd_vbench}
 
 
 def main(argv: list[str] | None = None) -> int:

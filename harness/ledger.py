@@ -1,7 +1,9 @@
 """Compute counters, incremented where the work happens: the model wrapper and the rollout loop.
 
 Nothing here is derived by formula from a method's settings; every figure is counted or timed.
-Units follow the AutoRefiner paper: NFE per batch element, decodes in latent chunks.
+Units follow the AutoRefiner paper: NFE per batch element, decodes in latent chunks. A refiner call
+(a noise refiner's forward on one chunk; the refiner is a LoRA copy of the denoiser) is one NFE in the
+paper's units (Table 2: AutoRefiner ΔNFE 21): the refiner counts it in `nfe` and in `refiner_calls`.
 """
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import resource
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -18,23 +20,34 @@ from harness.models.base import Cond, KVCache, ModelSpec, VideoModel
 
 @dataclass
 class Ledger:
-    nfe: int = 0  # denoiser evaluations, one per batch element
+    nfe: int = 0  # denoiser evaluations, one per batch element, refiner calls included (the paper's units)
     cache_passes: int = 0  # clean re-runs that fill the KV cache, per batch element
-    refiner_calls: int = 0
+    refiner_calls: int = 0  # noise-refiner forwards (a LoRA copy of the denoiser), also counted in nfe
     verifier_calls: int = 0
     decodes: int = 0  # latent chunks decoded, per batch element
     frames: int = 0  # output frames, counted by the rollout loop
     wall_seconds: float = 0.0
+    decode_seconds: float = 0.0  # the share of wall time spent decoding...
+    verifier_seconds: float = 0.0  # ...and scoring with verifiers: what search costs beyond NFE
     peak_memory_mb: float = 0.0
 
     @contextmanager
     def timed(self) -> Iterator[None]:
+        """Time the whole rollout and record its peak memory."""
+        try:
+            with self.clock("wall_seconds"):
+                yield
+        finally:
+            self.peak_memory_mb = max(self.peak_memory_mb, peak_memory_mb())
+
+    @contextmanager
+    def clock(self, counter: str) -> Iterator[None]:
+        """Add the time spent inside the block to the `counter` seconds field."""
         start = time.perf_counter()
         try:
             yield
         finally:
-            self.wall_seconds += time.perf_counter() - start
-            self.peak_memory_mb = max(self.peak_memory_mb, peak_memory_mb())
+            setattr(self, counter, getattr(self, counter) + time.perf_counter() - start)
 
     def per_video(self, videos: int) -> dict[str, Any]:
         """Each video's share of a batch's counters, plus the batch's throughput in frames/s."""
@@ -71,7 +84,7 @@ class CountingModel:
 
     def denoise(self, x: torch.Tensor, sigma: float, cond: Cond, cache: KVCache) -> torch.Tensor:
         self.ledger.nfe += x.shape[0]
-        return self.inner.denoise(x, sigma, cond, cache)
+        return with_autograd(self.inner, "denoise")(x, sigma, cond, cache)
 
     def commit(self, x0: torch.Tensor, cond: Cond, cache: KVCache) -> None:
         self.ledger.cache_passes += x0.shape[0]
@@ -79,4 +92,16 @@ class CountingModel:
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         self.ledger.decodes += latents.shape[0] * latents.shape[1] // self.spec.frames_per_chunk
-        return self.inner.decode(latents)
+        with self.ledger.clock("decode_seconds"):
+            return with_autograd(self.inner, "decode")(latents)
+
+
+def with_autograd(model: VideoModel, name: str) -> Callable[..., Any]:
+    """The backend's method `name`; while autograd is on (a training rollout), the function beneath
+    its torch.no_grad decorator, which torch keeps as `__wrapped__`. Training thus differentiates the
+    very code that samples, and sampling (inference mode) keeps the decorated call."""
+    bound = getattr(model, name)
+    raw = getattr(bound, "__wrapped__", None)
+    if raw is None or not torch.is_grad_enabled():
+        return bound
+    return raw.__get__(model)

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import torch
 
 from harness.errors import UsageError
-from harness.models.base import ModelSpec
+from harness.models.base import ModelSpec, VideoModel
 from harness.rollout import Context, Sampler, sampler_path_noise
 
 
@@ -45,6 +45,12 @@ class Method:
         if self.needs_uncond and not spec.has_uncond:
             raise UsageError(f"method {self.name!r} needs an unconditional branch, which model "
                              f"{spec.name!r} does not have; choose another method or model")
+
+    def bind(self, model: VideoModel) -> VideoModel:
+        """The model this method samples with, called by the rollout before any model call. Trained
+        methods refuse a checkpoint trained for other weights here (UsageError) and return the model
+        with their adapters, so that the KV cache and the ledger see the weights that sample."""
+        return model
 
     # -- hooks ---------------------------------------------------------------------------------
     def begin(self, ctx: Context) -> None:

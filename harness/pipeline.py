@@ -24,7 +24,7 @@ from harness.registry import METHODS, METRICS, MODELS
 from harness.rollout import Sampler, rollout
 from harness.store import Cell, Store, cell_key
 from harness.world.prompts import eval_prompts, resolve_prompts
-from metrics.base import VideoBatch
+from metrics.base import VideoBatch, check_weights
 
 REFINERY_VERSION = "0.1.0"
 SCORE_BATCH = 64
@@ -74,15 +74,15 @@ def resolve_run(cfg: DictConfig) -> Run:
     seed = _positive("seed", cfg.seed, 0)
     seeds = list(range(seed, seed + _positive("samples_per_prompt", cfg.samples_per_prompt, 1)))
     batch_size = _positive("batch_size", cfg.batch_size, 1)
-    for name in cfg.metric:
-        METRICS.target(name)
+    check_metric_weights(cfg.metric, Path(cfg.paths.weights))
     params = cfg.method.get("params")
     method = METHODS.get(cfg.method.name)(**(OmegaConf.to_container(params) if params else {}))
     prompts, tags = suite_prompts(cfg.suite)
-    model = MODELS.get(cfg.model.name)(OmegaConf.to_container(cfg.model))
+    model = MODELS.get(cfg.model.name).load(OmegaConf.to_container(cfg.model))
     shift = cfg.sampler.shift if cfg.sampler.shift is not None else cfg.model.default_shift
     sampler = Sampler(cfg.sampler.kind, _positive("sampler.steps", cfg.sampler.steps, 1), float(shift))
     method.prepare(model.spec, sampler, Path(cfg.paths.weights))
+    method.bind(model)  # refuses a checkpoint trained for other weights, before anything is written
     spec = {
         "refinery": REFINERY_VERSION,
         "model": {"name": cfg.model.name, "digest": model.digest(), "num_chunks": model.spec.num_chunks},
@@ -150,7 +150,14 @@ def _generate_batches(run: Run, cell: Cell, progress: bool) -> Generated:
     return made
 
 
-def score(cell: Cell, metric_cfg: DictConfig, force: bool = False) -> list[str]:
+def check_metric_weights(metric_cfg: DictConfig, weights_dir: Path) -> None:
+    """Refuse a run whose metrics miss weight files before it generates anything."""
+    for name, options in metric_cfg.items():
+        options = OmegaConf.to_container(options) if options is not None else {}
+        check_weights(f"metric {name!r}", weights_dir, METRICS.get(name).required_weights(options))
+
+
+def score(cell: Cell, metric_cfg: DictConfig, weights_dir: Path, force: bool = False) -> list[str]:
     """Score a complete cell with every configured metric whose stored scores are stale or absent.
 
     Returns the names of the metrics computed."""
@@ -158,22 +165,23 @@ def score(cell: Cell, metric_cfg: DictConfig, force: bool = False) -> list[str]:
         raise UsageError(f"cell {cell.key} is not complete; run `refinery run` (or sweep) for it first")
     indices = cell.video_indices()
     existing = cell.read_scores()
-    done = []
+    stale = {}
     for name, options in metric_cfg.items():
         options = OmegaConf.to_container(options) if options is not None else {}
         metric_cls = METRICS.get(name)
         old = existing.get(name, {})
-        if not force and old.get("version") == metric_cls.version and old.get("options") == options \
-                and old.get("videos") == len(indices):
-            continue
-        metric = metric_cls(**options)
+        if force or old.get("version") != metric_cls.version or old.get("options") != options \
+                or old.get("videos") != len(indices):
+            stale[name] = (metric_cls(weights_dir=weights_dir, **options), options)  # refuses missing weights
+    done = []
+    for name, (metric, options) in stale.items():
         for start in range(0, len(indices), SCORE_BATCH):
             chunk = indices[start: start + SCORE_BATCH]
             metric.update(VideoBatch(np.stack([cell.read_video(i) for i in chunk]),
                                      [cell.read_record(i) for i in chunk]))
         values = metric.compute()
-        cell.write_scores(name, {"metric": name, "version": metric_cls.version, "options": options,
-                                 "higher_is_better": dict(metric_cls.higher_is_better),
+        cell.write_scores(name, {"metric": name, "version": metric.version, "options": options,
+                                 "higher_is_better": dict(metric.higher_is_better),
                                  "values": {k: v.tolist() for k, v in values.items()}, "videos": len(indices)})
         done.append(name)
     return done

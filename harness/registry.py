@@ -1,4 +1,4 @@
-"""Lazy registries of models, methods, metrics and verifiers.
+"""Lazy registries of models, methods, metrics, verifiers and training objectives.
 
 Entries are "module:attr" strings resolved on first use, so importing the harness never imports a
 backend or a metric library it does not use. An unknown name is a UsageError with the closest names.
@@ -34,7 +34,7 @@ class Registry:
 
 
 MODELS = Registry("model", {
-    "toy": "harness.models.loader:load_toy_model",
+    "toy": "harness.models.loader:TOY",
 })
 METHODS = Registry("method", {
     "base": "methods.base:Base",
@@ -43,14 +43,25 @@ METHODS = Registry("method", {
     "pnp": "methods.pnp:PredictAndPerturb",
     "cfg": "methods.cfg:ClassifierFreeGuidance",
     "cfg_zero": "methods.cfg:CfgZeroStar",
+    "lora": "methods.lora:Lora",
+    "init_noise_refiner": "methods.init_noise_refiner:InitNoiseRefiner",
+    "autorefiner": "methods.autorefiner:AutoRefiner",
 })
 METRICS = Registry("metric", {
     "dynamics": "metrics.dynamics:Dynamics",
+    "perceptual_dynamics": "metrics.perceptual_dynamics:PerceptualDynamics",
+    "dino_diversity": "metrics.diversity:Diversity",
     "temporal_flicker": "metrics.temporal_flicker:TemporalFlicker",
     "world_alignment": "metrics.world_alignment:WorldAlignment",
+    "world_bench": "metrics.world_bench:WorldBench",
     "compute": "metrics.compute:Compute",
+    "clip_score": "metrics.clip_score:ClipScoreMetric",
 })
 VERIFIERS = Registry("verifier", {
     "world_reward": "harness.verifiers.world_reward:WorldReward",
     "clip_score": "harness.verifiers.clip_score:ClipScore",
+})
+OBJECTIVES = Registry("objective", {  # what `refinery train` optimises (harness.train.objectives)
+    "reward": "harness.train.objectives:RewardObjective",
+    "dmd": "harness.train.objectives:DmdObjective",
 })

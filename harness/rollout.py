@@ -14,6 +14,17 @@
 Samplers differ only in the path noise: the stochastic sampler of Self-Forcing draws fresh noise,
 the Euler ODE sampler reuses the noise implied by x and x0 (then renoise is exactly an Euler step).
 Rows: a hook may return k candidate rows per video (k * B); `select` returns which rows survive.
+
+Before the loop, `method.bind(model)` names the model that samples (a trained method's adapted
+weights), so the KV cache and the ledger see the weights that actually run.
+
+Training reuses this loop (AutoRefiner's Algorithm 1, Self-Forcing's random exit): with `exit_step`
+every chunk stops at that step, whose x0 is the chunk's output and fills the cache, and the loop runs
+with autograd on instead of in inference mode. Nothing is recorded unless it depends on a tensor that
+requires grad, so only what a method computes from its trainable parameters (at the steps it chooses,
+see harness.train) is differentiable; the model wrapper then calls the backend's denoise and decode
+beneath their no_grad decorators (harness.ledger), while commits stay gradient-free: no gradient
+flows through the history.
 """
 from __future__ import annotations
 
@@ -74,19 +85,25 @@ class Context:
     step: int = 0
     history: list[torch.Tensor] = field(default_factory=list)  # committed clean chunks
     decoded: dict[int, torch.Tensor] = field(default_factory=dict)  # chunk -> frames a hook decoded
+    exit_step: int | None = None  # training: every chunk stops at this step (see the module docstring)
 
     @property
     def sigma(self) -> float:
         return self.sampler.sigmas[self.step]
 
     @property
+    def training(self) -> bool:
+        return self.exit_step is not None
+
+    @property
     def is_last_step(self) -> bool:
-        return self.step == self.sampler.steps - 1
+        return self.step == (self.sampler.steps - 1 if self.exit_step is None else self.exit_step)
 
     def verify(self, verifier: "Verifier", frames: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         """Score frames (N, F, 3, H, W) with a verifier; counted in the ledger, one call per row."""
         self.ledger.verifier_calls += frames.shape[0]
-        return verifier.score(frames, prompts)
+        with self.ledger.clock("verifier_seconds"):
+            return verifier.score(frames, prompts)
 
 
 @dataclass
@@ -104,15 +121,19 @@ def sampler_path_noise(x: torch.Tensor, x0: torch.Tensor, ctx: Context) -> torch
 
 
 def rollout(model: VideoModel, method: "Method", prompts: list[str], seeds: list[int], sampler: Sampler,
-            ledger: Ledger | None = None) -> RolloutResult:
-    """Generate one video per (prompt, seed) pair, chunk by chunk."""
+            ledger: Ledger | None = None, exit_step: int | None = None) -> RolloutResult:
+    """Generate one video per (prompt, seed) pair, chunk by chunk. `exit_step`: a training rollout
+    (module docstring), whose videos are differentiable where a method made them so."""
+    if exit_step is not None and not 0 <= exit_step < sampler.steps:
+        raise ValueError(f"exit_step {exit_step} is not one of the sampler's steps 0..{sampler.steps - 1}")
     ledger = ledger or Ledger()
-    counted = CountingModel(model, ledger)
+    counted = CountingModel(method.bind(model), ledger)
     spec = model.spec
-    with ledger.timed(), torch.inference_mode():
+    with ledger.timed(), torch.enable_grad() if exit_step is not None else torch.inference_mode():
         cond = counted.encode(prompts)
         ctx = Context(counted, cond, counted.new_cache(len(prompts)),
-                      NoiseSource(seeds, (spec.frames_per_chunk, *spec.latent_shape)), sampler, ledger)
+                      NoiseSource(seeds, (spec.frames_per_chunk, *spec.latent_shape)), sampler, ledger,
+                      exit_step=exit_step)
         method.begin(ctx)
         for chunk in range(spec.num_chunks):
             ctx.chunk, ctx.step = chunk, 0

@@ -176,7 +176,7 @@ class Cell:
 
     # -- videos and records ---------------------------------------------------------------------
 
-    def _video_path(self, i: int) -> Path:
+    def video_path(self, i: int) -> Path:
         return self.path / "videos" / f"{i:05d}.npy"
 
     def _record_path(self, i: int) -> Path:
@@ -189,13 +189,13 @@ class Cell:
         """Store video i, then its record: a record is the mark that its video is complete."""
         if video.dtype != np.uint8 or video.ndim != 4 or video.shape[-1] != 3:
             raise ValueError(f"video must be uint8 (F, H, W, 3), got {video.dtype} {video.shape}")
-        atomic_save_npy(self._video_path(i), video)
+        atomic_save_npy(self.video_path(i), video)
         atomic_write_json(self._record_path(i), record)
 
     def read_video(self, i: int) -> np.ndarray:
         if not self.has_record(i):
             raise UsageError(f"cell {self.path} has no complete video {i}; rerun the cell")
-        return read_npy(self._video_path(i))
+        return read_npy(self.video_path(i))
 
     def read_record(self, i: int) -> dict:
         if not self.has_record(i):

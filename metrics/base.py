@@ -8,15 +8,14 @@ files it loads.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
+from harness.weights import WeightFile, check_weights
 
-@dataclass(frozen=True)
-class WeightFile:
-    relative_path: str  # under paths.weights
-    origin: str  # where a user gets it
+__all__ = ["Metric", "VideoBatch", "WeightFile", "check_weights"]
 
 
 @dataclass(frozen=True)
@@ -35,9 +34,20 @@ class Metric:
     needs: ClassVar[tuple[str, ...]] = ()  # record fields it reads, e.g. ("prompt",)
     weights: ClassVar[tuple[WeightFile, ...]] = ()
 
-    def __init__(self, **options: Any):
+    def __init__(self, weights_dir: str | Path = "weights", **options: Any):
+        self.weights_dir = Path(weights_dir)
         self.options = options
+        check_weights(f"metric {self.name!r}", self.weights_dir, self.required_weights(options))
         self.reset()
+
+    @classmethod
+    def required_weights(cls, options: dict[str, Any]) -> tuple[WeightFile, ...]:
+        """The weight files an instance with these options loads; a metric whose options pick a
+        backbone narrows `weights` to that backbone's files. Checked before any compute."""
+        return cls.weights
+
+    def weight_path(self, weight: WeightFile) -> Path:
+        return self.weights_dir / weight.relative_path
 
     def reset(self) -> None:
         self._values: dict[str, list[float]] = {k: [] for k in self.higher_is_better}

@@ -7,6 +7,7 @@ match scikit-image's `structural_similarity(a, b, channel_axis=-1, data_range=25
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import numpy as np
@@ -71,6 +72,14 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return 10 * torch.log10(DATA_RANGE**2 / mse.clamp_min(floor))
 
 
+def device_option(metric: str, options: dict[str, Any]) -> torch.device:
+    """The `device` option; the caller picks it, CPU by default so scoring never competes with a GPU job."""
+    try:
+        return torch.device(options.get("device", "cpu"))
+    except (RuntimeError, TypeError) as err:
+        raise UsageError(f"{metric}: bad device option {options.get('device')!r}: {err}") from err
+
+
 class Dynamics(Metric):
     name: ClassVar[str] = "dynamics"
     version: ClassVar[str] = "1"
@@ -83,40 +92,47 @@ class Dynamics(Metric):
     def __init__(self, **options: Any):
         interval = options.get("interval", 5)
         if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
-            raise UsageError(f"dynamics: interval must be a positive integer, got {interval!r}")
+            raise UsageError(f"{self.name}: interval must be a positive integer, got {interval!r}")
         self.interval = interval
-        # The caller picks the device; CPU by default so scoring never competes with a GPU job.
-        try:
-            self.device = torch.device(options.get("device", "cpu"))
-        except (RuntimeError, TypeError) as err:
-            raise UsageError(f"dynamics: bad device option {options.get('device')!r}: {err}") from err
+        self.device = device_option(self.name, options)
         super().__init__(**options)
 
     def score(self, batch: VideoBatch) -> dict[str, np.ndarray]:
-        videos = batch.videos
+        first, later = self._frame_pairs(batch.videos)
+        ssims, psnrs = self._pairwise(first, later)
+        shape = self._per_video(batch.videos)
+        return {"ssim": ssims.reshape(shape).mean(axis=1), "psnr": psnrs.reshape(shape).mean(axis=1)}
+
+    def _frame_pairs(self, videos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Frames f and f + interval of every video, each flattened to (B * pairs, H, W, 3), video-major."""
         b, f = videos.shape[:2]
         if f < self.interval + 1:
             raise UsageError(
-                f"dynamics: interval {self.interval} needs videos of at least {self.interval + 1} "
+                f"{self.name}: interval {self.interval} needs videos of at least {self.interval + 1} "
                 f"frames, got {f}; lower the interval option"
             )
         pairs = f - self.interval
         first = videos[:, : pairs].reshape(b * pairs, *videos.shape[2:])
         later = videos[:, self.interval :].reshape(b * pairs, *videos.shape[2:])
-        ssims, psnrs = self._pairwise(first, later)
-        return {
-            "ssim": ssims.reshape(b, pairs).mean(axis=1),
-            "psnr": psnrs.reshape(b, pairs).mean(axis=1),
-        }
+        return first, later
+
+    def _per_video(self, videos: np.ndarray) -> tuple[int, int]:
+        """(videos, pairs per video): the shape that per-pair values reshape to."""
+        return len(videos), videos.shape[1] - self.interval
+
+    def _chunks(self, a: np.ndarray, b: np.ndarray,
+                elements: int = _CHUNK_ELEMENTS) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The pairs as tensors on the device, about `elements` pixel values at a time, so memory stays bounded."""
+        per_pair = int(np.prod(a.shape[1:]))
+        step = max(1, elements // per_pair)
+        for start in range(0, len(a), step):
+            yield (torch.tensor(a[start : start + step], device=self.device),
+                   torch.tensor(b[start : start + step], device=self.device))
 
     def _pairwise(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """SSIM and PSNR of every pair, in chunks of many pairs so memory stays bounded."""
-        per_pair = int(np.prod(a.shape[1:]))
-        step = max(1, _CHUNK_ELEMENTS // per_pair)
+        """SSIM and PSNR of every pair."""
         ssims, psnrs = [], []
-        for start in range(0, len(a), step):
-            x = torch.tensor(a[start : start + step], device=self.device)
-            y = torch.tensor(b[start : start + step], device=self.device)
+        for x, y in self._chunks(a, b):
             ssims.append(ssim(x, y).cpu().numpy())
             psnrs.append(psnr(x, y).cpu().numpy())
         return np.concatenate(ssims), np.concatenate(psnrs)

@@ -13,14 +13,15 @@ torch.set_num_threads(1)
 FAST = ["suite=world_smoke", "samples_per_prompt=1", "model.num_chunks=2", "sampler.steps=2", "batch_size=4"]
 
 
-@pytest.fixture
-def randomized_toy():
+@pytest.fixture(params=[1, 0], ids=["local-attention", "full-prefix"])
+def randomized_toy(request):
     """An untrained toy model whose zero-initialised output layers are randomised, so every path
-    through the network (history, time, text) changes the output."""
-    from harness.models.toy import ToyVideoModel
+    through the network (history, time, text) changes the output; with local attention (the
+    shipped setting) and with attention over the whole prefix."""
+    from harness.models.toy import ToyConfig, ToyVideoModel
 
     torch.manual_seed(0)
-    model = ToyVideoModel().eval()
+    model = ToyVideoModel(ToyConfig(context_chunks=request.param)).eval()
     for name, p in model.named_parameters():
         if "modulation" in name or "patch_out" in name:
             torch.nn.init.normal_(p, std=0.05)

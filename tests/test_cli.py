@@ -61,3 +61,16 @@ def test_unknown_command_and_sweep_preflight(tmp_path):
     result = refinery("sweep", *FAST, "sampler.steps=2,0", f"paths.store={tmp_path / 'store'}")
     assert result.returncode == 2 and "out of range" in result.stderr
     assert not (tmp_path / "store").exists()
+
+
+def test_weights_check_lists_every_file_and_fails_while_one_is_missing(tmp_path):
+    shipped = refinery("weights", "check", "method=bon", f"paths.weights={tmp_path}")
+    assert shipped.returncode == 0, shipped.stderr
+    assert [line.split()[:3] for line in shipped.stdout.splitlines()] == [
+        ["ok", "model", "toy"], ["ok", "verifier", "world_reward"]]
+    external = refinery("weights", "check", "method=bon", "method.params.verifier=clip_score", f"paths.weights={tmp_path}")
+    assert external.returncode == 2
+    missing = [line for line in external.stdout.splitlines() if line.startswith("MISSING")]
+    assert len(missing) == 1 and f"{tmp_path}/open_clip/ViT-B-32-openai.safetensors" in missing[0]
+    assert "huggingface.co" in missing[0]  # where it comes from
+    assert external.stderr.count("\n") == 1 and "1 of 2 weight files are missing" in external.stderr

@@ -1,6 +1,8 @@
 """The AutoRefiner paper's Table 2 compute columns, reproduced by the ledger through the whole path
 (rollout -> store -> compute metric -> report), with the Self-Forcing schedule: 7 chunks of 3 latent
 frames, 4 stochastic steps, 5 candidates."""
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -25,7 +27,7 @@ def summary(tmp_path_factory):
         run = resolve_run(cfg)
         store = open_store(cfg)
         generate(run, store, progress=False)
-        score(store.cell(run.key), cfg.metric)
+        score(store.cell(run.key), cfg.metric, Path(cfg.paths.weights))
         refs.append(CellRef(run.key, {"method": method}))
     paths = write_report(store, refs, tmp / "report", "table 2", metrics=["overhead", "compute"],
                          figure=None, baseline=refs[0].key)

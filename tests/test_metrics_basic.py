@@ -6,12 +6,15 @@ import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+from omegaconf import OmegaConf
+
 from harness.errors import UsageError
-from metrics.base import VideoBatch
+from harness.pipeline import check_metric_weights
+from harness.registry import METRICS
+from metrics.base import Metric, VideoBatch, WeightFile
 from metrics.compute import LEDGER_KEYS, Compute
 from metrics.dynamics import PSNR_CAP_DB, Dynamics, psnr, ssim
 from metrics.temporal_flicker import TemporalFlicker
-
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -224,3 +227,27 @@ def test_metric_metadata() -> None:
     assert Compute.name == "compute"
     for cls in (Dynamics, TemporalFlicker, Compute):
         assert cls.description and "\n" not in cls.description and cls.version
+
+
+class NeedsWeights(Metric):
+    name = "needs_weights"
+    version = "1"
+    higher_is_better = {"x": True}
+    weights = (WeightFile("backbone/net.safetensors", "https://example.org/net"), WeightFile("head.pt", "the head's origin"))
+
+
+def test_missing_metric_weights_are_listed_with_their_origin_before_any_compute(tmp_path, monkeypatch):
+    (tmp_path / "head.pt").write_bytes(b"present")
+    with pytest.raises(UsageError) as err:
+        NeedsWeights(weights_dir=tmp_path)
+    message = str(err.value)
+    assert f"{tmp_path}/backbone/net.safetensors (from https://example.org/net)" in message
+    assert "head.pt" not in message and "\n" not in message
+    # the run path checks the same files while resolving the config, before it generates anything
+    monkeypatch.setitem(METRICS._entries, "needs_weights", "tests.test_metrics_basic:NeedsWeights")
+    with pytest.raises(UsageError, match="net.safetensors"):
+        check_metric_weights(OmegaConf.create({"needs_weights": {}}), tmp_path)
+    (tmp_path / "backbone").mkdir()
+    (tmp_path / "backbone" / "net.safetensors").write_bytes(b"present")
+    check_metric_weights(OmegaConf.create({"needs_weights": {}}), tmp_path)
+    assert NeedsWeights(weights_dir=tmp_path).weight_path(NeedsWeights.weights[1]) == tmp_path / "head.pt"

@@ -24,6 +24,9 @@ def test_cached_sampling_equals_recomputing_the_prefix(randomized_toy):
         model.commit(cached, cond, cache)
         history = torch.cat([history, cached], 1)
     assert cache.frames == history.shape[1]
+    if model.cfg.context_chunks:  # local attention keeps only the chunks that are attended to
+        kept = model.cfg.context_chunks * model.cfg.frames_per_chunk * model.cfg.tokens_per_frame
+        assert all(k.shape[2] == v.shape[2] == kept for k, v in cache.layers)
 
 
 def test_history_changes_the_prediction(randomized_toy):

@@ -146,6 +146,10 @@ def test_ledger_counts_autorefiner_table_2_columns(toy):
                for name, m in (("bon", bon), ("sop", sop))}
     assert table_2 == {"bon": (112, 5, 4), "sop": (112, 20, 19)}
     assert bon["cache_passes"] == sop["cache_passes"] == base["cache_passes"]  # only winners are committed
+    # decoder and verifier time is timed inside those calls, as a part of the wall time
+    for m in (base, bon, sop):
+        assert 0 < m["decode_seconds"] + m["verifier_seconds"] < m["wall_seconds"]
+    assert base["verifier_seconds"] == 0 < bon["verifier_seconds"]
 
 
 @pytest.mark.parametrize("cls", [BestOfN, SearchOverPath])

@@ -4,6 +4,7 @@ import sys
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -144,3 +145,21 @@ def test_clip_score_is_the_mean_frame_clipscore(tmp_path, monkeypatch):
     frames = torch.tensor([[orange, grey], [azure, azure]])[..., None, None].expand(-1, -1, -1, 4, 4)
     scores = verifier.score(frames, ["a red circle bouncing", "a blue circle bouncing"])
     assert torch.allclose(scores, torch.tensor([CLIP_SCORE_WEIGHT * (1 + 0) / 2, 0.0]), atol=1e-5)
+
+
+def test_clip_score_metric_scores_stored_videos_like_the_verifier(tmp_path, monkeypatch):
+    from metrics.base import VideoBatch
+    from metrics.clip_score import ClipScoreMetric
+
+    monkeypatch.setitem(sys.modules, "open_clip", Tripwire("open_clip"))
+    with pytest.raises(UsageError, match="open_clip/ViT-B-32-openai.safetensors"):
+        ClipScoreMetric(weights_dir=tmp_path)  # refused before open_clip is touched
+    monkeypatch.setitem(sys.modules, "open_clip", stand_in_open_clip([]))
+    metric = ClipScoreMetric(weights_dir=with_weights_file(tmp_path))
+    orange, azure = [230, 128, 26], [26, 128, 230]
+    videos = np.array([[orange, orange], [azure, orange]], dtype=np.uint8)[:, :, None, None].repeat(4, 2).repeat(4, 3)
+    metric.update(VideoBatch(videos, [{"prompt": "a red circle bouncing"}] * 2))
+    values = metric.compute()["clip_score"]
+    frames = torch.from_numpy(videos).permute(0, 1, 4, 2, 3).float() / 255
+    expected = ClipScore(tmp_path).score(frames, ["a red circle bouncing"] * 2)
+    assert np.allclose(values, expected.numpy(), atol=1e-6) and values[0] > values[1] > 0

@@ -1,12 +1,17 @@
 """The embedded `toy` backend: a small Self-Forcing-shaped AR video diffusion model of the shapes world.
 
 Three parts, trained by `harness.models.toy_train`:
-- `FrameAutoencoder`, the "VAE": 32x32 RGB frame <-> 4x8x8 latent, normalised to unit scale;
+- `FrameAutoencoder`, the "VAE": 32x32 RGB frame <-> 4x16x16 latent, normalised to unit scale;
 - `TextEncoder`: word embeddings over the world's vocabulary and a small transformer; the empty
   prompt is the unconditional branch (a learned null token);
-- `CausalDenoiser`: a transformer over 2x2 latent patches, block-causal over chunks of 3 latent
+- `CausalDenoiser`: a transformer over 4x4 latent patches, block-causal over chunks of 3 latent
   frames, per-frame noise level through adaLN, text through cross-attention, a KV cache of clean
   chunks. It predicts the velocity (noise - x0), from which x0 = x - sigma * v.
+
+Attention is local, as Self-Forcing's `local_attn_size`: a chunk sees itself and the
+`context_chunks` chunks before it (0: the whole prefix). The shapes world is Markov in three frames
+(position, velocity, acceleration), so one chunk of context suffices, and training on short windows
+then matches what the model sees at every step of a rollout.
 """
 from __future__ import annotations
 
@@ -40,6 +45,7 @@ class ToyConfig:
     max_frames: int = 24
     frames_per_chunk: int = 3
     num_chunks: int = 7
+    context_chunks: int = 1  # earlier chunks a chunk attends to; 0 = all of them
 
     @property
     def tokens_per_frame(self) -> int:
@@ -225,10 +231,12 @@ class CausalDenoiser(nn.Module):
 
 
 def block_causal_mask(frames: int, cfg: ToyConfig) -> torch.Tensor:
-    """Boolean (T, T) mask: a token sees every token of its own chunk and of earlier chunks."""
+    """Boolean (T, T) mask: a token sees every token of its own chunk and of the `context_chunks`
+    chunks before it (all earlier chunks when that is 0)."""
     chunk = torch.arange(frames).div(cfg.frames_per_chunk, rounding_mode="floor")
     chunk = chunk.repeat_interleave(cfg.tokens_per_frame)
-    return chunk[None, :] <= chunk[:, None]
+    lag = chunk[:, None] - chunk[None, :]
+    return (lag >= 0) & (lag <= cfg.context_chunks) if cfg.context_chunks else lag >= 0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -302,10 +310,10 @@ class ToyVideoModel(nn.Module):
         self._check_batch(x0, cache)
         sig = torch.zeros(x0.shape[0], x0.shape[1])
         _, kvs = self.denoiser(x0, sig, cond.tokens, cond.mask, cache.frames, self._expanded_context(cache, 1))
-        if cache.frames == 0:
-            cache.layers = kvs
-        else:
-            cache.layers = [(torch.cat([a, k], 2), torch.cat([b, v], 2)) for (a, b), (k, v) in zip(cache.layers, kvs)]
+        if cache.frames:
+            kvs = [(torch.cat([a, k], 2), torch.cat([b, v], 2)) for (a, b), (k, v) in zip(cache.layers, kvs)]
+        keep = self.cfg.context_chunks * self.cfg.frames_per_chunk * self.cfg.tokens_per_frame
+        cache.layers = [(k[:, :, -keep:], v[:, :, -keep:]) for k, v in kvs] if keep else kvs
         cache.frames += x0.shape[1]
 
     @torch.no_grad()

@@ -3,8 +3,12 @@
 1. render the training prompts (several seeds each) into a uint8 dataset;
 2. train the frame autoencoder, then fix its latent normalisation;
 3. train the text encoder and causal denoiser with flow matching under diffusion forcing: every
-   chunk of a clip draws its own noise level (a quarter of them clean, as context), prompts drop to
-   the unconditional null prompt 10% of the time, and an EMA of the weights is what ships.
+   chunk draws its own noise level, clean chunks serve as context, prompts drop to the
+   unconditional null prompt 10% of the time, and an EMA of the weights is what ships. Two stages:
+   first chunks alone, where the prompt is all the model has to go on (what a video shows), then
+   short windows of chunks at random offsets, where the context decides how it moves on. The
+   windows cover the model's local attention (`ToyConfig.context_chunks`), so each training
+   window looks like one step of a rollout, at a third of the cost of a whole clip.
 """
 from __future__ import annotations
 
@@ -35,15 +39,16 @@ class TrainWorldConfig:
     vae_steps: int = 600
     vae_batch: int = 64
     vae_lr: float = 2e-3
-    steps: int = 1300
+    first_chunk_steps: int = 1500  # stage 1: first chunks only
+    steps: int = 2500  # stage 2: windows of `window_chunks` chunks
+    window_chunks: int = 3
+    first_window_prob: float = 0.5  # share of stage-2 windows that start at the first chunk
     batch: int = 32
     lr: float = 5e-4
     warmup: int = 100
     ema: float = 0.995
     sampler_sigma_prob: float = 0.5  # share of chunks trained at the default sampler's noise levels
-    noisy_first_prob: float = 0.5  # share of clips whose first chunk is noisy (no clean prefix)
-    first_chunks: int = 0  # train on the first k chunks of each clip only (0: all); a cheap stage
-    # that concentrates the loss where the prompt alone decides the video
+    noisy_first_prob: float = 0.5  # share of first windows whose first chunk is noisy (no clean prefix)
     prompt_dropout: float = 0.1
     threads: int = 0  # torch threads; 0 keeps torch's default (all cores)
     vae_from: str = ""  # a toy checkpoint whose autoencoder is reused instead of trained (vae_steps unused)
@@ -122,6 +127,17 @@ def chunk_sigmas(batch: int, k: int, frames_per_chunk: int, sampler_prob: float,
     return sig.masked_fill(torch.arange(k)[None, :] < prefix, 0.0).repeat_interleave(frames_per_chunk, 1)
 
 
+def _stage(step: int, chunks: int, cfg: TrainWorldConfig, gen: torch.Generator) -> tuple[int, int, float]:
+    """(first chunk, number of chunks, share of noisy first chunks) of this step's training windows."""
+    if step < cfg.first_chunk_steps:
+        return 0, 1, 1.0
+    window = min(cfg.window_chunks, chunks)
+    if chunks == window or torch.rand(1, generator=gen).item() < cfg.first_window_prob:
+        return 0, window, cfg.noisy_first_prob
+    # a later window: its first chunk is always clean, the context its successors continue from
+    return int(torch.randint(1, chunks - window + 1, (1,), generator=gen)), window, 0.0
+
+
 def train_denoiser(model: ToyVideoModel, latents: torch.Tensor, labels: list[str], cfg: TrainWorldConfig,
                    gen: torch.Generator, on_checkpoint=None) -> ToyVideoModel:
     params = list(model.text.parameters()) + list(model.denoiser.parameters())
@@ -129,26 +145,26 @@ def train_denoiser(model: ToyVideoModel, latents: torch.Tensor, labels: list[str
     ema = copy.deepcopy(model).eval()
     ids_all, mask_all = tokenize(labels)
     null_ids, null_mask = tokenize([""])
-    if cfg.first_chunks:
-        latents = latents[:, : cfg.first_chunks * model.cfg.frames_per_chunk]
-    chunks = latents.shape[1] // model.cfg.frames_per_chunk
-    mask = block_causal_mask(latents.shape[1], model.cfg)
-    bar = tqdm(range(cfg.steps), desc="train denoiser", unit="step")
+    fpc = model.cfg.frames_per_chunk
+    chunks = latents.shape[1] // fpc
+    total = cfg.first_chunk_steps + cfg.steps
+    bar = tqdm(range(total), desc="train denoiser", unit="step")
     for step in bar:
         for g in opt.param_groups:
-            g["lr"] = _cosine_lr(step, cfg.steps, cfg.warmup, cfg.lr)
+            g["lr"] = _cosine_lr(step, total, cfg.warmup, cfg.lr)
+        first, k, noisy_first = _stage(step, chunks, cfg, gen)
         idx = torch.randint(len(latents), (cfg.batch,), generator=gen)
-        x0 = latents[idx]
+        x0 = latents[idx, first * fpc: (first + k) * fpc]
         ids, tmask = ids_all[idx].clone(), mask_all[idx].clone()
         drop = torch.rand(cfg.batch, generator=gen) < cfg.prompt_dropout
         ids[drop], tmask[drop] = null_ids, null_mask
-        sig = chunk_sigmas(cfg.batch, chunks, model.cfg.frames_per_chunk, cfg.sampler_sigma_prob,
-                           cfg.noisy_first_prob, gen)
+        sig = chunk_sigmas(cfg.batch, k, fpc, cfg.sampler_sigma_prob, noisy_first, gen)
         noise = torch.randn(x0.shape, generator=gen)
         s = sig[:, :, None, None, None]
         xt = (1 - s) * x0 + s * noise
         # float32 throughout: in bfloat16 the small differences between pooled prompts vanish
-        v, _ = model.denoiser(xt, sig, model.text(ids, tmask), tmask, 0, None, mask)
+        v, _ = model.denoiser(xt, sig, model.text(ids, tmask), tmask, first * fpc, None,
+                              block_causal_mask(k * fpc, model.cfg))
         noisy = (sig > 0)[:, :, None, None, None].float()  # clean context chunks carry no loss
         loss = ((v.float() - (noise - x0)) ** 2 * noisy).sum() / (noisy.sum() * x0[0, 0].numel())
         opt.zero_grad(set_to_none=True)
@@ -160,7 +176,7 @@ def train_denoiser(model: ToyVideoModel, latents: torch.Tensor, labels: list[str
             for pe, pm in zip(ema.parameters(), model.parameters()):
                 pe.lerp_(pm, 1 - decay)
         if step % 20 == 0:
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+            bar.set_postfix(stage=1 if step < cfg.first_chunk_steps else 2, loss=f"{loss.item():.4f}")
         if on_checkpoint and (step + 1) % cfg.checkpoint_every == 0:
             on_checkpoint(ema, step + 1)
     return ema
@@ -199,6 +215,6 @@ def train_world(cfg: TrainWorldConfig) -> Path:
         save_toy(ema, cfg.out, {**asdict(cfg), "step": step, "wall_seconds": round(time.time() - start, 1)})
 
     ema = train_denoiser(model, latents, labels, cfg, gen, checkpoint)
-    meta = {**asdict(cfg), "step": cfg.steps, "wall_seconds": round(time.time() - start, 1), "torch": torch.__version__}
+    meta = {**asdict(cfg), "step": cfg.first_chunk_steps + cfg.steps, "wall_seconds": round(time.time() - start, 1), "torch": torch.__version__}
     save_toy(ema, cfg.out, meta)
     return Path(cfg.out)

@@ -19,6 +19,7 @@ from torch import nn
 
 from harness.errors import UsageError
 from harness.verifiers.base import Verifier
+from harness.weights import WeightFile
 from harness.world.grammar import VOCABULARY, parse
 
 SHIPPED_WEIGHTS = Path(__file__).parent / "weights" / "world_reward.safetensors"
@@ -108,6 +109,7 @@ class WorldReward(Verifier):
     version = "1"
     description = "learned shapes-world reward: a prompt-conditioned 3D CNN trained to rank renders above corruptions"
     differentiable = True
+    weights = (WeightFile(str(SHIPPED_WEIGHTS), f"ships with the package; rebuild it with `{REBUILD}`"),)
 
     def __init__(self, weights_dir: Path | None = None, path: Path | None = None):
         """The weights ship with the package, so `weights_dir` (external weights) is not read."""

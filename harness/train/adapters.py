@@ -1,0 +1,224 @@
+"""LoRA adapters on a backend's denoiser, the noise-refiner network built from them, and the base
+class of methods whose weights are trained.
+
+A trainable backend exposes `denoiser`, the torch module whose nn.Linear layers take LoRA, with the
+toy's call signature denoiser(x, sigma (B, F), text tokens, text mask, start frame, per-layer (k, v)
+context) -> (output, per-layer (k, v) of x). LoRA is peft's, on every linear layer, with peft's init
+(A random from a fixed seed, B zero): an untrained adapter adds exactly 0.0, so the adapted model is
+the base model bit for bit.
+
+NoiseRefiner (AutoRefiner Sec. 3.4, after HyperNoise's zero-initialised output layer): a copy of the
+base model whose output layer has weight and bias set to zero (and frozen), LoRA on every linear layer
+including that one. Its output is then the output layer's LoRA branch alone, exactly zero until
+training moves B: Δε = 0 and the refined noise is the base noise, bit for bit. One call refines one
+chunk's noise; its reflective KV cache is the attention context of that call:
+  - history: K/V of the clean past chunks in the refiner's own cache (its adapters change K/V), filled
+    at every commit and evicted like the base model's (local attention);
+  - previous output: one clean pass (sigma 0) of the previous step's denoised x0 at the chunk's frame
+    positions gives its K/V;
+  - the noise itself at those same frame positions (the same positional encoding as x0), at the noise
+    level it will be mixed at.
+A switch that is off removes its input from the context and skips the pass that computes it. The K/V
+of history and previous output come from passes without gradient: no gradient reaches them (Sec. 3.4).
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from harness.errors import UsageError
+from harness.ledger import Ledger
+from harness.method import Method
+from harness.models.base import Cond, KVCache, ModelSpec, VideoModel
+from harness.rollout import Context, Sampler
+from harness.train.checkpoints import AdapterFile, load_adapter
+
+LORA_INIT_SEED = 0  # A's init; B is zero, so the seed never changes an untrained adapter's output
+DEFAULT_RANK = 8  # the toy's dim 128 over Wan's 1536 puts the paper's ranks 16..128 at about 1..11
+
+
+def denoiser_of(model: VideoModel) -> nn.Module:
+    denoiser = getattr(model, "denoiser", None)
+    if not isinstance(denoiser, nn.Module):
+        raise UsageError(f"model {model.spec.name!r} exposes no `denoiser` module to adapt; trained methods "
+                         "need a backend that does (the toy does)")
+    return denoiser
+
+
+def add_lora(module: nn.Module, rank: int, alpha: float) -> nn.Module:
+    """LoRA on every nn.Linear of `module`, in place; afterwards only the adapters are trainable."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    targets = [name for name, m in module.named_modules() if isinstance(m, nn.Linear)]
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, lora_dropout=0.0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(LORA_INIT_SEED)
+        return inject_adapter_in_model(config, module)
+
+
+def check_rank(rank: object, alpha: object) -> None:
+    """Explicit values only (None means: from the checkpoint, or the default)."""
+    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
+        raise UsageError(f"method.params.rank={rank!r} is out of range; use an integer >= 1")
+    if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha <= 0):
+        raise UsageError(f"method.params.alpha={alpha!r} is out of range; use a number > 0 (null: = rank)")
+
+
+def check_switch(name: str, value: object) -> None:
+    if value is not None and not isinstance(value, bool):
+        raise UsageError(f"method.params.{name}={value!r} is not a switch; use true or false "
+                         "(null: the checkpoint's)")
+
+
+def _joined(parts: list[list[tuple[torch.Tensor, torch.Tensor]]]) -> list[tuple[torch.Tensor, ...]] | None:
+    """Per-layer (k, v) of several contexts, concatenated along the tokens; None when there are none."""
+    if not parts:
+        return None
+    return [tuple(torch.cat(t, dim=2) for t in zip(*layer)) for layer in zip(*parts)]
+
+
+class NoiseRefiner:
+    """The refiner network T_φ (module docstring)."""
+
+    def __init__(self, model: VideoModel, rank: int, alpha: float, history: bool, previous: bool):
+        denoiser_of(model)
+        self.net = copy.deepcopy(model).requires_grad_(False)  # the toy: 2 M parameters
+        output = [m for m in self.net.denoiser.modules() if isinstance(m, nn.Linear)][-1]
+        nn.init.zeros_(output.weight)
+        nn.init.zeros_(output.bias)
+        self.module = add_lora(self.net.denoiser, rank, alpha)
+        self.history, self.previous = history, previous
+        self.cache: KVCache | None = None
+
+    def begin(self, batch: int) -> None:
+        self.cache = self.net.new_cache(batch)
+
+    def commit(self, x0: torch.Tensor, cond: Cond, ledger: Ledger) -> None:
+        """Append a clean chunk to the refiner's own history (a no_grad pass of the backend's commit)."""
+        if self.history:
+            ledger.cache_passes += x0.shape[0]
+            self.net.commit(x0, cond, self.cache)
+
+    def __call__(self, eps: torch.Tensor, sigma: float, cond: Cond, frame: int, previous: torch.Tensor | None,
+                 ledger: Ledger) -> torch.Tensor:
+        """Δε for the noise `eps` (B, F, C, H, W) of the chunk starting at latent frame `frame`, to be
+        mixed at level `sigma`, given the previous step's denoised output (None: there is none)."""
+        b, f = eps.shape[:2]
+        history = self.cache.layers if self.history and self.cache.frames else None
+        context = [history] if history else []
+        if self.previous and previous is not None:
+            ledger.cache_passes += b
+            with torch.no_grad():
+                _, kv = self.module(previous, eps.new_zeros(b, f), cond.tokens, cond.mask, frame, history)
+            context.append(kv)
+        ledger.refiner_calls += b
+        ledger.nfe += b  # the paper's units: a refiner call is one NFE
+        delta, _ = self.module(eps, eps.new_full((b, f), sigma), cond.tokens, cond.mask, frame, _joined(context))
+        return delta
+
+
+class TrainedMethod(Method):
+    """A method with trained weights: LoRA adapters on the base denoiser, or a noise refiner.
+
+    Architecture settings (`arch_defaults`: rank, alpha, a refiner's switches) are fixed by the
+    checkpoint: one left None takes the checkpoint's value, or the default when untrained or
+    training; one set explicitly must agree with the checkpoint. checkpoint None is the untrained
+    adapter, which samples exactly like `base` (at a refiner's extra cost).
+
+    Training API (harness.train.trainer): trainable_parameters, adapter_state, load_adapter_state,
+    exit_steps (Algorithm 1's choice of the step that carries the gradient), regulariser.
+    """
+
+    arch_defaults: ClassVar[dict[str, Any]] = {"rank": DEFAULT_RANK, "alpha": None}
+
+    def prepare(self, spec: ModelSpec, sampler: Sampler, weights_dir: Path) -> None:
+        super().prepare(spec, sampler, weights_dir)
+        given = {k: getattr(self.params, k) for k in self.arch_defaults}
+        completed = self.complete(given, sampler)
+        self.adapter: AdapterFile | None = None
+        if self.params.checkpoint:
+            self.adapter = load_adapter(self.name, self.params.checkpoint)
+            stored = self.adapter.arch
+            conflicts = [f"{k}={completed[k]!r} (checkpoint: {stored.get(k)!r})" for k in given
+                         if given[k] is not None and completed[k] != stored.get(k)]
+            if conflicts:
+                raise UsageError(f"method.params {', '.join(conflicts)} disagree with checkpoint "
+                                 f"{self.adapter.path}; leave them null to take the checkpoint's, or give a "
+                                 "checkpoint trained with them")
+            completed = stored
+        self.arch = completed
+        self.check(spec, sampler)
+        self._bound: tuple[VideoModel, VideoModel] | None = None
+        self.penalties: list[torch.Tensor] = []
+
+    def complete(self, given: dict[str, Any], sampler: Sampler) -> dict[str, Any]:
+        """Fill unset architecture settings with the defaults (alpha defaults to the rank)."""
+        arch = {k: self.arch_defaults[k] if v is None else v for k, v in given.items()}
+        arch["alpha"] = float(arch["rank"] if arch["alpha"] is None else arch["alpha"])
+        return arch
+
+    def check(self, spec: ModelSpec, sampler: Sampler) -> None:
+        """Refuse settings the sampler cannot run (subclasses); called by prepare, before any compute."""
+
+    def describe(self) -> dict[str, Any]:
+        described = super().describe()
+        described["params"] = {"checkpoint": self.params.checkpoint, **self.arch}
+        described["checkpoint_digest"] = self.adapter.digest if self.adapter else None
+        return described
+
+    # -- the weights ---------------------------------------------------------------------------
+    def bind(self, model: VideoModel) -> VideoModel:
+        if self._bound is not None and self._bound[0] is model:
+            return self._bound[1]
+        if self.adapter is not None and self.adapter.base_digest != model.digest():
+            raise UsageError(f"checkpoint {self.adapter.path} was trained for {self.adapter.base_model!r} weights "
+                             f"with digest {self.adapter.base_digest}, not this model's ({model.digest()}); "
+                             "sample with the model it was trained for, or retrain it for this one")
+        sampling = self.build(model)
+        if self.adapter is not None:
+            self.load_adapter_state(self.adapter.state, str(self.adapter.path))
+        self._bound = (model, sampling)
+        return sampling
+
+    def build(self, model: VideoModel) -> VideoModel:
+        """Create the adapters for `model` (setting self.adapted, the module that holds them) and
+        return the model that samples."""
+        raise NotImplementedError
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.adapted.parameters() if p.requires_grad]
+
+    def adapter_state(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in self.adapted.named_parameters() if p.requires_grad}
+
+    def load_adapter_state(self, state: dict[str, torch.Tensor], source: str) -> None:
+        own = dict((n, p) for n, p in self.adapted.named_parameters() if p.requires_grad)
+        bad = sorted(set(own) ^ set(state)) or [n for n in own if own[n].shape != state[n].shape]
+        if bad:
+            raise UsageError(f"{source} does not fit method {self.name!r} with {self.arch} "
+                             f"({len(bad)} tensors differ, e.g. {bad[0]}); retrain it with `refinery train`")
+        with torch.no_grad():
+            for n, p in own.items():
+                p.copy_(state[n])
+
+    # -- training ------------------------------------------------------------------------------
+    def exit_steps(self, sampler: Sampler) -> list[int]:
+        """The steps a training rollout may stop at (drawn uniformly per training step)."""
+        return list(range(sampler.steps))
+
+    def begin(self, ctx: Context) -> None:
+        self.penalties = []
+        super().begin(ctx)
+
+    def penalise(self, delta: torch.Tensor) -> None:
+        """Keep ½||Δε||² of a refinement that carries gradient, per video."""
+        if delta.requires_grad:
+            self.penalties.append(0.5 * delta.pow(2).flatten(1).sum(1))
+
+    def regulariser(self) -> torch.Tensor | None:
+        """The last rollout's L2 regulariser: summed over its chunks, averaged over its videos."""
+        return torch.stack(self.penalties).sum(0).mean() if self.penalties else None

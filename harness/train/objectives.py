@@ -1,0 +1,228 @@
+"""Training objectives of `refinery train`, registered in harness.registry.OBJECTIVES.
+
+An objective turns one training rollout (harness.rollout with an exit step: videos and latents that
+are differentiable where the method made them so) into the loss the method's parameters minimise,
+and may keep its own trained state (DMD's fake score), which resumes with the run.
+
+- `reward`: a weighted mixture of differentiable verifiers (harness.registry.VERIFIERS) on the decoded
+  videos, maximised: loss = -Σ_k w_k R_k(video), averaged over the batch. The default is the shapes
+  world's learned reward; a real reward model (HPSv2, CLIPScore, InternVideo2 on Wan) is a verifier with
+  `differentiable = True` and plugs in by name. The paper's weights: InternVideo2 0.25, HPSv2.1 0.1,
+  CLIP 0.1 (Appendix B).
+- `dmd`: distribution matching distillation as Self-Forcing computes it (model/dmd.py):
+    sigma ~ U[min_sigma, max_sigma] per video (after the sampler's shift), the same for every frame;
+    x_t = (1 - sigma) x + sigma eps for the rollout's clean latents x;
+    x0_real = x0_c + g (x0_c - x0_u), the base model with CFG in Self-Forcing's form (g = real_guidance;
+              g = 3 is Self-Forcing's guidance_scale 3.0, i.e. w = 4 in u + w (c - u));
+    x0_fake = the fake score, no guidance;
+    grad = (x0_fake - x0_real) / mean |x - x0_real| (per video, over frames, channels and pixels), nan -> 0;
+    loss = 0.5 * mean((x - sg(x - grad))^2), in float64, so d loss / dx = grad / numel.
+  The fake score is a copy of the base denoiser trained online after every generator step with the flow
+  loss ||v(x_t) - (eps - x)||^2 on the rollout's (detached) samples, `fake_updates` times with fresh
+  (sigma, eps), AdamW with betas (0, 0.999) as Self-Forcing's critic. Self-Forcing draws a fresh rollout
+  per critic step; here the critic reuses the generator step's rollout, which halves the cost per step.
+  Both scores see the whole clip at once: the toy's block-causal pass over all frames at one noise
+  level (what diffusion forcing trained it on), standing in for Self-Forcing's bidirectional teacher.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness.errors import UsageError
+from harness.models.base import Cond, VideoModel, shift_sigmas
+from harness.rollout import RolloutResult, Sampler
+
+Loss = tuple[torch.Tensor, dict[str, float]]  # the loss to minimise, figures for the training log
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class Objective:
+    name: ClassVar[str]
+    Params: ClassVar[type]
+
+    def __init__(self, **params: Any):
+        known = {f.name for f in fields(self.Params)}
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise UsageError(f"objective {self.name!r} has no parameter {', '.join(unknown)}; "
+                             f"its parameters: {', '.join(sorted(known))}")
+        self.params = self.Params(**params)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "params": asdict(self.params)}
+
+    def setup(self, model: VideoModel, sampler: Sampler, weights_dir: Path) -> None:
+        """Before any compute: load what the objective reads, refuse what it cannot train with."""
+
+    def loss(self, result: RolloutResult, prompts: list[str], gen: torch.Generator) -> Loss:
+        """The loss to minimise and the figures to log."""
+        raise NotImplementedError
+
+    def update(self, result: RolloutResult, prompts: list[str], gen: torch.Generator) -> dict[str, float]:
+        """After the method's step: train the objective's own state; figures to log."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what state_dict returned (a resumed run)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# reward
+
+
+@dataclass(frozen=True)
+class RewardParams:
+    verifiers: dict[str, float] = field(default_factory=lambda: {"world_reward": 1.0})  # name: weight
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.verifiers, dict) or not all(_finite(w) for w in self.verifiers.values()) \
+                or not any(self.verifiers.values()):
+            raise UsageError(f"train.objective.params.verifiers={self.verifiers!r} is malformed; give a mapping "
+                             "of verifier name to finite weight, at least one non-zero, e.g. {world_reward: 1.0}")
+
+
+class RewardObjective(Objective):
+    name = "reward"
+    Params = RewardParams
+
+    def setup(self, model: VideoModel, sampler: Sampler, weights_dir: Path) -> None:
+        from harness.registry import VERIFIERS
+
+        self.verifiers = {}
+        for name, weight in self.params.verifiers.items():
+            if not weight:
+                continue  # weight 0 takes a verifier out of the mixture (Hydra merges mappings)
+            cls = VERIFIERS.get(name)
+            if not cls.differentiable:
+                raise UsageError(f"verifier {name!r} is not differentiable, and reward training needs gradients "
+                                 "from the score to the pixels; choose a differentiable verifier")
+            self.verifiers[name] = (cls(weights_dir), float(weight))
+
+    def loss(self, result: RolloutResult, prompts: list[str], gen: torch.Generator) -> Loss:
+        total = 0.0
+        figures = {}
+        for name, (verifier, weight) in self.verifiers.items():
+            score = verifier.score(result.videos, prompts)
+            figures[f"reward.{name}"] = score.mean().item()
+            total = total + weight * score
+        figures["reward"] = total.mean().item()
+        return -total.mean(), figures
+
+
+# ---------------------------------------------------------------------------------------------
+# DMD
+
+
+@dataclass(frozen=True)
+class DmdParams:
+    real_guidance: float = 3.0  # g in x0_c + g (x0_c - x0_u) (Self-Forcing's guidance_scale)
+    min_sigma: float = 0.02  # Self-Forcing clamps timesteps to [20, 980]
+    max_sigma: float = 0.98
+    fake_lr: float = 1e-4
+    fake_updates: int = 1  # critic steps per generator step
+
+    def __post_init__(self) -> None:
+        if not _finite(self.real_guidance) or self.real_guidance < 0:
+            raise UsageError(f"train.objective.params.real_guidance={self.real_guidance!r} is out of range; "
+                             "use >= 0")
+        if not (_finite(self.min_sigma) and _finite(self.max_sigma) and 0 < self.min_sigma <= self.max_sigma < 1):
+            raise UsageError(f"train.objective.params min_sigma={self.min_sigma!r}, max_sigma={self.max_sigma!r} "
+                             "are out of range; use 0 < min_sigma <= max_sigma < 1")
+        if not _finite(self.fake_lr) or self.fake_lr <= 0:
+            raise UsageError(f"train.objective.params.fake_lr={self.fake_lr!r} is out of range; use a rate > 0")
+        if isinstance(self.fake_updates, bool) or not isinstance(self.fake_updates, int) or self.fake_updates < 1:
+            raise UsageError(f"train.objective.params.fake_updates={self.fake_updates!r} is out of range; "
+                             "use >= 1")
+
+
+def clip_velocity(denoiser: nn.Module, model: VideoModel, x_t: torch.Tensor, sigma: torch.Tensor,
+                  cond: Cond) -> torch.Tensor:
+    """The velocity of a whole clip (B, F, C, H, W) at one noise level per video: the toy's
+    block-causal pass over all frames, as toy_train trains it."""
+    from harness.models.toy import block_causal_mask
+
+    frames = x_t.shape[1]
+    v, _ = denoiser(x_t, sigma[:, None].expand(-1, frames), cond.tokens, cond.mask, 0, None,
+                    block_causal_mask(frames, model.cfg))
+    return v
+
+
+def clip_x0(denoiser: nn.Module, model: VideoModel, x_t: torch.Tensor, sigma: torch.Tensor,
+            cond: Cond) -> torch.Tensor:
+    return x_t - sigma.view(-1, 1, 1, 1, 1) * clip_velocity(denoiser, model, x_t, sigma, cond)
+
+
+class DmdObjective(Objective):
+    name = "dmd"
+    Params = DmdParams
+
+    def setup(self, model: VideoModel, sampler: Sampler, weights_dir: Path) -> None:
+        from harness.models.toy import ToyVideoModel
+
+        if not isinstance(model, ToyVideoModel):
+            raise UsageError(f"objective 'dmd' scores whole clips with the toy backend's block-causal pass; "
+                             f"model {model.spec.name!r} has none yet")
+        if not model.spec.has_uncond:
+            raise UsageError(f"objective 'dmd' guides its real score with CFG, and model {model.spec.name!r} "
+                             "has no unconditional branch")
+        self.model, self.shift = model, sampler.shift
+        self.fake = copy.deepcopy(model.denoiser).requires_grad_(True)
+        self.fake_opt = torch.optim.AdamW(self.fake.parameters(), lr=self.params.fake_lr, betas=(0.0, 0.999),
+                                          weight_decay=0.0)
+
+    def noised(self, x: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x_t, sigma, eps) at a random level per video, as Self-Forcing draws them."""
+        p = self.params
+        u = p.min_sigma + (p.max_sigma - p.min_sigma) * torch.rand(x.shape[0], generator=gen)
+        sigma = shift_sigmas(u, self.shift).clamp(p.min_sigma, p.max_sigma)
+        eps = torch.randn(x.shape, generator=gen)
+        s = sigma.view(-1, 1, 1, 1, 1)
+        return (1 - s) * x + s * eps, sigma, eps
+
+    def loss(self, result: RolloutResult, prompts: list[str], gen: torch.Generator) -> Loss:
+        x = result.latents
+        with torch.no_grad():
+            cond, uncond = self.model.encode(prompts), self.model.encode([""] * len(prompts))
+            x_t, sigma, _ = self.noised(x.detach(), gen)
+            x0_fake = clip_x0(self.fake, self.model, x_t, sigma, cond)
+            x0_c = clip_x0(self.model.denoiser, self.model, x_t, sigma, cond)
+            x0_u = clip_x0(self.model.denoiser, self.model, x_t, sigma, uncond)
+            x0_real = x0_c + self.params.real_guidance * (x0_c - x0_u)
+            norm = (x.detach() - x0_real).abs().mean(dim=(1, 2, 3, 4), keepdim=True)
+            grad = torch.nan_to_num((x0_fake - x0_real) / norm)
+        loss = 0.5 * F.mse_loss(x.double(), (x.detach() - grad).double())
+        return loss.float(), {"dmd_grad": grad.abs().mean().item()}
+
+    def update(self, result: RolloutResult, prompts: list[str], gen: torch.Generator) -> dict[str, float]:
+        x = result.latents.detach()
+        cond = self.model.encode(prompts)
+        losses = []
+        for _ in range(self.params.fake_updates):
+            x_t, sigma, eps = self.noised(x, gen)
+            loss = F.mse_loss(clip_velocity(self.fake, self.model, x_t, sigma, cond), eps - x)
+            self.fake_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.fake_opt.step()
+            losses.append(loss.item())
+        return {"fake_loss": sum(losses) / len(losses)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"fake": self.fake.state_dict(), "fake_opt": self.fake_opt.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.fake.load_state_dict(state["fake"])
+        self.fake_opt.load_state_dict(state["fake_opt"])

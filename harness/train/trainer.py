@@ -1,0 +1,240 @@
+"""`refinery train`: train a method's adapter on the embedded model (AutoRefiner Algorithm 1).
+
+Configuration (Hydra): the root config with the `train` group (sweeps/train/<objective>.yaml). Model,
+sampler and method are those of sampling; method.params set the architecture (rank, alpha, switches,
+refined timesteps); its `checkpoint` is what sampling loads and is not read here: training starts
+from the zero-initialised adapter. train.*: objective {name, params}, reg_weight, steps, batch, lr,
+weight_decay, grad_clip, seed, checkpoint_every, out (a shipped tag or a path), threads.
+
+One step: draw `batch` training prompts, their video seeds and an exit step (among the method's
+exit_steps) from a generator keyed by (seed, step); roll them out through harness.rollout with that
+exit step (the one loop, the keyed noise source, a ledger); loss = objective + reg_weight *
+regulariser (½||Δε||² of the refinements that carry gradient); one AdamW step on the adapter; then
+the objective's own update (DMD's fake score). All randomness of a step is keyed by its index, so a
+resumed run repeats exactly what an uninterrupted one does once the adapter, the optimiser and the
+objective's state are restored (harness.train.checkpoints).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from harness.errors import UsageError
+from harness.ledger import Ledger
+from harness.models.base import VideoModel
+from harness.noise import key_seed
+from harness.rollout import Sampler, rollout
+from harness.train.adapters import TrainedMethod
+from harness.train.checkpoints import (FORMAT, TrainingLog, canonical, checkpoint_path, load_resume, log_path,
+                                       read_metadata, resume_path, save_adapter, save_resume)
+from harness.train.objectives import Objective
+
+RUNTIME_KEYS = ("threads", "checkpoint_every", "out")  # settings that do not change what is trained
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    objective: dict[str, Any]  # {name, params}
+    reg_weight: float
+    steps: int
+    batch: int
+    lr: float
+    weight_decay: float
+    grad_clip: float  # 0: no clipping
+    seed: int
+    checkpoint_every: int
+    out: str
+    threads: int  # 0: torch's default
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch", "checkpoint_every"):
+            _check(name, getattr(self, name), int, lambda v: v >= 1, "an integer >= 1")
+        for name in ("seed", "threads"):
+            _check(name, getattr(self, name), int, lambda v: v >= 0, "an integer >= 0")
+        _check("lr", self.lr, float, lambda v: v > 0, "a number > 0")
+        for name in ("reg_weight", "weight_decay", "grad_clip"):
+            _check(name, getattr(self, name), float, lambda v: v >= 0, "a number >= 0")
+        if not isinstance(self.objective, dict) or not isinstance(self.objective.get("name"), str):
+            raise UsageError(f"train.objective={self.objective!r} is malformed; "
+                             "use {name: reward, params: {...}}")
+        if not isinstance(self.out, str) or not self.out:
+            raise UsageError(f"train.out={self.out!r} is malformed; give a shipped tag (e.g. dmd) "
+                             "or a .safetensors path")
+
+
+def _check(name: str, value: object, kind: type, ok, expected: str) -> None:
+    typed = isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
+    if not typed or not math.isfinite(value) or not ok(value):
+        raise UsageError(f"train.{name}={value!r} is out of range; use {expected}")
+
+
+def settings_from(values: dict[str, Any]) -> TrainSettings:
+    known = [f.name for f in fields(TrainSettings)]
+    unknown, missing = sorted(set(values) - set(known)), [k for k in known if k not in values]
+    problems = ([f"has unknown keys {', '.join(unknown)}"] if unknown else []) + \
+        ([f"lacks {', '.join(missing)}"] if missing else [])
+    if problems:
+        raise UsageError(f"the train config {' and '.join(problems)}; its keys: {', '.join(known)} "
+                         "(see sweeps/train/)")
+    return TrainSettings(**values)
+
+
+@dataclass
+class Training:
+    """A resolved training run: everything validated and built, before any compute."""
+
+    model: VideoModel
+    method: TrainedMethod
+    sampler: Sampler
+    objective: Objective
+    settings: TrainSettings
+    out: Path
+    config: dict[str, Any]  # the resolved training configuration, stored in every checkpoint
+    prompts: list[str]
+    parameters: list[torch.nn.Parameter]
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """What decides the trained weights: a resume must match it exactly."""
+        return identity(self.config)
+
+
+def identity(config: dict[str, Any]) -> dict[str, Any]:
+    return {**config, "train": {k: v for k, v in config["train"].items() if k not in RUNTIME_KEYS}}
+
+
+def differing(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested dicts."""
+    keys = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            keys += differing(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            keys.append(prefix + k)
+    return keys
+
+
+def resolve_training(cfg: DictConfig) -> Training:
+    """Validate a composed training config and build the run; every bad input fails here."""
+    from harness.registry import METHODS, MODELS, OBJECTIVES
+    from harness.world.prompts import train_prompts
+
+    if cfg.get("train") is None:
+        raise UsageError("no train config; use `refinery train [train=reward|dmd] method=... [train.steps=...]`")
+    settings = settings_from(OmegaConf.to_container(cfg.train, resolve=True))
+    method_cls = METHODS.get(cfg.method.name)
+    if not (isinstance(method_cls, type) and issubclass(method_cls, TrainedMethod)):
+        trainable = [n for n in METHODS.names() if issubclass(METHODS.get(n), TrainedMethod)]
+        raise UsageError(f"method {cfg.method.name!r} has nothing to train; train one of {', '.join(trainable)}")
+    params = OmegaConf.to_container(cfg.method.get("params") or {}, resolve=True)
+    method = method_cls(**{**params, "checkpoint": None})  # training starts from the zero-initialised adapter
+    objective = OBJECTIVES.get(settings.objective["name"])(**(settings.objective.get("params") or {}))
+    model = MODELS.get(cfg.model.name).load(OmegaConf.to_container(cfg.model, resolve=True))
+    shift = cfg.sampler.shift if cfg.sampler.shift is not None else cfg.model.default_shift
+    sampler = Sampler(cfg.sampler.kind, cfg.sampler.steps, float(shift))
+    weights_dir = Path(cfg.paths.weights)
+    method.prepare(model.spec, sampler, weights_dir)
+    objective.setup(model, sampler, weights_dir)
+    model.requires_grad_(False)  # the base model is frozen: only what the method adds is trained
+    method.bind(model)
+    config = {"model": {"name": cfg.model.name, "checkpoint": cfg.model.get("checkpoint"),
+                        "num_chunks": model.spec.num_chunks, "digest": model.digest()},
+              "sampler": asdict(sampler),
+              "method": {"name": method.name, "version": method.version, "arch": method.arch},
+              "train": {**asdict(settings), "objective": objective.describe()}}
+    return Training(model, method, sampler, objective, settings, checkpoint_path(method.name, settings.out),
+                    config, train_prompts(), method.trainable_parameters())
+
+
+def train(cfg: DictConfig, progress: bool = True) -> Path:
+    """Train (or resume, or find complete) the run `cfg` describes; returns the adapter file."""
+    t = resolve_training(cfg)
+    s = t.settings
+    if s.threads:
+        torch.set_num_threads(s.threads)
+    optimizer = torch.optim.AdamW(t.parameters, lr=s.lr, weight_decay=s.weight_decay)
+    start = restore(t, optimizer)
+    if start == s.steps:
+        return t.out
+    log = TrainingLog(log_path(t.out), keep=start)
+    bar = tqdm(total=s.steps, initial=start, unit="step", disable=not progress,
+               desc=f"train {t.method.name} ({t.objective.name})")
+    try:
+        for step in range(start, s.steps):
+            record = train_step(t, optimizer, step)
+            log.append(record)
+            bar.update()
+            bar.set_postfix({k: f"{record[k]:.4g}" for k in ("loss", "reward", "regulariser") if k in record})
+            if record["step"] % s.checkpoint_every == 0 or record["step"] == s.steps:
+                save(t, optimizer, record["step"])
+    finally:
+        bar.close()
+        log.close()
+    resume_path(t.out).unlink(missing_ok=True)
+    return t.out
+
+
+def train_step(t: Training, optimizer: torch.optim.Optimizer, step: int) -> dict[str, Any]:
+    """One training step (module docstring); returns its log record."""
+    s = t.settings
+    began = time.perf_counter()
+    gen = torch.Generator().manual_seed(key_seed(s.seed, "train", step))
+    prompts = [t.prompts[i] for i in torch.randint(len(t.prompts), (s.batch,), generator=gen).tolist()]
+    seeds = [key_seed(s.seed, "video", step, i) for i in range(s.batch)]
+    exits = t.method.exit_steps(t.sampler)
+    exit_step = exits[int(torch.randint(len(exits), (1,), generator=gen))]
+    ledger = Ledger()
+    result = rollout(t.model, t.method, prompts, seeds, t.sampler, ledger, exit_step=exit_step)
+    loss, figures = t.objective.loss(result, prompts, gen)
+    reg = t.method.regulariser()
+    total = loss if reg is None else loss + s.reg_weight * reg
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(t.parameters, s.grad_clip or math.inf)
+    optimizer.step()
+    figures.update(t.objective.update(result, prompts, gen))
+    return {"step": step + 1, "loss": total.item(), "objective": loss.item(),
+            "regulariser": 0.0 if reg is None else reg.item(), **figures, "grad_norm": grad_norm.item(),
+            "exit_step": exit_step, "nfe": ledger.nfe, "refiner_calls": ledger.refiner_calls,
+            "seconds": time.perf_counter() - began}
+
+
+def save(t: Training, optimizer: torch.optim.Optimizer, step: int) -> None:
+    """The resume state first, then the adapter file (harness.train.checkpoints)."""
+    adapter = t.method.adapter_state()
+    save_resume(resume_path(t.out), {"step": step, "identity": t.identity, "adapter": adapter,
+                                     "optimizer": optimizer.state_dict(), "objective": t.objective.state_dict()})
+    save_adapter(t.out, adapter, t.method.name, t.method.arch, t.model.spec.name, t.config["model"]["digest"],
+                 step, t.config)
+
+
+def restore(t: Training, optimizer: torch.optim.Optimizer) -> int:
+    """The step to start from: the resume state's, s.steps for a finished run, or 0."""
+    resume = resume_path(t.out)
+    state = load_resume(resume)
+    if state is not None:
+        if canonical(state["identity"]) != canonical(t.identity):
+            raise UsageError(f"{resume} belongs to a training run with other settings "
+                             f"({', '.join(differing(state['identity'], t.identity))}); choose another train.out, "
+                             "or delete it and its checkpoint to start over")
+        t.method.load_adapter_state(state["adapter"], str(resume))
+        optimizer.load_state_dict(state["optimizer"])
+        t.objective.load_state_dict(state["objective"])
+        return state["step"]
+    if not t.out.exists():
+        return 0
+    meta = read_metadata(t.out)
+    done = meta.get("format") == FORMAT and int(meta.get("step", -1)) == t.settings.steps
+    if done and canonical(identity(json.loads(meta["config"]))) == canonical(t.identity):
+        return t.settings.steps
+    raise UsageError(f"{t.out} exists and is not a finished run of these settings, and there is no resume state "
+                     "to continue it; choose another train.out, or delete it to train from the start")

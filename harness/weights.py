@@ -1,0 +1,63 @@
+"""Weight files: what a run needs, where each is expected and where it comes from.
+
+Nothing downloads at run time. Each model backend, verifier and metric declares its files as
+`WeightFile`s, relative to `paths.weights` (external weights) or absolute (files that ship with the
+package); a run refuses to start while any is missing, and `refinery weights check` lists them all.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from omegaconf import DictConfig, OmegaConf
+
+from harness.errors import UsageError
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    relative_path: str  # under paths.weights; an absolute path for a file that ships with the package
+    origin: str  # where a user gets it
+
+
+def check_weights(owner: str, weights_dir: Path, weights: Iterable[WeightFile]) -> None:
+    """Refuse, before any compute, when weight files are missing: list each with where it comes from."""
+    missing = [w for w in weights if not (weights_dir / w.relative_path).is_file()]
+    if missing:
+        listing = "; ".join(f"{weights_dir / w.relative_path} (from {w.origin})" for w in missing)
+        raise UsageError(f"{owner} needs weight files that are missing: {listing}; "
+                         f"place them under paths.weights={weights_dir}")
+
+
+@dataclass(frozen=True)
+class NeededFile:
+    owner: str  # "model toy", "verifier world_reward", "metric dino_diversity"
+    path: Path
+    origin: str
+
+    @property
+    def present(self) -> bool:
+        return self.path.is_file()
+
+
+def needed_files(cfg: DictConfig) -> list[NeededFile]:
+    """Every weight file the composed run reads: its model, its method's verifier or trained
+    checkpoint, its metrics."""
+    from harness.registry import METRICS, MODELS, VERIFIERS
+
+    weights_dir = Path(cfg.paths.weights)
+    owners = [(f"model {cfg.model.name}", MODELS.get(cfg.model.name).weight_files(OmegaConf.to_container(cfg.model)))]
+    params = cfg.method.get("params") or {}
+    if params.get("verifier"):
+        owners.append((f"verifier {params.verifier}", VERIFIERS.get(params.verifier).weights))
+    if params.get("checkpoint"):  # a trained method's adapter
+        from harness.train.checkpoints import checkpoint_path, how_to_train
+
+        path = checkpoint_path(cfg.method.name, str(params.checkpoint))
+        owners.append((f"method {cfg.method.name}", (WeightFile(str(path.resolve()), how_to_train(
+            cfg.method.name, str(params.checkpoint))),)))
+    for name, options in cfg.metric.items():
+        options = OmegaConf.to_container(options) if options is not None else {}
+        owners.append((f"metric {name}", METRICS.get(name).required_weights(options)))
+    return [NeededFile(owner, weights_dir / w.relative_path, w.origin) for owner, files in owners for w in files]

@@ -1,0 +1,229 @@
+"""The trained methods as samplers: untrained they are base bit for bit, the ledger counts one refiner
+call per refinement (Table 2's ΔNFE through the report path), each reflective-KV-cache switch really
+removes its input, and bad settings or checkpoints are refused with one line before any compute."""
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import prepared_rollout
+from harness.cli import compose, main
+from harness.errors import UsageError
+from harness.ledger import Ledger
+from harness.pipeline import generate, open_store, resolve_run, score
+from harness.report import CellRef, write_report
+from harness.rollout import Sampler, rollout
+from harness.train.checkpoints import load_adapter, save_adapter
+from methods.autorefiner import AutoRefiner
+from methods.base import Base
+from methods.init_noise_refiner import InitNoiseRefiner
+from methods.lora import Lora
+
+PROMPTS = ["a red circle bouncing", "a green triangle falling"]
+SEEDS = [3, 4]
+UNTRAINED = [
+    (Lora, {}),
+    (Lora, {"rank": 2, "alpha": 5.0}),
+    (InitNoiseRefiner, {}),
+    (InitNoiseRefiner, {"history": False}),
+    (AutoRefiner, {}),
+    (AutoRefiner, {"history": False, "previous_output": False, "timesteps": [500]}),
+]
+
+
+@pytest.fixture(scope="module")
+def model(toy):
+    return toy.with_chunks(2)
+
+
+def randomise_adapters(method) -> None:
+    """Move every LoRA B away from zero, as training would, so the adapters change the output."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in method.adapted.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.05)
+
+
+def bound(cls, model, sampler=None, **params):
+    """A prepared method with its adapters built (roll it out with `rollout`: preparing again rebuilds them)."""
+    method = cls(**params)
+    method.prepare(model.spec, sampler or Sampler(), Path("weights"))
+    method.bind(model)
+    return method
+
+
+@pytest.mark.parametrize("cls,params", UNTRAINED, ids=lambda v: getattr(v, "name", str(v)))
+def test_untrained_methods_are_base_bit_for_bit(model, cls, params):
+    base = prepared_rollout(model, Base(), PROMPTS, SEEDS, Sampler())
+    method = prepared_rollout(model, cls(**params), PROMPTS, SEEDS, Sampler())
+    assert torch.equal(method.videos, base.videos) and torch.equal(method.latents, base.latents)
+
+
+@pytest.mark.parametrize("cls", [Lora, InitNoiseRefiner, AutoRefiner], ids=lambda c: c.name)
+def test_trained_adapters_change_the_videos(model, cls):
+    method = bound(cls, model)
+    randomise_adapters(method)
+    base = prepared_rollout(model, Base(), PROMPTS, SEEDS, Sampler())
+    assert not torch.equal(rollout(model, method, PROMPTS, SEEDS, Sampler()).latents, base.latents)
+
+
+@pytest.mark.parametrize("timesteps,steps,refined", [
+    (None, 4, 3), ([750], 4, 1), ([500, 250], 4, 2), ([750, 500, 250], 4, 3), (None, 2, 1)])
+def test_autorefiner_ledger_adds_one_refiner_call_per_refined_step_per_chunk(model, timesteps, steps, refined):
+    base, ledger = Ledger(), Ledger()
+    prepared_rollout(model, Base(), PROMPTS, SEEDS, Sampler(steps=steps), base)
+    prepared_rollout(model, AutoRefiner(timesteps=timesteps), PROMPTS, SEEDS, Sampler(steps=steps), ledger)
+    calls = len(PROMPTS) * model.spec.num_chunks * refined
+    assert ledger.refiner_calls == calls
+    assert ledger.nfe == base.nfe + calls  # a refiner call is one NFE in the paper's units
+    assert ledger.decodes == base.decodes and ledger.verifier_calls == 0
+
+
+def test_init_noise_refiner_ledger_adds_one_refiner_call_per_chunk(model):
+    base, ledger = Ledger(), Ledger()
+    prepared_rollout(model, Base(), PROMPTS, SEEDS, Sampler(), base)
+    prepared_rollout(model, InitNoiseRefiner(), PROMPTS, SEEDS, Sampler(), ledger)
+    assert ledger.refiner_calls == len(PROMPTS) * model.spec.num_chunks
+    assert ledger.nfe == base.nfe + ledger.refiner_calls
+
+
+SELF_FORCING = ["suite=world_smoke", "suite.prompts=[a red circle bouncing]", "samples_per_prompt=1",
+                "model.num_chunks=7", "sampler=stochastic", "sampler.steps=4"]
+TABLE_2 = {"lora": 0, "init_noise_refiner": 7, "autorefiner": 21}  # ΔNFE per video
+
+
+def test_table_2_compute_columns_through_the_report(tmp_path):
+    """Rollout -> store -> compute metric -> report, as tests/test_compute_columns.py does for search."""
+    refs = []
+    for method in ["base", *TABLE_2]:
+        extra = [] if method == "base" else ["method.params.checkpoint=null"]
+        cfg = compose([*SELF_FORCING, f"method={method}", *extra, f"paths.store={tmp_path / 'store'}"])
+        run = resolve_run(cfg)
+        store = open_store(cfg)
+        generate(run, store, progress=False)
+        score(store.cell(run.key), OmegaConf.create({"compute": {}}), Path(cfg.paths.weights))
+        refs.append(CellRef(run.key, {"method": method}))
+    paths = write_report(store, refs, tmp_path / "report", "table 2", metrics=["overhead", "compute"],
+                         figure=None, baseline=refs[0].key)
+    summary = pd.read_csv(paths["csv"]).set_index(["method", "metric"])["mean"]
+    for method, delta_nfe in TABLE_2.items():
+        assert summary[(method, "overhead.delta_nfe")] == delta_nfe
+        assert summary[(method, "overhead.verify")] == 0 and summary[(method, "overhead.delta_vae")] == 0
+        assert summary[(method, "compute.refiner_calls")] == (delta_nfe if method != "lora" else 0)
+
+
+# -- the reflective KV cache ---------------------------------------------------------------------
+
+def refiner_output(method, model, history_chunk=None, previous=None):
+    """Δε for a fixed noise of chunk 1 after the refiner's history saw `history_chunk`."""
+    gen = torch.Generator().manual_seed(0)
+    shape = (1, model.spec.frames_per_chunk, *model.spec.latent_shape)
+    eps = torch.randn(shape, generator=gen)
+    cond = model.encode(PROMPTS[:1])
+    ledger = Ledger()
+    with torch.inference_mode():
+        method.refiner.begin(1)
+        method.refiner.commit(history_chunk, cond, ledger)
+        return method.refiner(eps, 0.5, cond, model.spec.frames_per_chunk, previous, ledger)
+
+
+@pytest.mark.parametrize("history", [True, False])
+@pytest.mark.parametrize("previous", [True, False])
+def test_each_kv_cache_switch_removes_its_input(model, history, previous):
+    method = bound(AutoRefiner, model, history=history, previous_output=previous)
+    randomise_adapters(method)
+    shape = (1, model.spec.frames_per_chunk, *model.spec.latent_shape)
+    a, b = (torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in (1, 2))
+    reference = refiner_output(method, model, history_chunk=a, previous=a)
+    other_history = refiner_output(method, model, history_chunk=b, previous=a)
+    other_previous = refiner_output(method, model, history_chunk=a, previous=b)
+    assert reference.abs().max() > 0
+    assert torch.equal(reference, other_history) != history
+    assert torch.equal(reference, other_previous) != previous
+
+
+@pytest.mark.parametrize("history", [True, False])
+def test_init_noise_refiner_history_switch_removes_the_history(model, history):
+    method = bound(InitNoiseRefiner, model, history=history)
+    randomise_adapters(method)
+    a, b = (torch.full((1, model.spec.frames_per_chunk, *model.spec.latent_shape), v) for v in (0.5, -0.5))
+    assert torch.equal(refiner_output(method, model, a), refiner_output(method, model, b)) != history
+
+
+# -- bad input -----------------------------------------------------------------------------------
+
+def test_bad_parameters_are_refused_when_the_method_is_built():
+    for params in ({"rank": 0}, {"rank": -1}, {"rank": True}, {"alpha": 0}, {"history": "yes"},
+                   {"timesteps": []}, {"timesteps": [750.0]}, {"steps": 3}):
+        with pytest.raises(UsageError):
+            AutoRefiner(**params)
+    with pytest.raises(UsageError, match="rank"):
+        Lora(rank=0)
+
+
+@pytest.mark.parametrize("timesteps,steps", [([700], 4), ([750, 600], 4), ([750], 2), (None, 1)])
+def test_a_refined_timestep_outside_the_schedule_is_refused_before_any_compute(model, timesteps, steps):
+    with pytest.raises(UsageError, match="timesteps|intermediate"):
+        AutoRefiner(timesteps=timesteps).prepare(model.spec, Sampler(steps=steps), Path("weights"))
+
+
+def write_checkpoint(path, method, model, base_digest=None, **arch_overrides):
+    """An adapter file for `method` (prepared, untrained) as `refinery train` writes it."""
+    save_adapter(path, method.adapter_state(), method.name, {**method.arch, **arch_overrides}, model.spec.name,
+                 base_digest or model.digest(), 1, {"test": True})
+    return str(path)
+
+
+def test_checkpoints_for_another_method_model_or_architecture_are_refused(model, tmp_path):
+    auto = bound(AutoRefiner, model)
+    good = write_checkpoint(tmp_path / "auto.safetensors", auto, model)
+    with pytest.raises(UsageError, match="trained for method 'autorefiner', not 'lora'"):
+        Lora(checkpoint=good).prepare(model.spec, Sampler(), Path("weights"))
+    with pytest.raises(UsageError, match="rank=4 .checkpoint: 8."):
+        AutoRefiner(checkpoint=good, rank=4).prepare(model.spec, Sampler(), Path("weights"))
+    other = write_checkpoint(tmp_path / "other.safetensors", auto, model, base_digest="0123456789abcdef")
+    method = AutoRefiner(checkpoint=other)
+    method.prepare(model.spec, Sampler(), Path("weights"))
+    with pytest.raises(UsageError, match="digest 0123456789abcdef"):
+        prepared_rollout(model, method, PROMPTS, SEEDS, Sampler())
+    misfit = write_checkpoint(tmp_path / "misfit.safetensors", auto, model, rank=4)
+    with pytest.raises(UsageError, match="does not fit"):
+        bound(AutoRefiner, model, checkpoint=misfit)
+    with pytest.raises(UsageError, match="missing"):
+        Lora(checkpoint=str(tmp_path / "none.safetensors")).prepare(model.spec, Sampler(), Path("weights"))
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"not a safetensors file")
+    with pytest.raises(UsageError, match="corrupt"):
+        Lora(checkpoint=str(corrupt)).prepare(model.spec, Sampler(), Path("weights"))
+    from harness.models.toy import SHIPPED_WEIGHTS
+    with pytest.raises(UsageError, match="not a Refinery adapter"):
+        Lora(checkpoint=str(SHIPPED_WEIGHTS)).prepare(model.spec, Sampler(), Path("weights"))
+
+
+def test_a_checkpoint_round_trips_and_its_settings_are_the_methods(model, tmp_path):
+    trained = bound(AutoRefiner, model, rank=2, timesteps=[750, 250])
+    randomise_adapters(trained)
+    path = write_checkpoint(tmp_path / "a.safetensors", trained, model)
+    loaded = AutoRefiner(checkpoint=path)
+    loaded.prepare(model.spec, Sampler(), Path("weights"))
+    assert loaded.arch == trained.arch
+    assert loaded.describe()["checkpoint_digest"] == load_adapter("autorefiner", path).digest
+    a = rollout(model, trained, PROMPTS, SEEDS, Sampler()).latents
+    b = prepared_rollout(model, loaded, PROMPTS, SEEDS, Sampler()).latents
+    assert torch.equal(a, b)
+
+
+def test_cli_refuses_bad_method_settings_in_one_line(capsys):
+    fast = ["suite=world_smoke", "samples_per_prompt=1", "model.num_chunks=2", "paths.store=/nonexistent/store"]
+    for bad, reason in ((["method=autorefiner", "method.params.checkpoint=null", "method.params.timesteps=[700]"],
+                         "timesteps [700] are not"),
+                        (["method=lora", "method.params.checkpoint=null", "method.params.rank=0"], "rank=0"),
+                        (["method=autorefiner", "method.params.checkpoint=no_such_tag"],
+                         "autorefiner_no_such_tag")):
+        assert main(["run", *fast, *bad]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("refinery: error:") and err.count("\n") == 1 and reason in err
+    assert not Path("/nonexistent/store").exists()
