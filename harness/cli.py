@@ -1,4 +1,4 @@
-"""`refinery`: run | sweep | score | report | train | train-world | train-reward | vbench | weights | methods | metrics.
+"""`refinery`: run | sweep | score | report | train | train-world | train-reward | train-probe | vbench | weights | methods | metrics.
 
 Every command composes its configuration with Hydra from sweeps/ and takes Hydra overrides
 (`method=base sampler.steps=8 paths.store=/tmp/runs`). Bad input of any kind ends in one line on
@@ -24,8 +24,9 @@ commands:
   score        (re)score stored videos              refinery score experiment=quickstart
   report       tables and a figure from the store   refinery report experiment=quickstart
   train        train a method's adapter             refinery train [train=reward|dmd] method=autorefiner [train.out=...]
-  train-world  retrain the toy model from scratch   refinery train-world [steps=1300 out=path]
+  train-world  retrain the toy model from scratch   refinery train-world [steps=2500 out=path threads=2]
   train-reward retrain the world reward verifier    refinery train-reward [steps=1200 out=path]
+  train-probe  retrain the world probe (features)   refinery train-probe [steps=1500 out=path]
   weights      check the weight files a run needs   refinery weights check method=bon metric=...
   vbench       VBench via its official package      refinery vbench export|evaluate|aggregate|ingest ...
   methods      list registered methods
@@ -126,13 +127,17 @@ def cmd_sweep(overrides: list[str]) -> None:
     from harness.pipeline import open_store, resolve_run
 
     points = sweep_points(overrides)
-    for _, cfg in points:  # validate every cell before writing anything
-        resolve_run(cfg)
+    keys = {resolve_run(cfg).key for _, cfg in points}  # validate every cell before writing anything
+    baseline = _baseline_cfg(overrides, points[0][1])
+    if baseline is not None and resolve_run(baseline).key in keys:
+        baseline = None  # the sweep runs it anyway
     for _, cfg in points:
         open_store(cfg)
     sys.argv = [sys.argv[0], "--multirun", *overrides]
     hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base=None)(_run_cell)()
-    print(f"sweep done: {len(points)} cells in {Path(points[0][1].paths.store).resolve()}")
+    if baseline is not None:  # the cell the report's overheads are relative to
+        _run_cell(baseline)
+    print(f"sweep done: {len(points) + (baseline is not None)} cells in {Path(points[0][1].paths.store).resolve()}")
 
 
 def _refs(overrides: list[str]):
@@ -144,15 +149,20 @@ def _refs(overrides: list[str]):
     return points, [CellRef(resolve_run(cfg).key, lab) for (_, cfg), lab in zip(points, labels)]
 
 
-def _baseline(overrides: list[str], cfg: DictConfig) -> str | None:
-    """The key of the cell that compute overheads are measured against: the command line's fixed
-    settings plus `report.baseline` (e.g. method=base), without the experiment's swept settings."""
-    from harness.pipeline import resolve_run
-
+def _baseline_cfg(overrides: list[str], cfg: DictConfig) -> DictConfig | None:
+    """The cell that compute overheads are measured against: the command line's fixed settings plus
+    `report.baseline` (e.g. method=base), without the experiment's swept settings."""
     if not cfg.report.get("baseline"):
         return None
     fixed = [o.input_line for o in _parse(overrides) if not o.is_sweep_override()]
-    return resolve_run(compose([*fixed, *str(cfg.report.baseline).split()])).key
+    return compose([*fixed, *str(cfg.report.baseline).split()])
+
+
+def _baseline(overrides: list[str], cfg: DictConfig) -> str | None:
+    from harness.pipeline import resolve_run
+
+    baseline = _baseline_cfg(overrides, cfg)
+    return None if baseline is None else resolve_run(baseline).key
 
 
 def cmd_score(overrides: list[str]) -> None:
@@ -176,8 +186,10 @@ def cmd_report(overrides: list[str]) -> None:
     baseline = _baseline(overrides, cfg)
     if baseline and baseline not in {r.key for r in refs}:
         refs.insert(0, CellRef(baseline, {k: "baseline" for k in refs[0].labels}))
+    hacking = cfg.report.get("reward_hacking")
     paths = write_report(open_store(cfg), refs, out, title=f"Refinery report: {name}",
-                         metrics=list(cfg.report.metrics), figure=tuple(cfg.report.figure), baseline=baseline)
+                         metrics=list(cfg.report.metrics), figure=tuple(cfg.report.figure), baseline=baseline,
+                         hacking=(hacking.reward, list(hacking.held_out)) if hacking else None)
     print(f"report written to {out.resolve()}/ ({', '.join(p.name for p in paths.values())})")
 
 
@@ -221,6 +233,13 @@ def cmd_train_reward(overrides: list[str]) -> None:
 
     options = _options("train-reward", overrides, ["out", "steps", "seed", "threads"])
     train_reward.main([arg for key, value in options.items() for arg in (f"--{key}", value)])
+
+
+def cmd_train_probe(overrides: list[str]) -> None:
+    from harness.world import probe_train
+
+    options = _options("train-probe", overrides, ["out", "steps", "seed", "threads"])
+    probe_train.main([arg for key, value in options.items() for arg in (f"--{key}", value)])
 
 
 def cmd_weights(args: list[str]) -> None:
@@ -319,7 +338,8 @@ def cmd_list(kind: str) -> None:
 
 
 COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "score": cmd_score, "report": cmd_report,
-            "train": cmd_train, "train-world": cmd_train_world, "train-reward": cmd_train_reward, "weights": cmd_weights,
+            "train": cmd_train, "train-world": cmd_train_world, "train-reward": cmd_train_reward,
+            "train-probe": cmd_train_probe, "weights": cmd_weights,
             "vbench": cmd_vbench}
 
 

@@ -21,6 +21,16 @@ class NoParams:
     pass
 
 
+def build_params(owner: str, Params: type, params: dict[str, Any]) -> Any:
+    """A plug-in's typed parameters; an unknown name is a one-line UsageError listing the known ones."""
+    known = {f.name for f in fields(Params)}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise UsageError(f"{owner} has no parameter {', '.join(unknown)}; "
+                         f"its parameters: {', '.join(sorted(known)) or 'none'}")
+    return Params(**params)
+
+
 class Method:
     name: ClassVar[str]
     version: ClassVar[str] = "1"
@@ -29,12 +39,7 @@ class Method:
     needs_uncond: ClassVar[bool] = False
 
     def __init__(self, **params: Any):
-        known = {f.name for f in fields(self.Params)}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise UsageError(f"method {self.name!r} has no parameter {', '.join(unknown)}; "
-                             f"its parameters: {', '.join(sorted(known)) or 'none'}")
-        self.params = self.Params(**params)
+        self.params = build_params(f"method {self.name!r}", self.Params, params)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "params": asdict(self.params)}

@@ -56,6 +56,7 @@ METRICS = Registry("metric", {
     "world_bench": "metrics.world_bench:WorldBench",
     "compute": "metrics.compute:Compute",
     "clip_score": "metrics.clip_score:ClipScoreMetric",
+    "reward": "metrics.reward:Reward",
 })
 VERIFIERS = Registry("verifier", {
     "world_reward": "harness.verifiers.world_reward:WorldReward",

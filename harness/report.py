@@ -137,6 +137,27 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=[*keys, *_SUMMARY])
 
 
+def reward_hacking(summary: pd.DataFrame, baseline: str, reward: str, held_out: list[str]) -> dict[str, str]:
+    """Cells that raise the training `reward` above the baseline's CI while a `held_out` score gets
+    worse beyond the baseline's CI (the AutoRefiner paper's LoRA row: reward up, motion degree 0):
+    cell -> the held-out scores that fell, "" for cells that are not flagged."""
+    stats = {(r["cell"], r["metric"]): r for r in summary.to_dict("records")}
+    base = stats.get((baseline, reward))
+    flags = {}
+    for cell in summary["cell"].unique():
+        raised = cell != baseline and base is not None and (cell, reward) in stats \
+            and stats[(cell, reward)]["mean"] > base["ci_high"]
+        fallen = [m for m in held_out if raised and _worse(stats.get((cell, m)), stats.get((baseline, m)))]
+        flags[cell] = ", ".join(fallen)
+    return flags
+
+
+def _worse(stat: dict | None, base: dict | None) -> bool:
+    if stat is None or base is None or math.isnan(stat["mean"]) or math.isnan(base["ci_low"]):
+        return False
+    return stat["mean"] < base["ci_low"] if base["higher_is_better"] else stat["mean"] > base["ci_high"]
+
+
 def comparable_groups(store: Store, refs: list[CellRef]) -> list[tuple[dict | None, list[CellRef]]]:
     """Split refs by their spec's suite and seeds, in order of first appearance.
 
@@ -165,12 +186,15 @@ class _Table:
 def write_report(store: Store, refs: list[CellRef], out_dir: Path, title: str,
                  metrics: list[str] | None = None,
                  figure: tuple[str, str | None] | None = ("compute.nfe", None),
-                 baseline: str | None = None) -> dict[str, Path]:
+                 baseline: str | None = None,
+                 hacking: tuple[str, list[str]] | None = None) -> dict[str, Path]:
     """Write report.md, report.csv, report.html and (when its metrics exist) figure.png.
 
     metrics: names like "dynamics" (all its outputs) or "dynamics.ssim"; None for all.
     figure: (x, y) metrics; y None means the first table metric that is not compute.*.
     baseline: the key of the cell that compute overheads are measured against (see add_overhead).
+    hacking: (training reward, held-out scores): adds a "reward hacking" column (see reward_hacking);
+    it needs a baseline.
     """
     out_dir = Path(out_dir)
     df = collect(store, refs)
@@ -179,7 +203,8 @@ def write_report(store: Store, refs: list[CellRef], out_dir: Path, title: str,
     label_keys = _label_keys(refs)
     groups = comparable_groups(store, refs)
     headings = _headings([key for key, _ in groups])
-    tables = [_table(summary, members, label_keys, columns, heading)
+    flags = reward_hacking(summary, baseline, *hacking) if hacking and baseline else None
+    tables = [_table(summary, members, label_keys, columns, heading, flags)
               for heading, (_, members) in zip(headings, groups)]
     paths = {"csv": out_dir / "report.csv", "md": out_dir / "report.md",
              "html": out_dir / "report.html"}
@@ -230,13 +255,14 @@ def _short_json(value: object, limit: int = 80) -> str:
 
 
 def _table(summary: pd.DataFrame, refs: list[CellRef], label_keys: list[str],
-           columns: list[str], heading: str | None) -> _Table:
+           columns: list[str], heading: str | None, flags: dict[str, str] | None = None) -> _Table:
     stats = {(r["cell"], r["metric"]): r for r in summary.to_dict("records")}
     states = dict(zip(summary["cell"], summary["state"]))
     better = {m: _higher_is_better(summary, m) for m in columns}
     best = {m: _best(stats, refs, states, m, better[m]) for m in columns}
     metric_header = [f"{m} {_arrow(better[m])}".rstrip() for m in columns]
-    header = [*label_keys, *metric_header, "state", "cell"]
+    header = [*label_keys, *metric_header, *(["reward hacking (held-out scores that fell)"] if flags else []),
+              "state", "cell"]
     rows = []
     for ref in refs:
         row = [(ref.labels.get(k, ""), False) for k in label_keys]
@@ -244,6 +270,8 @@ def _table(summary: pd.DataFrame, refs: list[CellRef], label_keys: list[str],
             stat = stats.get((ref.key, m))
             bold = stat is not None and stat["mean"] in best[m]
             row.append((_cell_text(states[ref.key], stat), bold))
+        if flags is not None:
+            row.append((flags.get(ref.key, ""), bool(flags.get(ref.key))))
         rows.append(row + [(states[ref.key], False), (ref.key, False)])
     members = {r.key for r in refs}
     counts = sorted({int(r["n"]) for r in stats.values() if r["n"] and r["cell"] in members})

@@ -6,9 +6,10 @@ package); a run refuses to start while any is missing, and `refinery weights che
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -61,3 +62,14 @@ def needed_files(cfg: DictConfig) -> list[NeededFile]:
         options = OmegaConf.to_container(options) if options is not None else {}
         owners.append((f"metric {name}", METRICS.get(name).required_weights(options)))
     return [NeededFile(owner, weights_dir / w.relative_path, w.origin) for owner, files in owners for w in files]
+
+
+def save_safetensors(tensors: dict[str, Any], path: Path, metadata: dict[str, str]) -> None:
+    """Write tensors (a state dict) with string metadata, atomically: a reader never sees half a file."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    tmp.replace(path)

@@ -15,7 +15,7 @@ from harness.world.probe import (COUNTS, MOTION_NAMES, OBJECTS, SHIPPED_WEIGHTS,
 from harness.world.probe_train import held_out_accuracy, render_videos, train_probe
 from harness.world.prompts import eval_prompts, train_prompts
 
-# Stated floors for the shipped probe on held-out prompts and seeds; `python -m harness.world.probe_train`
+# Stated floors for the shipped probe on held-out prompts and seeds; `refinery train-probe`
 # prints the measured accuracy on all 42 evaluation prompts x 5 seeds.
 CLEAN_FLOOR = {"colour": 0.9, "shape": 0.8, "count": 0.95, "motion": 0.9, "object": 0.75}
 DEGRADED_FLOOR = {"colour": 0.85, "shape": 0.6, "count": 0.9, "motion": 0.85, "object": 0.55}
@@ -80,7 +80,7 @@ def test_predict_returns_a_judgeable_reading(probe) -> None:
 
 
 def test_missing_or_corrupt_weights_are_usage_errors(tmp_path) -> None:
-    with pytest.raises(UsageError, match="missing.*probe_train"):
+    with pytest.raises(UsageError, match="missing.*train-probe"):
         load_probe(tmp_path / "absent.safetensors")
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not a safetensors file")

@@ -109,3 +109,35 @@ def test_figure_is_written_or_skipped(sweep, tmp_path):
     skipped = write_report(store, refs, tmp_path / "out", "T", figure=("compute.flops", None))
     assert "figure" not in skipped and not (tmp_path / "out" / "figure.png").exists()
     assert "No figure" in skipped["md"].read_text()
+
+
+def _scored(store, key, reward, motion):
+    """A cell with a training reward and a held-out motion score (higher is better) per video."""
+    cell = store.cell(key)
+    cell.write_spec({"key": key, "suite": "eval-v1", "seeds": [0, 1]})
+    for i in range(len(reward)):
+        cell.write_video(i, TINY, {"prompt": f"p{i // 2}", "seed": i % 2})
+    cell.write_scores("reward", {"metric": "reward", "version": "1", "higher_is_better": {"world_reward": True},
+                                 "values": {"world_reward": list(reward)}, "videos": len(reward)})
+    cell.write_scores("bench", {"metric": "bench", "version": "1", "higher_is_better": {"motion": True},
+                                "values": {"motion": list(motion)}, "videos": len(motion)})
+    cell.set_status("complete")
+    return CellRef(key, {"method": key})
+
+
+def test_reward_hacking_is_flagged_only_when_the_reward_rises_and_a_held_out_score_falls(tmp_path):
+    from harness.report import reward_hacking
+
+    store = Store(tmp_path / "store")
+    steady = [0.50, 0.52, 0.48, 0.51, 0.49, 0.50]
+    refs = [_scored(store, "base", reward=[1.0, 1.1, 0.9, 1.0, 1.05, 0.95], motion=steady),
+            _scored(store, "hacker", reward=[2.0, 2.1, 1.9, 2.0, 2.05, 1.95], motion=[0.1] * 6),
+            _scored(store, "honest", reward=[2.0, 2.1, 1.9, 2.0, 2.05, 1.95], motion=steady),
+            _scored(store, "broken", reward=[1.0, 1.1, 0.9, 1.0, 1.05, 0.95], motion=[0.1] * 6)]
+    summary = summarize(collect(store, refs))
+    flags = reward_hacking(summary, "base", "reward.world_reward", ["bench.motion"])
+    assert flags == {"base": "", "hacker": "bench.motion", "honest": "", "broken": ""}
+    paths = write_report(store, refs, tmp_path / "out", "t", baseline="base",
+                         hacking=("reward.world_reward", ["bench.motion"]))
+    row = next(line for line in paths["md"].read_text().splitlines() if line.startswith("| hacker"))
+    assert "**bench.motion**" in row

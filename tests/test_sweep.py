@@ -38,6 +38,14 @@ def test_rerun_of_a_finished_sweep_makes_no_model_call(tmp_path):
     assert re.findall(r"(\d+) videos generated \((\d+) model calls\)", again) == [("0", "0")] * 2
 
 
+def test_a_sweep_also_runs_its_reports_baseline_cell(tmp_path):
+    store = tmp_path / "store"
+    out = refinery("sweep", *SWEEP, "report.baseline='sampler.steps=4'", f"paths.store={store}")
+    assert len(re.findall(r"[1-9]\d* videos generated", out)) == 3 and "sweep done: 3 cells" in out
+    inside = refinery("sweep", *SWEEP, "report.baseline='sampler.steps=3'", f"paths.store={store}")
+    assert "sweep done: 2 cells" in inside  # a baseline the sweep contains is not run twice
+
+
 def first_record(store):
     return any(store.glob("cells/*/records/*.json"))
 

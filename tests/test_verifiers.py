@@ -163,3 +163,18 @@ def test_clip_score_metric_scores_stored_videos_like_the_verifier(tmp_path, monk
     frames = torch.from_numpy(videos).permute(0, 1, 4, 2, 3).float() / 255
     expected = ClipScore(tmp_path).score(frames, ["a red circle bouncing"] * 2)
     assert np.allclose(values, expected.numpy(), atol=1e-6) and values[0] > values[1] > 0
+
+
+def test_reward_metric_is_the_verifier_score_of_each_stored_video(reward):
+    from metrics.base import VideoBatch
+    from metrics.reward import Reward
+
+    metric = Reward(weights_dir=Path("unused"))
+    assert metric.higher_is_better == {"world_reward": True}
+    video = render_clip(parse(PROMPT), EVAL_SEED, slice(0, 21)).permute(0, 2, 3, 1).numpy()[None]
+    other = "a green square moving up"
+    metric.update(VideoBatch(np.concatenate([video, video]), [{"prompt": PROMPT}, {"prompt": other}]))
+    values = metric.compute()["world_reward"]
+    expected = reward.score(torch.from_numpy(video).permute(0, 1, 4, 2, 3).float().div(255).repeat(2, 1, 1, 1, 1),
+                            [PROMPT, other])
+    assert np.allclose(values, expected.numpy(), atol=1e-5) and values[0] > values[1]

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from harness.models.toy import SHIPPED_WEIGHTS, ToyConfig, ToyVideoModel, block_causal_mask, load_toy, tokenize
 from harness.rollout import Sampler
+from harness.weights import save_safetensors
 from harness.world.grammar import parse
 from harness.world.prompts import train_prompts
 from harness.world.render import render
@@ -183,15 +184,8 @@ def train_denoiser(model: ToyVideoModel, latents: torch.Tensor, labels: list[str
 
 
 def save_toy(model: ToyVideoModel, path: str | Path, meta: dict) -> None:
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(tmp), metadata={"toy_config": json.dumps(asdict(model.cfg)),
-                                         "training": json.dumps(meta)})
-    tmp.replace(path)
+    save_safetensors(model.state_dict(), path, {"toy_config": json.dumps(asdict(model.cfg)),
+                                                "training": json.dumps(meta)})
 
 
 def train_world(cfg: TrainWorldConfig) -> Path:

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from harness.errors import UsageError
+from harness.weights import save_safetensors
 
 SHIPPED_DIR = Path(__file__).resolve().parents[2] / "methods" / "weights"
 FORMAT = "refinery-adapter/1"
@@ -78,12 +79,9 @@ def _atomic(path: Path, write) -> None:
 
 def save_adapter(path: Path, state: dict[str, torch.Tensor], method: str, arch: dict[str, Any],
                  base_model: str, base_digest: str, step: int, config: dict[str, Any]) -> None:
-    from safetensors.torch import save_file
-
-    meta = {"format": FORMAT, "method": method, "arch": canonical(arch), "base_model": base_model,
-            "base_digest": base_digest, "step": str(step), "config": canonical(config)}
-    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    _atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    save_safetensors(state, path, {"format": FORMAT, "method": method, "arch": canonical(arch),
+                                   "base_model": base_model, "base_digest": base_digest, "step": str(step),
+                                   "config": canonical(config)})
 
 
 def read_metadata(path: Path) -> dict[str, str]:

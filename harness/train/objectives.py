@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.errors import UsageError
+from harness.method import build_params
 from harness.models.base import Cond, VideoModel, shift_sigmas
 from harness.rollout import RolloutResult, Sampler
 
@@ -52,12 +53,7 @@ class Objective:
     Params: ClassVar[type]
 
     def __init__(self, **params: Any):
-        known = {f.name for f in fields(self.Params)}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise UsageError(f"objective {self.name!r} has no parameter {', '.join(unknown)}; "
-                             f"its parameters: {', '.join(sorted(known))}")
-        self.params = self.Params(**params)
+        self.params = build_params(f"objective {self.name!r}", self.Params, params)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "params": asdict(self.params)}

@@ -19,7 +19,7 @@ from torch import nn
 
 from harness.errors import UsageError
 from harness.verifiers.base import Verifier
-from harness.weights import WeightFile
+from harness.weights import WeightFile, save_safetensors
 from harness.world.grammar import VOCABULARY, parse
 
 SHIPPED_WEIGHTS = Path(__file__).parent / "weights" / "world_reward.safetensors"
@@ -74,13 +74,8 @@ class RewardNet(nn.Module):
 
 
 def save_reward_net(net: RewardNet, cfg: RewardConfig, path: Path, training: dict) -> None:
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    state = {k: v.detach().contiguous() for k, v in net.state_dict().items()}
-    save_file(state, str(tmp), metadata={"reward_config": json.dumps(asdict(cfg)), "training": json.dumps(training)})
-    tmp.replace(path)
+    save_safetensors(net.state_dict(), path, {"reward_config": json.dumps(asdict(cfg)),
+                                              "training": json.dumps(training)})
 
 
 def load_reward_net(path: Path) -> RewardNet:

@@ -22,12 +22,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.errors import UsageError
-from harness.weights import WeightFile
+from harness.weights import WeightFile, save_safetensors
 from harness.world.grammar import COLOURS, MOTIONS, SHAPES, Scene, WorldObject
 from harness.world.oracle import Reading
 
 SHIPPED_WEIGHTS = Path(__file__).parent / "weights" / "probe.safetensors"
-REBUILD = "python -m harness.world.probe_train"
+REBUILD = "refinery train-probe"
 PROBE_WEIGHTS = WeightFile(str(SHIPPED_WEIGHTS), f"ships with the package; rebuild it with `{REBUILD}`")
 OBJECTS: tuple[WorldObject, ...] = tuple(WorldObject(c, s) for c in COLOURS for s in SHAPES)
 MOTION_NAMES: tuple[str, ...] = tuple(MOTIONS)
@@ -158,14 +158,8 @@ class WorldProbe(nn.Module):
 
 
 def save_probe(probe: WorldProbe, path: Path, training: dict) -> None:
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    state = {k: v.detach().contiguous() for k, v in probe.state_dict().items()}
-    save_file(state, str(tmp), metadata={"probe_config": json.dumps(asdict(probe.cfg)),
-                                         "training": json.dumps(training)})
-    tmp.replace(path)
+    save_safetensors(probe.state_dict(), path, {"probe_config": json.dumps(asdict(probe.cfg)),
+                                                "training": json.dumps(training)})
 
 
 def load_probe(path: Path = SHIPPED_WEIGHTS) -> WorldProbe:

@@ -1,6 +1,6 @@
 """Train the world probe on the shapes world (one CPU core, about ten minutes):
 
-    python -m harness.world.probe_train [--steps 1500] [--seed 0] [--threads 1] [--out PATH]
+    refinery train-probe [steps=1500] [seed=0] [threads=1] [out=PATH]   (= python -m harness.world.probe_train)
 
 Every training prompt is rendered with a few seeds. Each step takes windows of at least
 MIN_WINDOW frames at random offsets, degrades them as generated videos are degraded (colour
