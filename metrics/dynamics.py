@@ -24,9 +24,9 @@ PSNR_CAP_DB = 100.0
 WIN_SIZE = 7  # skimage's default uniform window
 K1, K2 = 0.01, 0.03
 # Pixel values (pairs x H x W x 3) per chunk: small enough that the moment maps stay in the CPU's
-# cache (fastest at about 16 pairs of 32x32 frames, benchmarks/bench_dynamics.py), which matters
-# more than batching further.
-_CHUNK_ELEMENTS = 50_000
+# cache (fastest at about 32 pairs of 32x32 frames on 2 threads, benchmarks/bench_dynamics.py),
+# which matters more than batching further.
+_CHUNK_ELEMENTS = 100_000
 
 
 def _as_nchw_centred(x: torch.Tensor) -> torch.Tensor:
