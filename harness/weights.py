@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -73,3 +73,25 @@ def save_safetensors(tensors: dict[str, Any], path: Path, metadata: dict[str, st
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
     tmp.replace(path)
+
+
+def load_safetensors(path: Path, what: str, rebuild: str, build: Callable[[dict[str, str]], Any]) -> Any:
+    """A shipped network from safetensors only: `build(metadata)` makes the module its state loads into.
+    A missing, corrupt or mismatched file is a one-line UsageError naming `what` and how to rebuild it."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    fix = f"restore it from the package or rebuild it with `{rebuild}`"
+    if not path.is_file():
+        raise UsageError(f"{what} weights {path} are missing; {fix}")
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        module = build(meta)
+        module.load_state_dict(load_file(str(path)))
+    except (SafetensorError, OSError, ValueError, TypeError, RuntimeError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UsageError(f"{what} weights {path} are corrupt or do not fit the {what} network "
+                         f"({reason}); {fix}") from None
+    return module.eval().requires_grad_(False)

@@ -17,9 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from harness.errors import UsageError
 from harness.verifiers.base import Verifier
-from harness.weights import WeightFile, save_safetensors
+from harness.weights import WeightFile, load_safetensors, save_safetensors
 from harness.world.grammar import VOCABULARY, parse
 
 SHIPPED_WEIGHTS = Path(__file__).parent / "weights" / "world_reward.safetensors"
@@ -80,23 +79,8 @@ def save_reward_net(net: RewardNet, cfg: RewardConfig, path: Path, training: dic
 
 def load_reward_net(path: Path) -> RewardNet:
     """Load only through safetensors; a missing, corrupt or mismatched file is a one-line UsageError."""
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
-
-    fix = f"restore it from the package or rebuild it with `{REBUILD}`"
-    if not path.is_file():
-        raise UsageError(f"world reward weights {path} are missing; {fix}")
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-        state = load_file(str(path))
-        net = RewardNet(RewardConfig(**json.loads(meta.get("reward_config", "{}"))))
-        net.load_state_dict(state)
-    except (SafetensorError, OSError, ValueError, TypeError, RuntimeError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UsageError(f"world reward weights {path} are corrupt or do not fit the reward network "
-                         f"({reason}); {fix}") from None
-    return net.eval().requires_grad_(False)
+    return load_safetensors(path, "world reward", REBUILD,
+                            lambda meta: RewardNet(RewardConfig(**json.loads(meta.get("reward_config", "{}")))))
 
 
 class WorldReward(Verifier):

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.errors import UsageError
-from harness.weights import WeightFile, save_safetensors
+from harness.weights import WeightFile, load_safetensors, save_safetensors
 from harness.world.grammar import COLOURS, MOTIONS, SHAPES, Scene, WorldObject
 from harness.world.oracle import Reading
 
@@ -164,21 +164,8 @@ def save_probe(probe: WorldProbe, path: Path, training: dict) -> None:
 
 def load_probe(path: Path = SHIPPED_WEIGHTS) -> WorldProbe:
     """Load only through safetensors; a missing, corrupt or mismatched file is a one-line UsageError."""
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    fix = f"restore it from the package or rebuild it with `{REBUILD}`"
-    if not path.is_file():
-        raise UsageError(f"world probe weights {path} are missing; {fix}")
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
+    def build(meta: dict[str, str]) -> WorldProbe:
         cfg = json.loads(meta.get("probe_config", "{}"))
-        probe = WorldProbe(ProbeConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}))
-        probe.load_state_dict(load_file(str(path)))
-    except (SafetensorError, OSError, ValueError, TypeError, RuntimeError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UsageError(f"world probe weights {path} are corrupt or do not fit the probe network "
-                         f"({reason}); {fix}") from None
-    return probe.eval().requires_grad_(False)
+        return WorldProbe(ProbeConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}))
+
+    return load_safetensors(path, "world probe", REBUILD, build)
