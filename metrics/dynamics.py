@@ -7,6 +7,7 @@ match scikit-image's `structural_similarity(a, b, channel_axis=-1, data_range=25
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
@@ -23,65 +24,108 @@ DATA_RANGE = 255.0
 PSNR_CAP_DB = 100.0
 WIN_SIZE = 7  # skimage's default uniform window
 K1, K2 = 0.01, 0.03
-# Pixel values (pairs x H x W x 3) per chunk: small enough that the moment maps stay in the CPU's
-# cache (fastest at about 32 pairs of 32x32 frames on 2 threads, benchmarks/bench_dynamics.py),
-# which matters more than batching further.
-_CHUNK_ELEMENTS = 100_000
+# Video pixel values (videos x frames x H x W x 3) per chunk: a few of the toy's videos, so that the
+# frames' moment maps stay in the CPU's cache (fastest at 4-8 of the toy's 21-frame 32x32 videos on
+# 2 threads, benchmarks/bench_dynamics.py), which matters more than batching further.
+_CHUNK_ELEMENTS = 400_000
 
 
-def _as_nchw_centred(x: torch.Tensor) -> torch.Tensor:
-    """(N, H, W, 3) in [0, 255] -> float32 (N, 3, H, W) in [-0.5, 0.5]. Centred, float32 is exact
-    enough: uxx - ux**2 of values within +-0.5 loses ~1e-8 against the constant c2 = 9e-4."""
-    if x.ndim != 4 or x.shape[-1] != 3:
-        raise ValueError(f"expected (N, H, W, 3) images, got shape {tuple(x.shape)}")
-    return x.permute(0, 3, 1, 2).float().div(DATA_RANGE).sub(0.5)
-
-
-def _window_means(t: torch.Tensor) -> torch.Tensor:
-    """Means over every WIN_SIZE x WIN_SIZE window inside the last two dims, as two matrix products
-    with banded 0/1 matrices (one per axis): BLAS runs them far faster than 49 reads per pixel."""
-    h, w = t.shape[-2:]
-    rows, cols = _band(h).to(t), _band(w).to(t)
-    return rows.T @ t @ cols / WIN_SIZE**2
-
-
+@functools.lru_cache(maxsize=None)
 def _band(n: int) -> torch.Tensor:
     """(n, n - WIN_SIZE + 1): column j sums elements j .. j + WIN_SIZE - 1."""
     i = torch.arange(n)[:, None] - torch.arange(n - WIN_SIZE + 1)[None, :]
     return ((i >= 0) & (i < WIN_SIZE)).float()
 
 
-def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Mean SSIM of each image pair, (N, H, W, 3) x2 -> (N,) float64, as skimage's defaults.
+def _window_means(t: torch.Tensor) -> torch.Tensor:
+    """Means over every WIN_SIZE x WIN_SIZE window of the maps in t, laid out (H, ..., W) -> (H', ..., W').
 
-    skimage averages the SSIM map only where the 7x7 window lies inside the image (it crops
-    (win_size - 1) // 2 from each border), so unpadded window means give exactly that region.
+    Two matrix products with banded 0/1 matrices, one per axis: BLAS runs them far faster than 49 reads
+    per pixel, and with H first and W last each is a single 2-D product over all maps, without copies.
     """
+    h, w = t.shape[0], t.shape[-1]
+    rows = _band(h).to(t.device).T / WIN_SIZE**2
+    out = (rows @ t.reshape(h, -1)).reshape(-1, w) @ _band(w).to(t.device)
+    return out.reshape(h - WIN_SIZE + 1, *t.shape[1:-1], w - WIN_SIZE + 1)
+
+
+def _check_frames(videos: torch.Tensor, interval: int) -> None:
+    if videos.ndim != 5 or videos.shape[-1] != 3:
+        raise ValueError(f"expected (videos, frames, H, W, 3), got shape {tuple(videos.shape)}")
+    if min(videos.shape[2], videos.shape[3]) < WIN_SIZE:
+        raise ValueError(f"ssim needs images of at least {WIN_SIZE}x{WIN_SIZE}, got {tuple(videos.shape[2:])}")
+    if not 1 <= interval < videos.shape[1]:
+        raise ValueError(f"interval {interval} needs more than {interval} frames, got {videos.shape[1]}")
+
+
+def frame_pair_similarity(videos: torch.Tensor, interval: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """SSIM and PSNR between frames f and f + interval of each video, as skimage's
+    `structural_similarity(a, b, channel_axis=-1, data_range=255)` and `peak_signal_noise_ratio`:
+    (V, F, H, W, 3) in [0, 255] -> two (V, F - interval) float64.
+
+    The window means of a frame and of its square are computed once per frame, not once per pair
+    that contains it; only the cross term is per pair. skimage averages the SSIM map where the 7x7
+    window lies inside the image (it crops (win_size - 1) // 2 from each border), so unpadded window
+    means give exactly that region. Values are centred to [-127.5, 127.5] in float32, exact enough:
+    uxx - ux**2 of values within +-127.5 loses ~1e-3 against the constant c2 = 58.5.
+    """
+    _check_frames(videos, interval)
+    frames, pairs = videos.shape[1], videos.shape[1] - interval
+    first, later = slice(0, pairs), slice(interval, frames)
+    hwc = videos.permute(2, 0, 1, 4, 3)  # (H, V, F, 3, W): see _window_means
+    maps = torch.empty((*hwc.shape[:2], 2 * frames + pairs, *hwc.shape[3:]), device=videos.device)
+    x = maps[:, :, :frames]
+    torch.sub(hwc, DATA_RANGE / 2, out=x)
+    torch.mul(x, x, out=maps[:, :, frames : 2 * frames])
+    torch.mul(x[:, :, first], x[:, :, later], out=maps[:, :, 2 * frames :])
+    means = _window_means(maps)
+    ux, uxx, uxy = means[:, :, :frames], means[:, :, frames : 2 * frames], means[:, :, 2 * frames :]
+    cov_norm = WIN_SIZE**2 / (WIN_SIZE**2 - 1)  # skimage's use_sample_covariance=True
+    var = torch.addcmul(uxx, ux, ux, value=-1).mul_(cov_norm)
+    mean = ux + DATA_RANGE / 2  # the means of the uncentred images
+    mean_sq = mean * mean
+    c1, c2 = (K1 * DATA_RANGE) ** 2, (K2 * DATA_RANGE) ** 2
+    luminance = torch.mul(mean[:, :, first], mean[:, :, later]).mul_(2).add_(c1)
+    contrast = torch.addcmul(uxy, ux[:, :, first], ux[:, :, later], value=-1).mul_(2 * cov_norm).add_(c2)
+    denominator = torch.add(mean_sq[:, :, first], mean_sq[:, :, later]).add_(c1)
+    denominator.mul_(torch.add(var[:, :, first], var[:, :, later]).add_(c2))
+    ssim_map = luminance.mul_(contrast).div_(denominator)
+    # channels weigh equally, as skimage's per-channel mean
+    ssims = _sum_rows_then_float64(ssim_map, dims=(0, 3)) / ssim_map[:, 0, 0].numel()
+    return ssims, _psnr_db(hwc[:, :, first], hwc[:, :, later], dims=(0, 3))
+
+
+def _sum_rows_then_float64(t: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """Sum over the last dim in float32, then over `dims` in float64: no float64 copy of t, and the
+    rows of squared 8-bit differences sum exactly (below 2**24 for rows of up to 258 pixels)."""
+    return t.sum(dim=-1).double().sum(dim=dims)
+
+
+def _psnr_db(a: torch.Tensor, b: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """PSNR over `dims` and the last dim, capped at PSNR_CAP_DB. Differences of 8-bit values square
+    exactly in float32."""
+    sq = (a.float() - b.float()).square_()
+    mse = _sum_rows_then_float64(sq, dims) / np.prod([a.shape[d] for d in (*dims, -1)])
+    floor = DATA_RANGE**2 * 10 ** (-PSNR_CAP_DB / 10)
+    return 10 * torch.log10(DATA_RANGE**2 / mse.clamp_min(floor))
+
+
+def _as_pairs(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Image pairs (N, H, W, 3) x2 as N two-frame videos."""
     if a.shape != b.shape:
-        raise ValueError(f"ssim needs equal shapes, got {tuple(a.shape)} and {tuple(b.shape)}")
-    if min(a.shape[1], a.shape[2]) < WIN_SIZE:
-        raise ValueError(f"ssim needs images of at least {WIN_SIZE}x{WIN_SIZE}, got {tuple(a.shape)}")
-    x, y = _as_nchw_centred(a), _as_nchw_centred(b)
-    ux, uy, uxx, uyy, uxy = _window_means(torch.stack([x, y, x * x, y * y, x * y]))
-    np_win = WIN_SIZE**2
-    cov_norm = np_win / (np_win - 1)  # skimage's use_sample_covariance=True
-    vx = cov_norm * (uxx - ux * ux)
-    vy = cov_norm * (uyy - uy * uy)
-    vxy = cov_norm * (uxy - ux * uy)
-    ux, uy = ux + 0.5, uy + 0.5  # the means of the uncentred images (data range 1)
-    c1, c2 = K1**2, K2**2
-    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
-    return s.double().mean(dim=(1, 2, 3))  # channels weigh equally, as skimage's per-channel mean
+        raise ValueError(f"need equal shapes, got {tuple(a.shape)} and {tuple(b.shape)}")
+    return torch.stack([a, b], dim=1)
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean SSIM of each image pair, (N, H, W, 3) x2 -> (N,) float64, as skimage's defaults."""
+    return frame_pair_similarity(_as_pairs(a, b), interval=1)[0][:, 0]
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """PSNR in dB of each image pair, (N, H, W, 3) x2 -> (N,) float64, capped at PSNR_CAP_DB."""
-    if a.shape != b.shape:
-        raise ValueError(f"psnr needs equal shapes, got {tuple(a.shape)} and {tuple(b.shape)}")
-    diff = a.to(torch.float64) - b.to(torch.float64)
-    mse = diff.square().flatten(1).mean(dim=1)
-    floor = DATA_RANGE**2 * 10 ** (-PSNR_CAP_DB / 10)
-    return 10 * torch.log10(DATA_RANGE**2 / mse.clamp_min(floor))
+    _as_pairs(a[:1], b[:1])  # the shape check
+    return _psnr_db(a, b, dims=(1, 2))
 
 
 def device_option(metric: str, options: dict[str, Any]) -> torch.device:
@@ -110,41 +154,52 @@ class Dynamics(Metric):
         super().__init__(**options)
 
     def score(self, batch: VideoBatch) -> dict[str, np.ndarray]:
-        first, later = self._frame_pairs(batch.videos)
-        ssims, psnrs = self._pairwise(first, later)
         shape = self._per_video(batch.videos)
-        return {"ssim": ssims.reshape(shape).mean(axis=1), "psnr": psnrs.reshape(shape).mean(axis=1)}
+        ssims, psnrs = np.empty(shape), np.empty(shape)
+        for videos, frames in self._blocks(batch.videos):
+            block = torch.from_numpy(np.ascontiguousarray(batch.videos[videos, frames])).to(self.device)
+            s, p = frame_pair_similarity(block, self.interval)
+            pairs = slice(frames.start, frames.stop - self.interval)
+            ssims[videos, pairs], psnrs[videos, pairs] = s.cpu().numpy(), p.cpu().numpy()
+        return {"ssim": ssims.mean(axis=1), "psnr": psnrs.mean(axis=1)}
+
+    def _blocks(self, videos: np.ndarray) -> Iterator[tuple[slice, slice]]:
+        """(videos, frames) blocks of about _CHUNK_ELEMENTS pixel values, so memory stays bounded:
+        whole videos while one fits, else runs of at least `interval` pairs of one video (a run of
+        pairs needs `interval` frames beyond them; shorter runs would recompute most frames)."""
+        count, frames = videos.shape[:2]
+        frame_elements = int(np.prod(videos.shape[2:]))
+        if frames * frame_elements <= _CHUNK_ELEMENTS:
+            step = _CHUNK_ELEMENTS // (frames * frame_elements)
+            for start in range(0, count, step):
+                yield slice(start, start + step), slice(0, frames)
+            return
+        pairs = frames - self.interval
+        run = max(self.interval, _CHUNK_ELEMENTS // frame_elements - self.interval)
+        for video in range(count):
+            for start in range(0, pairs, run):
+                yield slice(video, video + 1), slice(start, min(start + run, pairs) + self.interval)
 
     def _frame_pairs(self, videos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Frames f and f + interval of every video, each flattened to (B * pairs, H, W, 3), video-major."""
-        b, f = videos.shape[:2]
-        if f < self.interval + 1:
-            raise UsageError(
-                f"{self.name}: interval {self.interval} needs videos of at least {self.interval + 1} "
-                f"frames, got {f}; lower the interval option"
-            )
-        pairs = f - self.interval
+        b, pairs = self._per_video(videos)
         first = videos[:, : pairs].reshape(b * pairs, *videos.shape[2:])
         later = videos[:, self.interval :].reshape(b * pairs, *videos.shape[2:])
         return first, later
 
     def _per_video(self, videos: np.ndarray) -> tuple[int, int]:
         """(videos, pairs per video): the shape that per-pair values reshape to."""
+        if videos.shape[1] < self.interval + 1:
+            raise UsageError(
+                f"{self.name}: interval {self.interval} needs videos of at least {self.interval + 1} "
+                f"frames, got {videos.shape[1]}; lower the interval option"
+            )
         return len(videos), videos.shape[1] - self.interval
 
-    def _chunks(self, a: np.ndarray, b: np.ndarray,
-                elements: int = _CHUNK_ELEMENTS) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _chunks(self, a: np.ndarray, b: np.ndarray, elements: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The pairs as tensors on the device, about `elements` pixel values at a time, so memory stays bounded."""
         per_pair = int(np.prod(a.shape[1:]))
         step = max(1, elements // per_pair)
         for start in range(0, len(a), step):
             yield (torch.tensor(a[start : start + step], device=self.device),
                    torch.tensor(b[start : start + step], device=self.device))
-
-    def _pairwise(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """SSIM and PSNR of every pair."""
-        ssims, psnrs = [], []
-        for x, y in self._chunks(a, b):
-            ssims.append(ssim(x, y).cpu().numpy())
-            psnrs.append(psnr(x, y).cpu().numpy())
-        return np.concatenate(ssims), np.concatenate(psnrs)

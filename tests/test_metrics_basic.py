@@ -145,11 +145,14 @@ def test_dynamics_default_interval_is_five_and_short_videos_fail() -> None:
         Dynamics(interval=0)
 
 
-def test_dynamics_chunking_does_not_change_values(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("frames_per_block", [7, 3])  # one whole video; runs of 2 pairs (+2 frames)
+def test_dynamics_blocks_do_not_change_values(monkeypatch: pytest.MonkeyPatch, frames_per_block: int) -> None:
     rng = np.random.default_rng(7)
-    videos = random_frames(rng, 2 * 7, 16, 16).reshape(2, 7, 16, 16, 3)
+    videos = random_frames(rng, 3 * 7, 16, 16).reshape(3, 7, 16, 16, 3)
     whole = Dynamics(interval=2).score(batch_of(videos))
-    monkeypatch.setattr("metrics.dynamics._CHUNK_ELEMENTS", 3 * 16 * 16 * 3)  # 3 pairs a chunk
+    monkeypatch.setattr("metrics.dynamics._CHUNK_ELEMENTS", frames_per_block * 16 * 16 * 3)
+    blocks = list(Dynamics(interval=2)._blocks(videos))
+    assert len(blocks) == (3 if frames_per_block == 7 else 9)  # 5 pairs: runs of 2, 2, 1
     chunked = Dynamics(interval=2).score(batch_of(videos))
     for key in whole:
         np.testing.assert_allclose(chunked[key], whole[key], rtol=0, atol=1e-12)
