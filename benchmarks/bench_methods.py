@@ -51,8 +51,8 @@ def main() -> None:
     seeds = list(range(len(prompts)))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {len(prompts)}")
     print("| method | NFE / video | wall s (median) | base wall s (median) | ratio | ratio without decoder + verifier time "
-          "| FPS relative to base |")
-    print("|---|---|---|---|---|---|---|")
+          "| FPS relative to base | decoder s | verifier s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, params in METHODS_TO_TIME.items():
         method = METHODS.get(name)(**params)
         method.prepare(model.spec, Sampler(), Path("weights"))
@@ -64,8 +64,10 @@ def main() -> None:
         w, b = (statistics.median(r[0] for r in rs) for rs in (runs, base_runs))
         w_net, b_net = (statistics.median(r[1] for r in rs) for rs in (runs, base_runs))
         nfe_ratio = runs[0][2].nfe / base_runs[0][2].nfe
+        decode, verify = (statistics.median(getattr(r[2], key) for r in runs)
+                          for key in ("decode_seconds", "verifier_seconds"))
         print(f"| {name} | {runs[0][2].nfe / len(prompts):.0f} | {w:.3f} | {b:.3f} | {w / (b * nfe_ratio):.3f} "
-              f"| {w_net / (b_net * nfe_ratio):.3f} | {b / w:.3f} |")
+              f"| {w_net / (b_net * nfe_ratio):.3f} | {b / w:.3f} | {decode:.3f} | {verify:.3f} |")
 
 
 if __name__ == "__main__":

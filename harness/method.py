@@ -51,10 +51,11 @@ class Method:
             raise UsageError(f"method {self.name!r} needs an unconditional branch, which model "
                              f"{spec.name!r} does not have; choose another method or model")
 
-    def bind(self, model: VideoModel) -> VideoModel:
-        """The model this method samples with, called by the rollout before any model call. Trained
-        methods refuse a checkpoint trained for other weights here (UsageError) and return the model
-        with their adapters, so that the KV cache and the ledger see the weights that sample."""
+    def bind(self, model: VideoModel, training: bool = False) -> VideoModel:
+        """The model this method samples with (`training`: the model a training rollout
+        differentiates), called by the rollout before any model call. Trained methods refuse a
+        checkpoint trained for other weights here (UsageError) and return the model with their
+        adapters, so that the KV cache and the ledger see the weights that sample."""
         return model
 
     # -- hooks ---------------------------------------------------------------------------------

@@ -127,7 +127,7 @@ def rollout(model: VideoModel, method: "Method", prompts: list[str], seeds: list
     if exit_step is not None and not 0 <= exit_step < sampler.steps:
         raise ValueError(f"exit_step {exit_step} is not one of the sampler's steps 0..{sampler.steps - 1}")
     ledger = ledger or Ledger()
-    counted = CountingModel(method.bind(model), ledger)
+    counted = CountingModel(method.bind(model, training=exit_step is not None), ledger)
     spec = model.spec
     with ledger.timed(), torch.enable_grad() if exit_step is not None else torch.inference_mode():
         cond = counted.encode(prompts)

@@ -101,7 +101,7 @@ class AutoRefiner(TrainedMethod):
 
     def begin(self, ctx: Context) -> None:
         super().begin(ctx)
-        self.refiner.begin(ctx.cache.batch)
+        self.refiner.begin(ctx.cache.batch, ctx.training)
 
     def path_noise(self, x: torch.Tensor, x0: torch.Tensor, ctx: Context) -> torch.Tensor:
         eps = super().path_noise(x, x0, ctx)

@@ -55,7 +55,7 @@ class InitNoiseRefiner(TrainedMethod):
 
     def begin(self, ctx: Context) -> None:
         super().begin(ctx)
-        self.refiner.begin(ctx.cache.batch)
+        self.refiner.begin(ctx.cache.batch, ctx.training)
 
     def initial_noise(self, ctx: Context) -> torch.Tensor:
         eps = super().initial_noise(ctx)

@@ -70,6 +70,22 @@ def test_trained_adapters_change_the_videos(model, cls):
     assert not torch.equal(rollout(model, method, PROMPTS, SEEDS, Sampler()).latents, base.latents)
 
 
+def test_lora_samples_with_merged_weights_equal_to_the_adapters(model):
+    method = bound(Lora, model)
+    randomise_adapters(method)
+    adapted = method.bind(model, training=True)  # peft's adapters, unmerged
+    assert any("lora" in name for name, _ in adapted.named_modules())
+    merged = method.bind(model)
+    assert not any("lora" in name for name, _ in merged.named_modules())
+    with torch.no_grad():
+        unmerged_run = rollout(adapted, Base(), PROMPTS, SEEDS, Sampler())
+    merged_run = rollout(model, method, PROMPTS, SEEDS, Sampler())
+    torch.testing.assert_close(merged_run.latents, unmerged_run.latents, rtol=0, atol=1e-4)
+    assert method.bind(model) is merged  # merged once while the adapters stay as they are
+    randomise_adapters(method)  # what an optimizer step does: the adapters change in place
+    assert method.bind(model) is not merged
+
+
 @pytest.mark.parametrize("timesteps,steps,refined", [
     (None, 4, 3), ([750], 4, 1), ([500, 250], 4, 2), ([750, 500, 250], 4, 3), (None, 2, 1)])
 def test_autorefiner_ledger_adds_one_refiner_call_per_refined_step_per_chunk(model, timesteps, steps, refined):
@@ -117,15 +133,16 @@ def test_table_2_compute_columns_through_the_report(tmp_path):
 
 # -- the reflective KV cache ---------------------------------------------------------------------
 
-def refiner_output(method, model, history_chunk=None, previous=None):
-    """Δε for a fixed noise of chunk 1 after the refiner's history saw `history_chunk`."""
+def refiner_output(method, model, history_chunk=None, previous=None, training=False):
+    """Δε for a fixed noise of chunk 1 after the refiner's history saw `history_chunk`, from the
+    trainable adapters (`training`) or their merged copy (sampling)."""
     gen = torch.Generator().manual_seed(0)
     shape = (1, model.spec.frames_per_chunk, *model.spec.latent_shape)
     eps = torch.randn(shape, generator=gen)
     cond = model.encode(PROMPTS[:1])
     ledger = Ledger()
     with torch.inference_mode():
-        method.refiner.begin(1)
+        method.refiner.begin(1, training)
         method.refiner.commit(history_chunk, cond, ledger)
         return method.refiner(eps, 0.5, cond, model.spec.frames_per_chunk, previous, ledger)
 
@@ -141,6 +158,9 @@ def test_each_kv_cache_switch_removes_its_input(model, history, previous):
     other_history = refiner_output(method, model, history_chunk=b, previous=a)
     other_previous = refiner_output(method, model, history_chunk=a, previous=b)
     assert reference.abs().max() > 0
+    # sampling runs the merged copy of the adapters that training runs
+    trained = refiner_output(method, model, history_chunk=a, previous=a, training=True)
+    torch.testing.assert_close(reference, trained, rtol=0, atol=1e-5)
     assert torch.equal(reference, other_history) != history
     assert torch.equal(reference, other_previous) != previous
 

@@ -60,6 +60,9 @@ MAX_PROMPT_TOKENS = 12
 # autoencoder
 
 
+DECODE_BLOCK = 48  # frames per decoder call
+
+
 class FrameAutoencoder(nn.Module):
     def __init__(self, cfg: ToyConfig):
         super().__init__()
@@ -79,6 +82,8 @@ class FrameAutoencoder(nn.Module):
         # latent normalisation, like Wan's latents_mean / latents_std; set after training
         self.register_buffer("latent_mean", torch.zeros(c))
         self.register_buffer("latent_std", torch.ones(c))
+        # channels-last convolutions run ~1.5x faster on CPU (oneDNN); values equal within float rounding
+        self.decoder.to(memory_format=torch.channels_last)
 
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) in [0, 1] -> normalised latents (N, C, h, w)."""
@@ -88,7 +93,9 @@ class FrameAutoencoder(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """normalised latents (N, C, h, w) -> (N, 3, H, W) in [0, 1]."""
         z = z * self.latent_std[:, None, None] + self.latent_mean[:, None, None]
-        return (self.decoder(z) * 0.5 + 0.5).clamp(0, 1)
+        # blocks of frames keep the 32x32 feature maps in cache: search methods decode hundreds at once
+        frames = torch.cat([self.decoder(block) for block in z.split(DECODE_BLOCK)])
+        return (frames * 0.5 + 0.5).clamp(0, 1).contiguous()
 
 
 # ----------------------------------------------------------------------------------------------

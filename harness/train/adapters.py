@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -60,6 +61,36 @@ def add_lora(module: nn.Module, rank: int, alpha: float) -> nn.Module:
         return inject_adapter_in_model(config, module)
 
 
+def merged_lora(module: nn.Module) -> nn.Module:
+    """A copy of `module` with its LoRA adapters merged into the weights and removed (peft's
+    merge-and-unload): plain layers, without the adapters' extra products and dispatch. Values equal
+    the adapted module's within float rounding, and exactly while B is zero."""
+    from peft.tuners.lora import LoraLayer
+
+    merged = copy.deepcopy(module)
+    for name, layer in list(merged.named_modules()):
+        if isinstance(layer, LoraLayer):
+            layer.merge()
+            parent, _, child = name.rpartition(".")
+            setattr(merged.get_submodule(parent), child, layer.get_base_layer())
+    return merged
+
+
+class MergedCopy:
+    """The merged copy (merged_lora) of a LoRA-adapted module, made again whenever its adapters have
+    changed: an optimizer step or a checkpoint load updates them in place, which bumps their versions."""
+
+    def __init__(self, adapted: nn.Module, adapters: Callable[[], list[torch.Tensor]]):
+        self.adapted, self.adapters = adapted, adapters
+        self._copy: tuple[tuple[int, ...], nn.Module] | None = None
+
+    def get(self) -> nn.Module:
+        versions = tuple(p._version for p in self.adapters())
+        if self._copy is None or self._copy[0] != versions:
+            self._copy = (versions, merged_lora(self.adapted))
+        return self._copy[1]
+
+
 def check_rank(rank: object, alpha: object) -> None:
     """Explicit values only (None means: from the checkpoint, or the default)."""
     if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
@@ -93,15 +124,20 @@ class NoiseRefiner:
         self.module = add_lora(self.net.denoiser, rank, alpha)
         self.history, self.previous = history, previous
         self.cache: KVCache | None = None
+        # sampling runs the adapters merged into the weights, at the base network's cost per call
+        self.merged = MergedCopy(self.net, lambda: [p for p in self.module.parameters() if p.requires_grad])
+        self.active = self.net
 
-    def begin(self, batch: int) -> None:
-        self.cache = self.net.new_cache(batch)
+    def begin(self, batch: int, training: bool) -> None:
+        """Start a rollout: with the trainable adapters when training, else with their merged copy."""
+        self.active = self.net if training else self.merged.get()
+        self.cache = self.active.new_cache(batch)
 
     def commit(self, x0: torch.Tensor, cond: Cond, ledger: Ledger) -> None:
         """Append a clean chunk to the refiner's own history (a no_grad pass of the backend's commit)."""
         if self.history:
             ledger.cache_passes += x0.shape[0]
-            self.net.commit(x0, cond, self.cache)
+            self.active.commit(x0, cond, self.cache)
 
     def __call__(self, eps: torch.Tensor, sigma: float, cond: Cond, frame: int, previous: torch.Tensor | None,
                  ledger: Ledger) -> torch.Tensor:
@@ -113,11 +149,12 @@ class NoiseRefiner:
         if self.previous and previous is not None:
             ledger.cache_passes += b
             with torch.no_grad():
-                _, kv = self.module(previous, eps.new_zeros(b, f), cond.tokens, cond.mask, frame, history)
+                _, kv = self.active.denoiser(previous, eps.new_zeros(b, f), cond.tokens, cond.mask, frame, history)
             context.append(kv)
         ledger.refiner_calls += b
         ledger.nfe += b  # the paper's units: a refiner call is one NFE
-        delta, _ = self.module(eps, eps.new_full((b, f), sigma), cond.tokens, cond.mask, frame, _joined(context))
+        delta, _ = self.active.denoiser(eps, eps.new_full((b, f), sigma), cond.tokens, cond.mask, frame,
+                                        _joined(context))
         return delta
 
 
@@ -171,7 +208,11 @@ class TrainedMethod(Method):
         return described
 
     # -- the weights ---------------------------------------------------------------------------
-    def bind(self, model: VideoModel) -> VideoModel:
+    def bind(self, model: VideoModel, training: bool = False) -> VideoModel:
+        adapted = self._adapted_model(model)
+        return adapted if training else self.for_sampling(adapted)
+
+    def _adapted_model(self, model: VideoModel) -> VideoModel:
         if self._bound is not None and self._bound[0] is model:
             return self._bound[1]
         if self.adapter is not None and self.adapter.base_digest != model.digest():
@@ -186,8 +227,12 @@ class TrainedMethod(Method):
 
     def build(self, model: VideoModel) -> VideoModel:
         """Create the adapters for `model` (setting self.adapted, the module that holds them) and
-        return the model that samples."""
+        return the model that trains and, unless for_sampling says otherwise, samples."""
         raise NotImplementedError
+
+    def for_sampling(self, adapted: VideoModel) -> VideoModel:
+        """The model that samples, given the adapted (trainable) one."""
+        return adapted
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.adapted.parameters() if p.requires_grad]

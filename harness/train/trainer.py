@@ -145,7 +145,7 @@ def resolve_training(cfg: DictConfig) -> Training:
     method.prepare(model.spec, sampler, weights_dir)
     objective.setup(model, sampler, weights_dir)
     model.requires_grad_(False)  # the base model is frozen: only what the method adds is trained
-    method.bind(model)
+    method.bind(model, training=True)
     config = {"model": {"name": cfg.model.name, "checkpoint": cfg.model.get("checkpoint"),
                         "num_chunks": model.spec.num_chunks, "digest": model.digest()},
               "sampler": asdict(sampler),

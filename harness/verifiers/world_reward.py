@@ -9,6 +9,7 @@ visible when the oracle scores the same videos.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import asdict, dataclass
@@ -35,11 +36,17 @@ class RewardConfig:
 def bag_of_words(prompts: list[str]) -> torch.Tensor:
     """(N, |vocabulary|) word counts; "a" counts the objects. Word order (and so which colour goes
     with which shape) is lost on purpose: the video features must carry the binding."""
+    return torch.stack([_word_counts(prompt) for prompt in prompts]) if prompts else torch.zeros(0, len(WORDS))
+
+
+@functools.lru_cache(maxsize=4096)
+def _word_counts(prompt: str) -> torch.Tensor:
+    """One prompt's counts; cached because search verifies the same prompts at every step (parsing
+    them cost a third of the network's time)."""
     index = {w: i for i, w in enumerate(WORDS)}
-    counts = torch.zeros(len(prompts), len(WORDS))
-    for row, prompt in enumerate(prompts):
-        for word in parse(prompt).text.split():  # validates the prompt
-            counts[row, index[word]] += 1
+    counts = torch.zeros(len(WORDS))
+    for word in parse(prompt).text.split():  # validates the prompt
+        counts[index[word]] += 1
     return counts
 
 
