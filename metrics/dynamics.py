@@ -28,6 +28,9 @@ K1, K2 = 0.01, 0.03
 # frames' moment maps stay in the CPU's cache (fastest at 4-8 of the toy's 21-frame 32x32 videos on
 # 2 threads, benchmarks/bench_dynamics.py), which matters more than batching further.
 _CHUNK_ELEMENTS = 400_000
+# Window positions per band-matrix product (see _window_means): 4-6x faster than whole-axis bands on
+# 256-832 px frames, and the toy's 26 positions per axis stay one tile.
+_TILE = 32
 
 
 @functools.lru_cache(maxsize=None)
@@ -37,16 +40,34 @@ def _band(n: int) -> torch.Tensor:
     return ((i >= 0) & (i < WIN_SIZE)).float()
 
 
-def _window_means(t: torch.Tensor) -> torch.Tensor:
-    """Means over every WIN_SIZE x WIN_SIZE window of the maps in t, laid out (H, ..., W) -> (H', ..., W').
+def _tiling(n: int) -> tuple[int, int]:
+    """(tile, padded length) for an axis of n pixels: its n - WIN_SIZE + 1 window positions in tiles of
+    at most _TILE, and the length the axis is zero-padded to so that the tiles cover it exactly."""
+    positions = n - WIN_SIZE + 1
+    tile = min(positions, _TILE)
+    return tile, -(-positions // tile) * tile + WIN_SIZE - 1
 
-    Two matrix products with banded 0/1 matrices, one per axis: BLAS runs them far faster than 49 reads
-    per pixel, and with H first and W last each is a single 2-D product over all maps, without copies.
+
+def _window_means(t: torch.Tensor, tile_h: int, tile_w: int) -> torch.Tensor:
+    """Means over every WIN_SIZE x WIN_SIZE window of the maps in t, laid out (H, ..., W) with H and W
+    padded as _tiling says -> (H', ..., W') tile-aligned; positions past the unpadded image are junk.
+
+    Per axis, a matrix product with a banded 0/1 matrix: BLAS runs it far faster than 49 reads per
+    pixel. Over the whole axis its cost per pixel grows with the axis, so the axis is cut into tiles of
+    tile + WIN_SIZE - 1 overlapping pixels, one small band for all of them. With H first, the row tiles
+    are a strided view and one batched product, without copies; W, last, is cut with unfold.
     """
-    h, w = t.shape[0], t.shape[-1]
-    rows = _band(h).to(t.device).T / WIN_SIZE**2
-    out = (rows @ t.reshape(h, -1)).reshape(-1, w) @ _band(w).to(t.device)
-    return out.reshape(h - WIN_SIZE + 1, *t.shape[1:-1], w - WIN_SIZE + 1)
+    hp, wp = t.shape[0], t.shape[-1]
+    row_elements = t[0].numel()
+    rows = _band(tile_h + WIN_SIZE - 1).to(t.device).T / WIN_SIZE**2
+    row_tiles = t.reshape(hp, row_elements).as_strided(
+        ((hp - WIN_SIZE + 1) // tile_h, tile_h + WIN_SIZE - 1, row_elements), (tile_h * row_elements, row_elements, 1))
+    out = torch.matmul(rows, row_tiles).reshape(-1, wp)
+    tiles_w = (wp - WIN_SIZE + 1) // tile_w
+    if tiles_w > 1:
+        out = out.unfold(1, tile_w + WIN_SIZE - 1, tile_w).reshape(-1, tile_w + WIN_SIZE - 1)
+    out = out @ _band(tile_w + WIN_SIZE - 1).to(t.device)
+    return out.reshape(hp - WIN_SIZE + 1, *t.shape[1:-1], wp - WIN_SIZE + 1)
 
 
 def _check_frames(videos: torch.Tensor, interval: int) -> None:
@@ -73,12 +94,15 @@ def frame_pair_similarity(videos: torch.Tensor, interval: int) -> tuple[torch.Te
     frames, pairs = videos.shape[1], videos.shape[1] - interval
     first, later = slice(0, pairs), slice(interval, frames)
     hwc = videos.permute(2, 0, 1, 4, 3)  # (H, V, F, 3, W): see _window_means
-    maps = torch.empty((*hwc.shape[:2], 2 * frames + pairs, *hwc.shape[3:]), device=videos.device)
+    h, w = hwc.shape[0], hwc.shape[-1]
+    (tile_h, hp), (tile_w, wp) = _tiling(h), _tiling(w)
+    maps = torch.empty((hp, hwc.shape[1], 2 * frames + pairs, 3, wp), device=videos.device)
     x = maps[:, :, :frames]
-    torch.sub(hwc, DATA_RANGE / 2, out=x)
+    x[h:], x[..., w:] = 0, 0  # the padding; squares and products of it are 0 too
+    torch.sub(hwc, DATA_RANGE / 2, out=x[:h, ..., :w])
     torch.mul(x, x, out=maps[:, :, frames : 2 * frames])
     torch.mul(x[:, :, first], x[:, :, later], out=maps[:, :, 2 * frames :])
-    means = _window_means(maps)
+    means = _window_means(maps, tile_h, tile_w)[: h - WIN_SIZE + 1, ..., : w - WIN_SIZE + 1]
     ux, uxx, uxy = means[:, :, :frames], means[:, :, frames : 2 * frames], means[:, :, 2 * frames :]
     cov_norm = WIN_SIZE**2 / (WIN_SIZE**2 - 1)  # skimage's use_sample_covariance=True
     var = torch.addcmul(uxx, ux, ux, value=-1).mul_(cov_norm)

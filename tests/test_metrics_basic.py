@@ -68,6 +68,14 @@ def test_ssim_psnr_match_skimage(shape: tuple[int, int], kind: str) -> None:
     np.testing.assert_allclose(got_psnr, sk_psnr(a, b), rtol=0, atol=1e-4)
 
 
+@pytest.mark.parametrize("tile", [1, 4, 7])  # 17 x 34 window positions: tiles that do not divide them
+def test_tiled_windows_match_skimage(monkeypatch: pytest.MonkeyPatch, tile: int) -> None:
+    monkeypatch.setattr("metrics.dynamics._TILE", tile)
+    rng = np.random.default_rng(11)
+    a, b = smooth_frames(rng, 3, 23, 40), smooth_frames(rng, 3, 23, 40)
+    np.testing.assert_allclose(ssim(torch.from_numpy(a), torch.from_numpy(b)).numpy(), sk_ssim(a, b), rtol=0, atol=1e-4)
+
+
 def test_float_input_matches_uint8() -> None:
     rng = np.random.default_rng(1)
     a, b = random_frames(rng, 3, 16, 16), random_frames(rng, 3, 16, 16)
