@@ -6,6 +6,8 @@ package); a run refuses to start while any is missing, and `refinery weights che
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,3 +97,14 @@ def load_safetensors(path: Path, what: str, rebuild: str, build: Callable[[dict[
         raise UsageError(f"{what} weights {path} are corrupt or do not fit the {what} network "
                          f"({reason}); {fix}") from None
     return module.eval().requires_grad_(False)
+
+
+def safetensors_digest(path: Path) -> str:
+    """A digest of a safetensors file's content: its header with sorted keys, then its data. The
+    writer puts the metadata in hash-map order, which changes from process to process, so the same
+    tensors and metadata can come out as different bytes; this digest does not change with it."""
+    data = Path(path).read_bytes()
+    size = int.from_bytes(data[:8], "little")
+    h = hashlib.sha256(json.dumps(json.loads(data[8 : 8 + size]), sort_keys=True).encode())
+    h.update(data[8 + size :])
+    return h.hexdigest()[:16]

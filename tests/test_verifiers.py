@@ -1,5 +1,6 @@
 """Verifiers: the learned world reward (ranking accuracy on held-out prompts, gradients, determinism,
 loading) and the CLIPScore interface (offline errors, scoring math with a stand-in model)."""
+import json
 import sys
 import types
 from pathlib import Path
@@ -75,6 +76,26 @@ def test_missing_or_corrupt_reward_weights_are_one_line_errors(tmp_path):
 def test_training_writes_a_loadable_reward(tmp_path):
     out = train_world_reward(tmp_path / "r.safetensors", steps=2, seed=0, threads=1, prompts=train_prompts()[:3])
     assert WorldReward(path=out).score(clip(frames=3), [PROMPT]).shape == (1,)
+
+
+def reordered_header(data: bytes) -> bytes:
+    """The same safetensors file with its header's keys (and metadata keys) in reverse order, as
+    another process's writer may put them."""
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    header["__metadata__"] = dict(reversed(header["__metadata__"].items()))
+    text = json.dumps(dict(reversed(header.items())), separators=(",", ":")).encode()
+    text += b" " * (size - len(text))  # keep the data's offset
+    return size.to_bytes(8, "little") + text + data[8 + size :]
+
+
+def test_reward_digest_hashes_content_not_header_order(tmp_path):
+    data = SHIPPED_WEIGHTS.read_bytes()
+    (tmp_path / "same.safetensors").write_bytes(reordered_header(data))
+    (tmp_path / "other.safetensors").write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # one bit of one weight
+    same, other = (WorldReward(path=tmp_path / f"{n}.safetensors") for n in ("same", "other"))
+    assert (tmp_path / "same.safetensors").read_bytes() != data
+    assert same.digest() == WorldReward().digest() != other.digest()
 
 
 # -- clip_score ----------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ methods/weights/<method>_<tag>.safetensors (method autorefiner, tag dmd_t750); a
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from typing import Any
 import torch
 
 from harness.errors import UsageError
-from harness.weights import save_safetensors
+from harness.weights import safetensors_digest, save_safetensors
 
 SHIPPED_DIR = Path(__file__).resolve().parents[2] / "methods" / "weights"
 FORMAT = "refinery-adapter/1"
@@ -111,10 +110,8 @@ def load_adapter(method: str, value: str) -> AdapterFile:
     if meta["method"] != method:
         raise UsageError(f"checkpoint {path} was trained for method {meta['method']!r}, not {method!r}; "
                          f"use it with method={meta['method']} or give a {method} checkpoint")
-    data = path.read_bytes()
     return AdapterFile(path, method, json.loads(meta["arch"]), meta["base_model"], meta["base_digest"],
-                       int(meta["step"]), json.loads(meta["config"]), load_file(str(path)),
-                       hashlib.sha256(data).hexdigest()[:16])
+                       int(meta["step"]), json.loads(meta["config"]), load_file(str(path)), safetensors_digest(path))
 
 
 def save_resume(path: Path, state: dict[str, Any]) -> None:

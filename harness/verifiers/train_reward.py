@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from harness.train.fit import fit
 from harness.verifiers.world_reward import SHIPPED_WEIGHTS, RewardConfig, RewardNet, WorldReward, bag_of_words, save_reward_net
 from harness.world.grammar import COLOURS, MOTIONS, SHAPES, Scene, WorldObject, parse
 from harness.world.prompts import eval_prompts, train_prompts
@@ -175,20 +176,15 @@ def train_world_reward(out: Path = SHIPPED_WEIGHTS, steps: int = 1200, seed: int
     videos = render_pairs(prompts, list(range(chunk_seeds, chunk_seeds + video_seeds)), FRAMES, rng, "render videos")
     cfg = RewardConfig()
     net = RewardNet(cfg)
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
-    bar = tqdm(range(steps), desc="train world reward", unit="step")
-    for _ in bar:
+
+    def batch_loss() -> torch.Tensor:  # chunks mostly, as search verifies them; whole clips too
         if rng.random() < 0.75:
-            loss = ranking_loss(net, *sample_batch(chunks, batch, CHUNK, rng))
-        else:
-            loss = ranking_loss(net, *sample_batch(videos, batch, int(rng.integers(CHUNK + 1, FRAMES + 1)), rng))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-    # no wall time here: the same seed gives the same bytes, and so the same digest in results' keys
+            return ranking_loss(net, *sample_batch(chunks, batch, CHUNK, rng))
+        return ranking_loss(net, *sample_batch(videos, batch, int(rng.integers(CHUNK + 1, FRAMES + 1)), rng))
+
+    fit(net, batch_loss, steps, lr, "train world reward")
+    # no wall time here: the same seed gives the same content, and so the same digest in results' keys
+    # (harness.weights.safetensors_digest)
     training = {"steps": steps, "seed": seed, "batch": batch, "lr": lr, "chunk_seeds": chunk_seeds,
                 "video_seeds": video_seeds, "prompts": len(prompts)}
     save_reward_net(net, cfg, Path(out), training)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from harness.verifiers.base import Verifier
-from harness.weights import WeightFile, load_safetensors, save_safetensors
+from harness.weights import WeightFile, load_safetensors, safetensors_digest, save_safetensors
 from harness.world.grammar import VOCABULARY, parse
 
 SHIPPED_WEIGHTS = Path(__file__).parent / "weights" / "world_reward.safetensors"
@@ -110,6 +110,4 @@ class WorldReward(Verifier):
         return net(frames.float(), bag_of_words(prompts).to(frames.device))
 
     def digest(self) -> str:
-        h = hashlib.sha256(f"{self.name}/{self.version}".encode())
-        h.update(self.path.read_bytes())
-        return h.hexdigest()[:16]
+        return hashlib.sha256(f"{self.name}/{self.version}/{safetensors_digest(self.path)}".encode()).hexdigest()[:16]

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from harness.train.fit import fit
 from harness.verifiers.train_reward import EVAL_SEED, FRAMES, blur, render_clip
 from harness.world.grammar import Scene, parse
 from harness.world.oracle import judge
@@ -88,17 +89,8 @@ def train_probe(out: Path = SHIPPED_WEIGHTS, steps: int = 1500, seed: int = 0, t
     videos, scenes = render_videos(prompts, list(range(video_seeds)), "render")
     labels = scene_labels(scenes)
     probe = WorldProbe(ProbeConfig())
-    opt = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
-    bar = tqdm(range(steps), desc="train world probe", unit="step")
-    for _ in bar:
-        loss = probe_loss(probe, *sample_batch(videos, labels, batch, rng))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-    # no wall time here: the same seed gives the same bytes
+    fit(probe, lambda: probe_loss(probe, *sample_batch(videos, labels, batch, rng)), steps, lr, "train world probe")
+    # no wall time here: the same seed gives the same tensors and metadata (harness.weights.safetensors_digest)
     training = {"steps": steps, "seed": seed, "batch": batch, "lr": lr, "video_seeds": video_seeds,
                 "prompts": len(prompts)}
     save_probe(probe.eval(), Path(out), training)
