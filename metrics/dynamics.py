@@ -134,21 +134,20 @@ def _psnr_db(a: torch.Tensor, b: torch.Tensor, dims: tuple[int, ...]) -> torch.T
     return 10 * torch.log10(DATA_RANGE**2 / mse.clamp_min(floor))
 
 
-def _as_pairs(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Image pairs (N, H, W, 3) x2 as N two-frame videos."""
+def _check_pairs(a: torch.Tensor, b: torch.Tensor) -> None:
     if a.shape != b.shape:
         raise ValueError(f"need equal shapes, got {tuple(a.shape)} and {tuple(b.shape)}")
-    return torch.stack([a, b], dim=1)
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Mean SSIM of each image pair, (N, H, W, 3) x2 -> (N,) float64, as skimage's defaults."""
-    return frame_pair_similarity(_as_pairs(a, b), interval=1)[0][:, 0]
+    _check_pairs(a, b)
+    return frame_pair_similarity(torch.stack([a, b], dim=1), interval=1)[0][:, 0]  # N two-frame videos
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """PSNR in dB of each image pair, (N, H, W, 3) x2 -> (N,) float64, capped at PSNR_CAP_DB."""
-    _as_pairs(a[:1], b[:1])  # the shape check
+    _check_pairs(a, b)
     return _psnr_db(a, b, dims=(1, 2))
 
 

@@ -24,8 +24,8 @@ of history and previous output come from passes without gradient: no gradient re
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
