@@ -44,12 +44,13 @@ class Lora(TrainedMethod):
         denoiser_of(model)
         adapted = copy.deepcopy(model).requires_grad_(False)
         self.adapted = add_lora(adapted.denoiser, self.arch["rank"], self.arch["alpha"])
-        self.merged = MergedCopy(adapted, self.trainable_parameters)
+        self.merged = MergedCopy(adapted)
         return adapted
 
-    def for_sampling(self, adapted: VideoModel) -> VideoModel:
+    def bind(self, model: VideoModel, training: bool = False) -> VideoModel:
+        adapted = super().bind(model, training)
         # merged weights sample at base's cost (peft's unmerged adapters cost ~30% more per call)
-        return self.merged.get()
+        return adapted if training else self.merged.get()
 
     def denoise(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
         with torch.set_grad_enabled(ctx.training and ctx.is_last_step):

@@ -24,7 +24,6 @@ of history and previous output come from passes without gradient: no gradient re
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -77,15 +76,15 @@ def merged_lora(module: nn.Module) -> nn.Module:
 
 
 class MergedCopy:
-    """The merged copy (merged_lora) of a LoRA-adapted module, made again whenever its adapters have
-    changed: an optimizer step or a checkpoint load updates them in place, which bumps their versions."""
+    """The merged copy (merged_lora) of a LoRA-adapted module, made again whenever its parameters
+    have changed: an optimizer step or a checkpoint load updates them in place, which bumps their versions."""
 
-    def __init__(self, adapted: nn.Module, adapters: Callable[[], list[torch.Tensor]]):
-        self.adapted, self.adapters = adapted, adapters
+    def __init__(self, adapted: nn.Module):
+        self.adapted = adapted
         self._copy: tuple[tuple[int, ...], nn.Module] | None = None
 
     def get(self) -> nn.Module:
-        versions = tuple(p._version for p in self.adapters())
+        versions = tuple(p._version for p in self.adapted.parameters())
         if self._copy is None or self._copy[0] != versions:
             self._copy = (versions, merged_lora(self.adapted))
         return self._copy[1]
@@ -125,7 +124,7 @@ class NoiseRefiner:
         self.history, self.previous = history, previous
         self.cache: KVCache | None = None
         # sampling runs the adapters merged into the weights, at the base network's cost per call
-        self.merged = MergedCopy(self.net, lambda: [p for p in self.module.parameters() if p.requires_grad])
+        self.merged = MergedCopy(self.net)
         self.active = self.net
 
     def begin(self, batch: int, training: bool) -> None:
@@ -209,10 +208,6 @@ class TrainedMethod(Method):
 
     # -- the weights ---------------------------------------------------------------------------
     def bind(self, model: VideoModel, training: bool = False) -> VideoModel:
-        adapted = self._adapted_model(model)
-        return adapted if training else self.for_sampling(adapted)
-
-    def _adapted_model(self, model: VideoModel) -> VideoModel:
         if self._bound is not None and self._bound[0] is model:
             return self._bound[1]
         if self.adapter is not None and self.adapter.base_digest != model.digest():
@@ -227,12 +222,8 @@ class TrainedMethod(Method):
 
     def build(self, model: VideoModel) -> VideoModel:
         """Create the adapters for `model` (setting self.adapted, the module that holds them) and
-        return the model that trains and, unless for_sampling says otherwise, samples."""
+        return the model that trains (and samples, unless the method samples a merged copy)."""
         raise NotImplementedError
-
-    def for_sampling(self, adapted: VideoModel) -> VideoModel:
-        """The model that samples, given the adapted (trainable) one."""
-        return adapted
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.adapted.parameters() if p.requires_grad]
