@@ -237,25 +237,30 @@ def paired_table(scores: Scores, groups: list[tuple[dict | None, list[CellRef]]]
     return pd.DataFrame(rows, columns=columns)
 
 
-def reward_hacking(paired: pd.DataFrame, reward: str, held_out: list[str], higher_is_better: dict[str, bool],
+def reward_hacking(paired: pd.DataFrame, summary: pd.DataFrame, reward: str, held_out: list[str],
                    alpha: float) -> dict[str, str]:
-    """Cells whose paired Δ raises the training `reward` while a `held_out` score gets significantly
-    worse (Holm-corrected, against the baseline; the AutoRefiner paper's LoRA row: reward up, motion
-    degree 0): cell -> the held-out scores that fell, "" for cells that are not flagged."""
-    stats = {(r["cell"], r["metric"]): r for r in paired.to_dict("records")}
+    """Cells whose paired Δ raises the training `reward` (Holm-corrected) while a `held_out` score gets
+    worse by a margin that matters: significantly (paired, Holm) *and* beyond the baseline's own CI
+    (the AutoRefiner paper's LoRA row: reward up, motion degree 0; a search method's 0.01 drop of
+    imaging quality is not reward hacking): cell -> the held-out scores that fell, "" if none."""
+    deltas = {(r["cell"], r["metric"]): r for r in paired.to_dict("records")}
+    stats = {(r["cell"], r["metric"]): r for r in summary.to_dict("records")}
     flags = {}
     for cell in paired["cell"].unique():
-        r = stats.get((cell, reward))
-        raised = r is not None and r["delta"] > 0 and r["p_holm"] < alpha
-        fallen = [m for m in held_out if raised and (cell, m) in stats
-                  and _significantly_worse(stats[(cell, m)], higher_is_better.get(m, True), alpha)]
+        base = paired.loc[paired["cell"] == cell, "baseline_cell"].iloc[0]
+        rise = deltas.get((cell, reward))
+        raised = rise is not None and rise["delta"] > 0 and rise["p_holm"] < alpha
+        fallen = [m for m in held_out if raised and (cell, m) in deltas
+                  and _fell(deltas[(cell, m)], stats[(cell, m)], stats[(base, m)], alpha)]
         flags[cell] = ", ".join(fallen)
     return flags
 
 
-def _significantly_worse(row: dict, higher_is_better: bool, alpha: float) -> bool:
-    worse = row["delta"] < 0 if higher_is_better else row["delta"] > 0
-    return worse and row["p_holm"] < alpha
+def _fell(delta: dict, stat: dict, base: dict, alpha: float) -> bool:
+    higher = base["higher_is_better"] is not False
+    worse = delta["delta"] < 0 if higher else delta["delta"] > 0
+    beyond = stat["mean"] < base["ci_low"] if higher else stat["mean"] > base["ci_high"]
+    return worse and delta["p_holm"] < alpha and bool(beyond)
 
 
 # -- the tables -----------------------------------------------------------------------------------
@@ -271,8 +276,12 @@ class Entry:
 @dataclass
 class Column:
     metric: str
-    title: str
+    title: str  # under its group's header (HTML, LaTeX)
     group: str
+    full: str = ""  # where no group header shows (Markdown): the metric's whole name
+
+    def __post_init__(self) -> None:
+        self.full = self.full or self.title
 
 
 @dataclass
@@ -349,9 +358,10 @@ class _Context:
 
 
 def _scores_table(ctx: _Context, refs: list[CellRef], columns: list[str], caption: str,
-                  short: bool, with_flags: bool = False) -> Table:
+                  with_flags: bool = False) -> Table:
     leaders = {m: _leaders(ctx, refs, m) for m in columns if not is_cost(m)}
-    cols = [Column(m, metric_title(m, ctx.better.get(m), short), metric_group(m)) for m in columns]
+    cols = [Column(m, metric_title(m, ctx.better.get(m), True), metric_group(m), metric_title(m, ctx.better.get(m)))
+            for m in columns]
     if with_flags and ctx.flags is not None:
         cols.append(Column("reward_hacking", "reward hacking (held-out scores that fell)", "flags"))
     rows = []
@@ -412,9 +422,9 @@ def _find_leaders(ctx: _Context, refs: list[CellRef], metric: str) -> tuple[str,
     return best, tied
 
 
-def _paired_table(ctx: _Context, refs: list[CellRef], baseline: str, columns: list[str], caption: str,
-                  short: bool) -> Table:
-    cols = [Column(m, f"Δ {metric_title(m, ctx.better.get(m), short)}", metric_group(m)) for m in columns]
+def _paired_table(ctx: _Context, refs: list[CellRef], baseline: str, columns: list[str], caption: str) -> Table:
+    cols = [Column(m, f"Δ {metric_title(m, ctx.better.get(m), True)}", metric_group(m),
+                   f"Δ {metric_title(m, ctx.better.get(m))}") for m in columns]
     rows = []
     for ref in refs:
         if ref.key == baseline:
@@ -484,7 +494,7 @@ class ReportData:
 
     def table(self, refs: list[CellRef], metrics: list[str], caption: str) -> Table:
         """A scores table of any metrics of this report, marked as the report marks them."""
-        return _scores_table(self.context, refs, metrics, caption, False)
+        return _scores_table(self.context, refs, metrics, caption)
 
 
 def build_report(store: Store, refs: list[CellRef], title: str, metrics: list[str] | None = None,
@@ -526,7 +536,7 @@ def build_report(store: Store, refs: list[CellRef], title: str, metrics: list[st
     paired = paired_table(scores, groups, baseline, quality, label_keys, states, resampling) \
         if baseline else pd.DataFrame(columns=["cell", *label_keys, "metric", *_PAIRED])
     better = {m: higher_is_better_of(summary, m) for m in set(summary["metric"].dropna())}
-    flags = reward_hacking(paired, hacking[0], hacking[1], better, resampling.alpha) if hacking and baseline else None
+    flags = reward_hacking(paired, summary, hacking[0], hacking[1], resampling.alpha) if hacking and baseline else None
     ctx = _Context({(r["cell"], r["metric"]): r for r in summary.to_dict("records")},
                    {(r["cell"], r["metric"]): r for r in paired.to_dict("records")},
                    states, better, scores, resampling, timings, flags, label_keys)
@@ -543,17 +553,15 @@ def _section(ctx: _Context, heading: str | None, refs: list[CellRef], baseline: 
     base = baseline if baseline in keys else None
     base_name = next((r.name(ctx.label_keys) for r in refs if r.key == base), "")
     cost = [m for m in shown if is_cost(m)]
-    summary = _scores_table(ctx, refs, [*cost, *headline], "Summary: cost and headline scores", False, True)
+    summary = _scores_table(ctx, refs, [*cost, *headline], "Summary: cost and headline scores", True)
     summary_paired = None if base is None else _paired_table(
-        ctx, refs, base, headline, f"Paired differences against {base_name}", False)
-    groups = []
-    for name in dict.fromkeys(metric_group(m) for m in shown):
-        members = [m for m in shown if metric_group(m) == name]
-        table = _scores_table(ctx, refs, members, name, True)
-        quality = [m for m in members if not is_cost(m)]
-        paired = None if base is None or not quality else _paired_table(
-            ctx, refs, base, quality, f"{name}: Δ against {base_name}", True)
-        groups.append((name, table, paired))
+        ctx, refs, base, headline, f"Paired differences against {base_name}")
+    groups = []  # the cost columns are all in the summary already
+    quality = [m for m in shown if not is_cost(m)]
+    for name in dict.fromkeys(metric_group(m) for m in quality):
+        members = [m for m in quality if metric_group(m) == name]
+        paired = None if base is None else _paired_table(ctx, refs, base, members, f"{name}: Δ against {base_name}")
+        groups.append((name, _scores_table(ctx, refs, members, name), paired))
     counts = sorted({int(ctx.stats[(r.key, m)]["n"]) for r in refs for m in shown
                      if (r.key, m) in ctx.stats and ctx.stats[(r.key, m)]["n"] and not m.startswith("timing.")})
     return Section(heading, refs, base, _note(counts, base is not None, ctx.resampling.alpha), summary,
@@ -709,7 +717,7 @@ def _md_entry(entry: Entry) -> str:
 
 
 def markdown_table(table: Table, with_cell: bool = True) -> list[str]:
-    header = [*table.label_keys, *(c.title for c in table.columns), *(["state", "cell"] if with_cell else [])]
+    header = [*table.label_keys, *(c.full for c in table.columns), *(["state", "cell"] if with_cell else [])]
     lines = ["| " + " | ".join(_md(h) for h in header) + " |", "|" + " --- |" * len(header)]
     for row in table.rows:
         cells = [_md(v) for v in row.labels] + [_md_entry(e) for e in row.entries]

@@ -84,7 +84,7 @@ def test_bold_only_where_the_best_is_significantly_ahead(tmp_path):
             write_cell(store, "next", {"m.clear": base + 0.02, "m.close": base + 0.01 - shift})]
     md = write_report(store, refs, tmp_path / "out", "T", metrics=["m"], baseline="base")["report.md"].read_text()
     rows = _md_rows(md, "m")
-    assert rows["header"].split(" | ")[1:3] == ["clear ↑", "close ↑"]
+    assert rows["header"].split(" | ")[1:3] == ["m.clear ↑", "m.close ↑"]
     lead, runner = rows["lead"].split(" | "), rows["next"].split(" | ")
     assert lead[1].startswith("**") and not runner[1].startswith("**")  # m.clear: lead is ahead of all
     assert lead[2].endswith("≈") and runner[2].endswith("≈") and "**" not in lead[2]  # m.close: a tie
@@ -169,12 +169,15 @@ def test_reward_hacking_is_flagged_only_when_the_reward_rises_and_a_held_out_sco
     refs = [_scored(store, "base", reward, motion),
             _scored(store, "hacker", reward + 1.0, motion - 0.3),
             _scored(store, "honest", reward + 1.0, motion),
-            _scored(store, "broken", reward, motion - 0.3)]
+            _scored(store, "broken", reward, motion - 0.3),
+            _scored(store, "nudged", reward + 1.0, motion - 0.01)]  # significant, but within base's CI
     paths = write_report(store, refs, tmp_path / "out", "t", baseline="base",
                          hacking=("reward.world_reward", ["bench.motion"]))
     rows = _md_rows(paths["report.md"].read_text(), "Summary: cost and headline scores")
     assert rows["hacker"].rstrip().split(" | ")[-3] == "**bench.motion**"
-    assert all(rows[k].split(" | ")[-3] == "" for k in ("base", "honest", "broken"))
+    assert all(rows[k].split(" | ")[-3] == "" for k in ("base", "honest", "broken", "nudged"))
+    paired = pd.read_csv(paths["paired.csv"]).set_index(["cell", "metric"])
+    assert paired.loc[("nudged", "bench.motion"), "p_holm"] < 0.05  # the drop is real, and small
 
 
 def test_overheads_count_the_true_extra_forwards(tmp_path):
