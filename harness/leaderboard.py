@@ -99,7 +99,8 @@ def build_leaderboard(stores: Stores, refs: list[CellRef], title: str, metrics: 
     quality = report.table(order, metrics, "scores")
     costs = report.table(order, cost, "cost")
     columns = [Column("rank", "rank [95% interval]", "rank"), *quality.columns,
-               *[Column(m, f"Δ {metric_title(m, ctx.better.get(m))}", "paired") for m in metrics], *costs.columns]
+               *[Column(m, f"Δ {metric_title(m, ctx.better.get(m), True)}", "Δ against the baseline",
+                        f"Δ {metric_title(m, ctx.better.get(m))}") for m in metrics], *costs.columns]
     rows = []
     for ref, q, c in zip(order, quality.rows, costs.rows):
         r = ranks.get(ref.key)

@@ -236,9 +236,11 @@ def section_baseline(report: "ReportData") -> str | None:
 def report_html(report: "ReportData", store: "Store", figures: list["Figure"], gallery_prompts: int = 4) -> str:
     from harness.report import timing_note
 
+    cells = cell_details(report, store)
+    weights = sorted({pair for c in cells for pair in c["digests"]})
     return render("report.html.j2", title=report.title, stats=report.resampling.describe(), notes=report.notes,
-                  timing=timing_note(report.timings) if report.timings else None, meta=run_metadata(),
+                  timing=timing_note(report.timings) if report.timings else None, meta=run_metadata(), weights=weights,
                   sections=report.sections, figures=[(f.caption, data_uri(f.png, "image/png")) for f in figures],
                   gallery=gallery(report, store, gallery_prompts), headline=report.headline,
-                  drilldown=drilldown(report), cells=cell_details(report, store))
+                  drilldown=drilldown(report), cells=cells)
 
