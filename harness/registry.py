@@ -33,8 +33,9 @@ class Registry:
         return getattr(importlib.import_module(module), attr)
 
 
-MODELS = Registry("model", {
+MODELS = Registry("model backend", {  # model configs (sweeps/model/) name their backend
     "toy": "harness.models.loader:TOY",
+    "wan_causal": "harness.models.loader:WAN_CAUSAL",
 })
 METHODS = Registry("method", {
     "base": "methods.base:Base",

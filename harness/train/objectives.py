@@ -17,16 +17,16 @@ and may keep its own trained state (DMD's fake score), which resumes with the ru
     x0_fake = the fake score, no guidance;
     grad = (x0_fake - x0_real) / mean |x - x0_real| (per video, over frames, channels and pixels), nan -> 0;
     loss = 0.5 * mean((x - sg(x - grad))^2), in float64, so d loss / dx = grad / numel.
-  The fake score is a copy of the base denoiser trained online after every generator step with the flow
-  loss ||v(x_t) - (eps - x)||^2 on the rollout's (detached) samples, `fake_updates` times with fresh
+  The two score networks come from the backend (TrainableBackend.dmd_scores): on Self-Forcing the real
+  score is Wan2.1-T2V-14B and the fake score Wan2.1-T2V-1.3B, bidirectional models from local folders;
+  on the toy, its own denoiser over whole clips (the block-causal pass diffusion forcing trained) and a
+  copy of it. The fake score is trained online after every generator step with the flow loss
+  ||v(x_t) - (eps - x)||^2 on the rollout's (detached) samples, `fake_updates` times with fresh
   (sigma, eps), AdamW with betas (0, 0.999) as Self-Forcing's critic. Self-Forcing draws a fresh rollout
   per critic step; here the critic reuses the generator step's rollout, which halves the cost per step.
-  Both scores see the whole clip at once: the toy's block-causal pass over all frames at one noise
-  level (what diffusion forcing trained it on), standing in for Self-Forcing's bidirectional teacher.
 """
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,11 +34,10 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from harness.errors import UsageError
 from harness.method import build_params
-from harness.models.base import Cond, VideoModel, shift_sigmas
+from harness.models.base import Cond, ScoreNet, VideoModel, shift_sigmas
 from harness.rollout import RolloutResult, Sampler
 
 Loss = tuple[torch.Tensor, dict[str, float]]  # the loss to minimise, figures for the training log
@@ -145,21 +144,8 @@ class DmdParams:
                              "use >= 1")
 
 
-def clip_velocity(denoiser: nn.Module, model: VideoModel, x_t: torch.Tensor, sigma: torch.Tensor,
-                  cond: Cond) -> torch.Tensor:
-    """The velocity of a whole clip (B, F, C, H, W) at one noise level per video: the toy's
-    block-causal pass over all frames, as toy_train trains it."""
-    from harness.models.toy import block_causal_mask
-
-    frames = x_t.shape[1]
-    v, _ = denoiser(x_t, sigma[:, None].expand(-1, frames), cond.tokens, cond.mask, 0, None,
-                    block_causal_mask(frames, model.cfg))
-    return v
-
-
-def clip_x0(denoiser: nn.Module, model: VideoModel, x_t: torch.Tensor, sigma: torch.Tensor,
-            cond: Cond) -> torch.Tensor:
-    return x_t - sigma.view(-1, 1, 1, 1, 1) * clip_velocity(denoiser, model, x_t, sigma, cond)
+def x0_of(score: ScoreNet, x_t: torch.Tensor, sigma: torch.Tensor, cond: Cond) -> torch.Tensor:
+    return x_t - sigma.view(-1, 1, 1, 1, 1).to(x_t.dtype) * score.velocity(x_t, sigma, cond).to(x_t.dtype)
 
 
 class DmdObjective(Objective):
@@ -167,26 +153,26 @@ class DmdObjective(Objective):
     Params = DmdParams
 
     def setup(self, model: VideoModel, sampler: Sampler, weights_dir: Path) -> None:
-        from harness.models.toy import ToyVideoModel
-
-        if not isinstance(model, ToyVideoModel):
-            raise UsageError(f"objective 'dmd' scores whole clips with the toy backend's block-causal pass; "
-                             f"model {model.spec.name!r} has none yet")
+        if not callable(getattr(model, "dmd_scores", None)):
+            raise UsageError(f"objective 'dmd' needs the real and fake score networks of a trainable backend; "
+                             f"model {model.spec.name!r} has none")
         if not model.spec.has_uncond:
             raise UsageError(f"objective 'dmd' guides its real score with CFG, and model {model.spec.name!r} "
                              "has no unconditional branch")
         self.model, self.shift = model, sampler.shift
-        self.fake = copy.deepcopy(model.denoiser).requires_grad_(True)
-        self.fake_opt = torch.optim.AdamW(self.fake.parameters(), lr=self.params.fake_lr, betas=(0.0, 0.999),
+        self.real, self.fake = model.dmd_scores(weights_dir)
+        self.fake.module.requires_grad_(True)
+        self.fake_opt = torch.optim.AdamW(self.fake.module.parameters(), lr=self.params.fake_lr, betas=(0.0, 0.999),
                                           weight_decay=0.0)
 
     def noised(self, x: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(x_t, sigma, eps) at a random level per video, as Self-Forcing draws them."""
+        """(x_t, sigma, eps) at a random level per video, as Self-Forcing draws them; drawn on the CPU
+        from the step's generator (the same numbers on every device), then moved to x's."""
         p = self.params
         u = p.min_sigma + (p.max_sigma - p.min_sigma) * torch.rand(x.shape[0], generator=gen)
-        sigma = shift_sigmas(u, self.shift).clamp(p.min_sigma, p.max_sigma)
-        eps = torch.randn(x.shape, generator=gen)
-        s = sigma.view(-1, 1, 1, 1, 1)
+        sigma = shift_sigmas(u, self.shift).clamp(p.min_sigma, p.max_sigma).to(x.device)
+        eps = torch.randn(x.shape, generator=gen).to(device=x.device, dtype=x.dtype)
+        s = sigma.view(-1, 1, 1, 1, 1).to(x.dtype)
         return (1 - s) * x + s * eps, sigma, eps
 
     def loss(self, result: RolloutResult, prompts: list[str], gen: torch.Generator) -> Loss:
@@ -194,9 +180,9 @@ class DmdObjective(Objective):
         with torch.no_grad():
             cond, uncond = self.model.encode(prompts), self.model.encode([""] * len(prompts))
             x_t, sigma, _ = self.noised(x.detach(), gen)
-            x0_fake = clip_x0(self.fake, self.model, x_t, sigma, cond)
-            x0_c = clip_x0(self.model.denoiser, self.model, x_t, sigma, cond)
-            x0_u = clip_x0(self.model.denoiser, self.model, x_t, sigma, uncond)
+            x0_fake = x0_of(self.fake, x_t, sigma, cond)
+            x0_c = x0_of(self.real, x_t, sigma, cond)
+            x0_u = x0_of(self.real, x_t, sigma, uncond)
             x0_real = x0_c + self.params.real_guidance * (x0_c - x0_u)
             norm = (x.detach() - x0_real).abs().mean(dim=(1, 2, 3, 4), keepdim=True)
             grad = torch.nan_to_num((x0_fake - x0_real) / norm)
@@ -209,7 +195,7 @@ class DmdObjective(Objective):
         losses = []
         for _ in range(self.params.fake_updates):
             x_t, sigma, eps = self.noised(x, gen)
-            loss = F.mse_loss(clip_velocity(self.fake, self.model, x_t, sigma, cond), eps - x)
+            loss = F.mse_loss(self.fake.velocity(x_t, sigma, cond).float(), (eps - x).float())
             self.fake_opt.zero_grad(set_to_none=True)
             loss.backward()
             self.fake_opt.step()
@@ -217,8 +203,8 @@ class DmdObjective(Objective):
         return {"fake_loss": sum(losses) / len(losses)}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"fake": self.fake.state_dict(), "fake_opt": self.fake_opt.state_dict()}
+        return {"fake": self.fake.module.state_dict(), "fake_opt": self.fake_opt.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.fake.load_state_dict(state["fake"])
+        self.fake.module.load_state_dict(state["fake"])
         self.fake_opt.load_state_dict(state["fake_opt"])

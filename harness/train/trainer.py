@@ -125,7 +125,8 @@ def differing(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[st
 
 def resolve_training(cfg: DictConfig) -> Training:
     """Validate a composed training config and build the run; every bad input fails here."""
-    from harness.registry import METHODS, MODELS, OBJECTIVES
+    from harness.pipeline import load_model, sampler_from
+    from harness.registry import METHODS, OBJECTIVES
     from harness.world.prompts import train_prompts
 
     if cfg.get("train") is None:
@@ -138,9 +139,8 @@ def resolve_training(cfg: DictConfig) -> Training:
     params = OmegaConf.to_container(cfg.method.get("params") or {}, resolve=True)
     method = method_cls(**{**params, "checkpoint": None})  # training starts from the zero-initialised adapter
     objective = OBJECTIVES.get(settings.objective["name"])(**(settings.objective.get("params") or {}))
-    model = MODELS.get(cfg.model.name).load(OmegaConf.to_container(cfg.model, resolve=True))
-    shift = cfg.sampler.shift if cfg.sampler.shift is not None else cfg.model.default_shift
-    sampler = Sampler(cfg.sampler.kind, cfg.sampler.steps, float(shift))
+    model = load_model(cfg)
+    sampler = sampler_from(cfg)
     weights_dir = Path(cfg.paths.weights)
     method.prepare(model.spec, sampler, weights_dir)
     objective.setup(model, sampler, weights_dir)
