@@ -208,7 +208,7 @@ def test_a_missing_or_broken_component_folder_is_named(tmp_path, capsys):
 
 def test_bad_prompts_and_settings_are_one_line_before_anything_is_written(tmp_path, capsys):
     store = tmp_path / "store"
-    fast = ["model=wan_tiny", "model.num_chunks=1", "samples_per_prompt=1", f"paths.store={store}"]
+    fast = ["model=wan_tiny", "model.num_chunks=1", "samples_per_prompt=1", f"paths.store={store}", "metric=real"]
     cases = [
         (["suite.prompts=[" + "a very long prompt " * 10 + "]"], "more than the text encoder's 64"),
         (["method=cfg", "model.negative_prompt=null"], "needs an unconditional branch"),
@@ -218,6 +218,7 @@ def test_bad_prompts_and_settings_are_one_line_before_anything_is_written(tmp_pa
         (["model.device=cuda:0"] if not torch.cuda.is_available() else ["model.device=tpu"], "device"),
         (["sampler.timesteps=[1000,800]", "sampler.steps=3"], "timesteps"),
     ]
+    cases.append((["metric=default", "suite.prompts=[a dog on a sofa]"], "scores shapes-world prompts only"))
     for overrides, reason in cases:
         assert main(["run", *fast, "suite=world_smoke", *overrides]) == 2, overrides
         err = capsys.readouterr().err
@@ -306,22 +307,59 @@ METHODS = ["base", "bon", "sop", "pnp", "cfg", "cfg_zero", "lora", "init_noise_r
 def test_every_method_runs_on_wan_tiny(tmp_path, method, capsys):
     extra = ["method.params.checkpoint=null"] if method in ("lora", "init_noise_refiner", "autorefiner") else []
     code = main(["run", "model=wan_tiny", "model.num_chunks=2", f"method={method}", *extra, "suite=world_smoke",
-                 "samples_per_prompt=1", f"paths.store={tmp_path}", "metric=default", "metric.world_bench=null",
-                 "metric.world_alignment=null"])
+                 "samples_per_prompt=1", f"paths.store={tmp_path}"])
     out = capsys.readouterr()
     assert code == 0, out.err
     assert "4 videos generated" in out.out
 
 
-def test_training_runs_on_wan_tiny(tmp_path, capsys):
-    out = tmp_path / "auto.safetensors"
-    assert main(["train", "model=wan_tiny", "model.num_chunks=2", "method=autorefiner", "train.steps=2",
-                 "train.batch=2", f"train.out={out}"]) == 0, capsys.readouterr().err
+@pytest.mark.parametrize("method,objective", [("autorefiner", "reward"), ("lora", "dmd"), ("init_noise_refiner", "dmd")])
+def test_training_runs_on_wan_tiny(tmp_path, capsys, method, objective):
+    out = tmp_path / "adapter.safetensors"
+    assert main(["train", f"train={objective}", "model=wan_tiny", "model.num_chunks=2", f"method={method}",
+                 "train.steps=2", "train.batch=2", f"train.out={out}"]) == 0, capsys.readouterr().err
     assert out.is_file()
-    code = main(["run", "model=wan_tiny", "model.num_chunks=2", "method=autorefiner", f"method.params.checkpoint={out}",
+    code = main(["run", "model=wan_tiny", "model.num_chunks=2", f"method={method}", f"method.params.checkpoint={out}",
                  "suite=world_smoke", "samples_per_prompt=1", f"paths.store={tmp_path / 'store'}",
-                 "metric=default", "metric.world_bench=null", "metric.world_alignment=null"])
+                 "metric=real"])
     assert code == 0, capsys.readouterr().err
+
+
+def test_dmd_scores_are_separate_models_and_the_fake_one_trains(wan_tiny):
+    """On Wan the real and fake scores are models of their own (bidirectional), not the generator; the
+    fake score's parameters move with its optimizer, the real score's and the generator's do not."""
+    from harness.rollout import RolloutResult
+    from harness.train.objectives import DmdObjective
+
+    model = wan_tiny.with_chunks(2)
+    objective = DmdObjective(real_guidance=3.0)
+    objective.setup(model, Sampler(steps=4, shift=5.0), Path("weights"))
+    assert objective.real.module is not model.transformer and objective.fake.module is not objective.real.module
+    real_before = [p.clone() for p in objective.real.module.parameters()]
+    fake_before = [p.clone() for p in objective.fake.module.parameters()]
+    latents = chunk((2, 6, *model.spec.latent_shape), 5).requires_grad_(True)
+    result = RolloutResult(torch.zeros(2, 1, 3, 32, 32), latents, None)
+    loss, _ = objective.loss(result, PROMPTS, torch.Generator().manual_seed(0))
+    loss.backward()
+    assert latents.grad.abs().sum() > 0
+    objective.update(result, PROMPTS, torch.Generator().manual_seed(1))
+    assert all(torch.equal(a, b) for a, b in zip(real_before, objective.real.module.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(fake_before, objective.fake.module.parameters()))
+
+
+def test_a_vbench_suite_cell_exports_in_vbench_standard_mode(tmp_path, capsys):
+    import json
+
+    info = tmp_path / "VBench_full_info.json"
+    info.write_text(json.dumps([{"prompt_en": "a dog running on grass", "dimension": ["dynamic_degree"]},
+                                {"prompt_en": "a red car", "dimension": ["color"]}]))
+    common = ["model=wan_tiny", "model.num_chunks=1", "suite=vbench", f"vbench.full_info={info}",
+              f"paths.store={tmp_path / 'store'}", "metric=real"]
+    assert main(["run", *common]) == 0
+    assert main(["vbench", "export", str(tmp_path / "out"), *common, "vbench.mode=vbench_standard"]) == 0, \
+        capsys.readouterr().err
+    videos = sorted(p.name for p in (tmp_path / "out").glob("*/videos/*.mp4"))
+    assert videos == sorted(f"{p}-{i}.mp4" for p in ("a dog running on grass", "a red car") for i in range(5))
 
 
 def test_wan_tiny_is_bit_identical_across_processes(tmp_path):

@@ -39,6 +39,7 @@ from harness.errors import UsageError
 from harness.method import build_params
 from harness.models.base import Cond, ScoreNet, VideoModel, shift_sigmas
 from harness.rollout import RolloutResult, Sampler
+from harness.verifiers.base import Verifier
 
 Loss = tuple[torch.Tensor, dict[str, float]]  # the loss to minimise, figures for the training log
 
@@ -82,12 +83,20 @@ class Objective:
 @dataclass(frozen=True)
 class RewardParams:
     verifiers: dict[str, float] = field(default_factory=lambda: {"world_reward": 1.0})  # name: weight
+    image_frames: int | None = None  # frames drawn per video for image rewards (input "frames"); None: all
+    clip_frames: int | None = None  # frames of the clip cut for video rewards (input "video"); None: all
+    clip_interval: int = 1  # frames between a clip's frames
 
     def __post_init__(self) -> None:
         if not isinstance(self.verifiers, dict) or not all(_finite(w) for w in self.verifiers.values()) \
                 or not any(self.verifiers.values()):
             raise UsageError(f"train.objective.params.verifiers={self.verifiers!r} is malformed; give a mapping "
                              "of verifier name to finite weight, at least one non-zero, e.g. {world_reward: 1.0}")
+        for key in ("image_frames", "clip_frames", "clip_interval"):
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise UsageError(f"train.objective.params.{key}={value!r} is out of range; use an integer >= 1"
+                                 f"{'' if key == 'clip_interval' else ' (null: every frame)'}")
 
 
 class RewardObjective(Objective):
@@ -107,11 +116,28 @@ class RewardObjective(Objective):
                                  "from the score to the pixels; choose a differentiable verifier")
             self.verifiers[name] = (cls(weights_dir), float(weight))
 
+    def frames_for(self, verifier: Verifier, videos: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """What a verifier scores (AutoRefiner Appendix B): an image reward `image_frames` frames drawn
+        at random per video, a video reward one clip of `clip_frames` frames `clip_interval` apart at a
+        random start (the interval shrinks to fit a shorter video)."""
+        n, f = videos.shape[:2]
+        p = self.params
+        if verifier.input == "frames" and p.image_frames is not None and p.image_frames < f:
+            index = torch.stack([torch.randperm(f, generator=gen)[: p.image_frames].sort().values for _ in range(n)])
+        elif verifier.input == "video" and p.clip_frames is not None and p.clip_frames < f:
+            step = min(p.clip_interval, (f - 1) // max(p.clip_frames - 1, 1))
+            span = step * (p.clip_frames - 1)
+            starts = torch.randint(f - span, (n,), generator=gen)
+            index = starts[:, None] + step * torch.arange(p.clip_frames)
+        else:
+            return videos
+        return videos[torch.arange(n)[:, None], index.to(videos.device)]
+
     def loss(self, result: RolloutResult, prompts: list[str], gen: torch.Generator) -> Loss:
         total = 0.0
         figures = {}
         for name, (verifier, weight) in self.verifiers.items():
-            score = verifier.score(result.videos, prompts)
+            score = verifier.score(self.frames_for(verifier, result.videos, gen), prompts)
             figures[f"reward.{name}"] = score.mean().item()
             total = total + weight * score
         figures["reward"] = total.mean().item()

@@ -52,6 +52,7 @@ class TrainSettings:
     seed: int
     checkpoint_every: int
     out: str
+    prompts: str | None  # a prompt file; None: the shapes world's training prompts
     threads: int  # 0: torch's default
 
     def __post_init__(self) -> None:
@@ -127,6 +128,7 @@ def resolve_training(cfg: DictConfig) -> Training:
     """Validate a composed training config and build the run; every bad input fails here."""
     from harness.pipeline import load_model, sampler_from
     from harness.registry import METHODS, OBJECTIVES
+    from harness.suites import read_prompt_file
     from harness.world.prompts import train_prompts
 
     if cfg.get("train") is None:
@@ -142,6 +144,8 @@ def resolve_training(cfg: DictConfig) -> Training:
     model = load_model(cfg)
     sampler = sampler_from(cfg)
     weights_dir = Path(cfg.paths.weights)
+    prompts = read_prompt_file(Path(settings.prompts)) if settings.prompts else train_prompts()
+    model.validate_prompts(prompts)
     method.prepare(model.spec, sampler, weights_dir)
     objective.setup(model, sampler, weights_dir)
     model.requires_grad_(False)  # the base model is frozen: only what the method adds is trained
@@ -152,7 +156,7 @@ def resolve_training(cfg: DictConfig) -> Training:
               "method": {"name": method.name, "version": method.version, "arch": method.arch},
               "train": {**asdict(settings), "objective": objective.describe()}}
     return Training(model, method, sampler, objective, settings, checkpoint_path(method.name, settings.out),
-                    config, train_prompts(), method.trainable_parameters())
+                    config, prompts, method.trainable_parameters())
 
 
 def train(cfg: DictConfig, progress: bool = True) -> Path:

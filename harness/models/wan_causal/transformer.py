@@ -19,14 +19,14 @@ Layouts: latents (B, F, C, H, W); keys and values (B, tokens, heads, head_dim), 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
-@dataclass
-class LayerKV:
+class LayerKV(NamedTuple):
     """One layer's keys (after RoPE) and values, (B, tokens, heads, head_dim) each."""
 
     k: torch.Tensor
@@ -38,9 +38,6 @@ class LayerKV:
             return parts[0]
         return LayerKV(torch.cat([p.k for p in parts], 1), torch.cat([p.v for p in parts], 1))
 
-    def frames(self, start: int, stop: int, tokens_per_frame: int) -> "LayerKV":
-        return LayerKV(self.k[:, start * tokens_per_frame: stop * tokens_per_frame],
-                       self.v[:, start * tokens_per_frame: stop * tokens_per_frame])
 
 
 @dataclass
@@ -75,16 +72,21 @@ class CausalSelfAttention:
         if state.context is not None:
             past = state.context[self.layer]
             if past.k.shape[1]:
-                keys = torch.cat([_rows(past.k, state.repeat), k], 1)
-                values = torch.cat([_rows(past.v, state.repeat), v], 1)
+                keys, values = _join(past.k, k, state.repeat), _join(past.v, v, state.repeat)
         out = F.scaled_dot_product_attention(q.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2),
                                              attn_mask=state.mask)
         out = out.transpose(1, 2).flatten(2).type_as(q)
         return attn.to_out[1](attn.to_out[0](out))
 
 
-def _rows(t: torch.Tensor, repeat: int) -> torch.Tensor:
-    return t if repeat == 1 else t.repeat_interleave(repeat, 0)
+def _join(past: torch.Tensor, own: torch.Tensor, repeat: int) -> torch.Tensor:
+    """[past tokens, own tokens] per row of `own`, each row of `past` serving `repeat` rows, written
+    into one new tensor: this layer's history is read once and never held per candidate elsewhere."""
+    b, p = past.shape[:2]
+    out = own.new_empty(own.shape[0], p + own.shape[1], *own.shape[2:])
+    out[:, :p].view(b, repeat, p, *own.shape[2:]).copy_(past.unsqueeze(1).expand(b, repeat, *past.shape[1:]))
+    out[:, p:] = own
+    return out
 
 
 def apply_rope(x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
