@@ -1,7 +1,7 @@
 """`init_noise_refiner`: a noise refiner of each chunk's initial noise only (the AutoRefiner paper's
 "+InitNoiseRefiner" baseline, after HyperNoise, Eyring et al. 2025): ε' = ε + T_φ(ε), once per chunk.
 
-T_φ is harness.train.adapters.NoiseRefiner: a LoRA copy of the base denoiser whose output layer starts
+T_φ is harness.train.adapters.NoiseRefiner: the base denoiser with LoRA deltas and an output layer that starts
 at zero, so the untrained refiner returns Δε = 0 and the method is `base` bit for bit. It sees the
 initial noise at the first noise level, the prompt and (switch `history`) the clean past chunks
 through its own KV cache, as a LoRA of an AR model does; there is no previous denoised output at the
@@ -55,7 +55,7 @@ class InitNoiseRefiner(TrainedMethod):
 
     def begin(self, ctx: Context) -> None:
         super().begin(ctx)
-        self.refiner.begin(ctx.cache.batch, ctx.training)
+        self.refiner.begin(ctx.cache.batch)
 
     def initial_noise(self, ctx: Context) -> torch.Tensor:
         eps = super().initial_noise(ctx)
