@@ -749,12 +749,17 @@ def markdown(report: ReportData, figures: list) -> str:
 
 
 def timing_note(timings: dict[str, Timing]) -> str:
-    """When and where the timing pass ran, and how it was taken."""
+    """When and where the timing pass ran, and how it was taken (ranges where passes differed)."""
+    def span(values: set, unit: str) -> str:
+        low, high = min(values), max(values)
+        return f"{low if low == high else f'{low}–{high}'} {unit}{'s' * (high != 1)}"
+
     taken = sorted({t.taken[:16].replace("T", " ") for t in timings.values()})
     hosts = sorted({f"{t.host} ({t.cpu}, {t.threads} threads, {t.device})" for t in timings.values()})
-    first = next(iter(timings.values()))
     when = taken[0] if len(taken) == 1 else f"{taken[0]} to {taken[-1]}"
+    ts = timings.values()
     return (f"FPS from the timing pass ({when} UTC on {'; '.join(hosts)}): each method and the baseline "
-            f"run interleaved in one process on the same {first.batch} videos, {first.warmup} warm-up run(s) "
-            f"excluded, median of {first.repeats} repeats; FPS ÷ base is the median of the pairwise ratios. "
+            f"run interleaved in one process on the same {span({t.batch for t in ts}, 'video')}, "
+            f"{span({t.warmup for t in ts}, 'warm-up run')} excluded, median of "
+            f"{span({t.repeats for t in ts}, 'repeat')}; FPS ÷ base is the median of the pairwise ratios. "
             "Wall time taken during generation is metadata, not compared.")

@@ -208,8 +208,17 @@ def drilldown(report: "ReportData") -> list[dict[str, Any]]:
                   "values": [_fmt(part.loc[(seed, cell)].get(m)) for m in report.headline]}
                  for cell in names for seed in sorted(part.index.get_level_values(0).unique())
                  if (seed, cell) in part.index]
-        out.append({"prompt": prompt, "rows": lines, "deltas": _prompt_deltas(report, part, names)})
+        means = part.groupby(level=1).mean()[report.headline[0]]
+        out.append({"prompt": prompt, "rows": lines, "deltas": _prompt_deltas(report, part, names),
+                    "means": [_fmt(means.get(cell)) for cell in names]})
     return out
+
+
+def prompt_columns(report: "ReportData") -> list[str]:
+    """The cells of the per-prompt overview, in drilldown's order."""
+    section = report.sections[0] if report.sections else None
+    return [r.name(report.label_keys) for r in (section.refs if section else [])
+            if report.context.states[r.key] == "complete"]
 
 
 def _prompt_deltas(report: "ReportData", part, names: dict[str, str]) -> list[str]:
@@ -242,5 +251,5 @@ def report_html(report: "ReportData", store: "Store", figures: list["Figure"], g
                   timing=timing_note(report.timings) if report.timings else None, meta=run_metadata(), weights=weights,
                   sections=report.sections, figures=[(f.caption, data_uri(f.png, "image/png")) for f in figures],
                   gallery=gallery(report, store, gallery_prompts), headline=report.headline,
-                  drilldown=drilldown(report), cells=cells)
+                  drilldown=drilldown(report), prompt_columns=prompt_columns(report), cells=cells)
 

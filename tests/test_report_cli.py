@@ -62,6 +62,11 @@ def test_bench_then_report_shows_fps_relative_to_base(store, tmp_path):
     (folder,) = tmp_path.glob("quickstart@*")
     md = (folder / "report.md").read_text()
     assert "FPS from the timing pass" in md and "on the same 2 videos" in md and "median of 2 repeats" in md
+    retimed = ok("report", *CELLS, "sampler.steps=2,3", "seed=0", f"paths.store={store}", "report.timing=true",
+                 "report.bench.batch=1", "report.bench.repeats=3", f"paths.reports={tmp_path / 'again'}")
+    assert "timing pass: 1 cells" in retimed  # report.timing=true runs the pass before the report
+    (again,) = (tmp_path / "again").glob("quickstart@*/report.md")
+    assert "on the same 1 video," in again.read_text() and "median of 3 repeats" in again.read_text()
     csv = pd.read_csv(folder / "report.csv").set_index(["sampler.steps", "metric"])["mean"]
     assert csv[(2, "timing.fps_vs_base")] == 1.0 and 0 < csv[(3, "timing.fps_vs_base")] < 5
     paired = pd.read_csv(folder / "paired.csv")
