@@ -262,8 +262,10 @@ def _bench(cells: list, baseline: tuple[str, DictConfig], store) -> None:
     for ref, cfg in timed:
         timing = time_against(resolve_run(cfg), base, options.batch, options.repeats, options.warmup)
         write_timing(store.root, timing)
+        load = f"; LOADED: load {max(timing.load)} on {timing.cores} cores" if timing.loaded else ""
         print(f"  {ref.name()}: {timing.fps:.1f} FPS, base {timing.base_fps:.1f} FPS, "
-              f"FPS ÷ base {timing.ratio:.3f} (pairwise {timing.ratio_low:.3f}–{timing.ratio_high:.3f})")
+              f"FPS ÷ base {timing.ratio:.3f} (pairwise {timing.ratio_low:.3f}–{timing.ratio_high:.3f}; "
+              f"CPU time {timing.cpu_ratio:.3f}{load})")
 
 
 def cmd_leaderboard(overrides: list[str]) -> None:

@@ -388,8 +388,13 @@ def _score_entry(ctx: _Context, cell: str, metric: str, leaders: tuple[str, set[
         mark = "best" if cell == best and not tied else "tie" if cell == best or cell in tied else ""
     if metric.startswith("timing."):
         timing = ctx.timings.get(cell)
-        title = "" if timing is None else f"pairwise ratios {timing.ratio_low:.2f}–{timing.ratio_high:.2f}"
-        return Entry(f"{stat['mean']:.2f}", stat["mean"], mark, title)
+        if timing is None:  # the baseline's own row
+            return Entry(f"{stat['mean']:.2f}", stat["mean"])
+        title = (f"pairwise ratios {timing.ratio_low:.2f}–{timing.ratio_high:.2f}; in CPU time "
+                 f"{timing.cpu_ratio:.2f}" + (f"; taken under load {max(timing.load)} on {timing.cores} cores"
+                                              if timing.loaded else ""))
+        return Entry(f"{stat['mean']:.2f}" + (" (loaded)" if timing.loaded else ""), stat["mean"],
+                     "flag" if timing.loaded else "", title)
     title = f"{stat['n']} videos, {stat['prompts']} prompts"
     if is_cost(metric):  # counts: the same for every video of a method, a CI would only say so
         return Entry(_count(stat["mean"]), stat["mean"], mark, title)
@@ -758,8 +763,14 @@ def timing_note(timings: dict[str, Timing]) -> str:
     hosts = sorted({f"{t.host} ({t.cpu}, {t.threads} threads, {t.device})" for t in timings.values()})
     when = taken[0] if len(taken) == 1 else f"{taken[0]} to {taken[-1]}"
     ts = timings.values()
+    loaded = [t for t in ts if t.loaded]
+    warning = "" if not loaded else (
+        f" {len(loaded)} of {len(timings)} passes ran while other processes loaded the machine (1-minute load "
+        f"up to {max(max(t.load) for t in loaded)} on {loaded[0].cores} cores), marked (loaded): their wall-clock "
+        "ratios are not reliable; their CPU-time ratios (in the hover text) are; rerun `refinery bench` on a "
+        "quiet machine.")
     return (f"FPS from the timing pass ({when} UTC on {'; '.join(hosts)}): each method and the baseline "
             f"run interleaved in one process on the same {span({t.batch for t in ts}, 'video')}, "
             f"{span({t.warmup for t in ts}, 'warm-up run')} excluded, median of "
             f"{span({t.repeats for t in ts}, 'repeat')}; FPS ÷ base is the median of the pairwise ratios. "
-            "Wall time taken during generation is metadata, not compared.")
+            f"Wall time taken during generation is metadata, not compared.{warning}")

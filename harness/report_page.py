@@ -31,7 +31,8 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = ROOT / "reports" / "templates"
-GALLERY_SCALE = 4  # the toy's 32-pixel frames are unreadable at their own size
+SAMPLE_WIDTH = 128  # pixels of a gallery animation: the toy's 32-pixel frames are scaled up 4x, a real
+STRIP_WIDTH = 64   # model's 832-pixel frames down; each frame of the strip
 STRIP_FRAMES = 7
 GIF_FRAME_MS = 125
 
@@ -40,10 +41,8 @@ GIF_FRAME_MS = 125
 def environment() -> "jinja2.Environment":
     import jinja2
 
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
-                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters["number"] = lambda x: "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
-    return env
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
+                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
 
 
 def render(template: str, **context: Any) -> str:
@@ -110,33 +109,39 @@ def data_uri(data: bytes, mime: str) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode()}"
 
 
-def _scaled(frame: np.ndarray, scale: int):
+def _scaled(image, width: int):
+    """The image at about `width` pixels: whole multiples up (pixels stay sharp), area-averaged down."""
     from PIL import Image
 
-    image = Image.fromarray(frame)
-    return image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
+    if image.width <= width:
+        factor = max(1, width // image.width)
+        return image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
+    return image.resize((width, max(1, round(image.height * width / image.width))), Image.Resampling.BOX)
 
 
-def animation(video: np.ndarray, scale: int = GALLERY_SCALE) -> bytes:
-    """An animated GIF of a (F, H, W, 3) uint8 video, looping. One palette for all frames, taken
-    from the frames at their own size (quantising upscaled frames costs scale² as much)."""
+def animation(video: np.ndarray, width: int = SAMPLE_WIDTH) -> bytes:
+    """An animated GIF of a (F, H, W, 3) uint8 video, looping. One palette for all frames, taken where
+    the frames are smallest (their own size, or the shown size when that is smaller), then scaled up."""
     from PIL import Image
 
-    palette = Image.fromarray(np.concatenate(list(video), axis=1)).quantize(colors=255, dither=Image.Dither.NONE)
-    frames = [Image.fromarray(f).quantize(palette=palette, dither=Image.Dither.NONE)
-              .resize((video.shape[2] * scale, video.shape[1] * scale), Image.Resampling.NEAREST) for f in video]
+    small = [Image.fromarray(f) for f in video]
+    if small[0].width > width:
+        small = [_scaled(f, width) for f in small]
+    mosaic = Image.fromarray(np.concatenate([np.asarray(f) for f in small], axis=1))
+    palette = mosaic.quantize(colors=255, dither=Image.Dither.NONE)
+    frames = [_scaled(f.quantize(palette=palette, dither=Image.Dither.NONE), width) for f in small]
     buf = io.BytesIO()
     frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=GIF_FRAME_MS,
                    loop=0, disposal=2)
     return buf.getvalue()
 
 
-def frame_strip(video: np.ndarray, count: int = STRIP_FRAMES, scale: int = 2) -> tuple[bytes, list[int]]:
+def frame_strip(video: np.ndarray, count: int = STRIP_FRAMES, width: int = STRIP_WIDTH) -> tuple[bytes, list[int]]:
     """A PNG of `count` evenly spaced frames side by side, and which frames they are."""
     from PIL import Image
 
     picks = sorted(set(np.linspace(0, len(video) - 1, min(count, len(video))).round().astype(int).tolist()))
-    tiles = [_scaled(video[i], scale) for i in picks]
+    tiles = [_scaled(Image.fromarray(video[i]), width) for i in picks]
     gap = 2
     strip = Image.new("RGB", (sum(t.width for t in tiles) + gap * (len(tiles) - 1), tiles[0].height), "white")
     x = 0

@@ -8,6 +8,12 @@ seeds), through the one rollout loop, warm-up runs excluded, in the order M B B 
 drift of the machine's speed weighs on both alike; the figure is the median over repeats, and FPS
 relative to base the median of the pairwise ratios. Results are written to <store>/timings/<cell>.json
 with when and where they were taken.
+
+Beside wall time the pass records the process's CPU time of each run. On a machine other processes
+load, wall time swings with the share of the cores a run happened to get, while CPU time counts only
+the work done, so the CPU-time ratio stays close to the idle machine's wall-clock ratio; a pass taken
+under a load above the core count is flagged in reports (Timing.loaded), its CPU-time ratio shown
+beside the wall-clock one.
 """
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ import os
 import platform
 import socket
 import statistics
+import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -46,6 +53,9 @@ class Timing:
     device: str
     torch: str
     load: list[float]  # the 1-minute load average before and after the pass
+    cores: int  # processors this process may run on
+    cpu_seconds: list[float]  # process CPU time (all threads) of the method's timed runs...
+    base_cpu_seconds: list[float]  # ...and of the baseline's
 
     @property
     def fps(self) -> float:
@@ -72,6 +82,16 @@ class Timing:
     def ratio_high(self) -> float:
         return max(self.ratios)
 
+    @property
+    def cpu_ratio(self) -> float:
+        """FPS relative to base in CPU time: the median of the pairwise base / method CPU seconds."""
+        return statistics.median(b / m for m, b in zip(self.cpu_seconds, self.base_cpu_seconds))
+
+    @property
+    def loaded(self) -> bool:
+        """Other processes wanted more cores than there are, during the pass."""
+        return max(self.load) > self.cores
+
 
 def _inputs(run: Run, batch: int) -> tuple[list[str], list[int]]:
     items = run.items()[:batch]
@@ -92,24 +112,27 @@ def time_against(run: Run, base: Run, batch: int = 16, repeats: int = 5, warmup:
         raise UsageError(f"cells {run.key} and {base.key} have other prompts or seeds; only cells of one "
                          "suite and seeds are timed against each other")
 
-    def once(which: Run) -> tuple[float, int]:
+    def once(which: Run) -> tuple[float, float, int]:
+        cpu = time.process_time()
         ledger = rollout(which.model, which.method, *inputs, which.sampler).ledger
-        return ledger.wall_seconds, ledger.frames
+        return ledger.wall_seconds, time.process_time() - cpu, ledger.frames
 
     load_before = os.getloadavg()[0]
     for _ in range(warmup):
         once(run)
         once(base)
-    seconds, base_seconds, frames = [], [], 0
+    timed: dict[str, list[tuple[float, float]]] = {"run": [], "base": []}
+    frames = 0
     for r in range(repeats):
-        order = (run, base) if r % 2 == 0 else (base, run)
-        for which in order:
-            wall, frames = once(which)
-            (seconds if which is run else base_seconds).append(wall)
-    return Timing(run.key, base.key, len(inputs[0]), warmup, repeats, frames, seconds, base_seconds,
+        for name, which in (("run", run), ("base", base)) if r % 2 == 0 else (("base", base), ("run", run)):
+            wall, cpu, frames = once(which)
+            timed[name].append((wall, cpu))
+    (wall, cpu), (base_wall, base_cpu) = (list(zip(*timed[k])) for k in ("run", "base"))
+    return Timing(run.key, base.key, len(inputs[0]), warmup, repeats, frames, list(wall), list(base_wall),
                   datetime.now(timezone.utc).isoformat(timespec="seconds"), socket.gethostname(), _cpu(),
                   torch.get_num_threads(), _device(torch), torch.__version__,
-                  [round(load_before, 2), round(os.getloadavg()[0], 2)])
+                  [round(load_before, 2), round(os.getloadavg()[0], 2)], len(os.sched_getaffinity(0)),
+                  list(cpu), list(base_cpu))
 
 
 def _cpu() -> str:

@@ -212,9 +212,9 @@ def test_latex_in_a_papers_layout(sweep, tmp_path):
         write_report(store, refs, tmp_path / "bad", "T", baseline="base", latex=bad)
 
 
-def _timing(cell: str, seconds: list[float], base_seconds: list[float]) -> Timing:
+def _timing(cell: str, seconds: list[float], base_seconds: list[float], load: float = 0.2) -> Timing:
     return Timing(cell, "base", 4, 1, len(seconds), 40, seconds, base_seconds, "2026-12-01T10:00:00+00:00",
-                  "hostA", "CPU X", 2, "CPU", "2.14", [0.1, 0.2])
+                  "hostA", "CPU X", 2, "CPU", "2.14", [0.1, load], 2, [1.0] * len(seconds), [0.3] * len(seconds))
 
 
 def test_fps_comes_from_the_timing_pass_never_from_generation(sweep, tmp_path):
@@ -233,6 +233,11 @@ def test_fps_comes_from_the_timing_pass_never_from_generation(sweep, tmp_path):
     assert rows["better"].split(" | ")[2:4] == ["80.00", "0.40"]  # 40 frames / 0.5 s; median(0.2 / s)
     assert rows["base"].split(" | ")[2:4] == ["200.00", "1.00"]
     assert "2026-12-01 10:00 UTC on hostA (CPU X, 2 threads, CPU)" in md and "interleaved" in md
+    assert "loaded" not in md
+    busy = _timing("better", [0.4, 0.5, 0.6], [0.2, 0.2, 0.2], load=5.0)  # 5 runnable on 2 cores
+    md = write_report(store, refs, tmp_path / "c", "T", timings={"better": busy}, **options)["report.md"].read_text()
+    assert _md_rows(md, "Summary: cost and headline scores")["better"].split(" | ")[3] == "**0.40 (loaded)**"
+    assert "1 of 1 passes ran while other processes loaded the machine (1-minute load up to 5.0 on 2 cores)" in md
 
 
 def test_bad_input_is_refused_before_anything_is_written(sweep, tmp_path):

@@ -41,6 +41,10 @@ def test_method_and_baseline_alternate_on_the_same_videos(runs, monkeypatch):
     assert timing.fps == pytest.approx(timing.frames / statistics.median(timing.seconds))
     assert timing.cell == runs["steps3"].key and timing.baseline == runs["base"].key
     assert timing.host and timing.cpu and timing.threads >= 1 and timing.taken.endswith("+00:00")
+    assert len(timing.cpu_seconds) == 4 and all(c > 0 for c in timing.cpu_seconds + timing.base_cpu_seconds)
+    assert timing.cpu_ratio == pytest.approx(
+        statistics.median(b / m for m, b in zip(timing.cpu_seconds, timing.base_cpu_seconds)))
+    assert timing.cores >= 1 and timing.loaded == (max(timing.load) > timing.cores)
 
 
 def test_cells_of_other_inputs_are_not_timed_against_each_other(runs):
@@ -52,7 +56,7 @@ def test_cells_of_other_inputs_are_not_timed_against_each_other(runs):
 
 def test_timings_are_stored_and_read_back_against_their_own_baseline(tmp_path):
     timing = Timing("cell1", "base1", 4, 1, 2, 40, [1.0, 2.0], [0.5, 0.5], "2026-12-01T00:00:00+00:00",
-                    "h", "cpu", 2, "CPU", "2.14", [0.0, 0.0])
+                    "h", "cpu", 2, "CPU", "2.14", [0.0, 0.0], 2, [2.0, 4.0], [1.0, 1.0])
     write_timing(tmp_path / "a", timing)
     assert read_timings([tmp_path / "b", tmp_path / "a"], "base1", ["cell1", "cell2"]) == {"cell1": timing}
     assert read_timings([tmp_path / "a"], "another_base", ["cell1"]) == {}  # not comparable
