@@ -255,6 +255,10 @@ def _bench(cells: list, baseline: tuple[str, DictConfig], store) -> None:
     from harness.timing import time_against, write_timing
 
     options = baseline[1].report.bench
+    if options.threads:  # e.g. 1 on a shared machine: no thread of the pass waits on a descheduled sibling
+        import torch
+
+        torch.set_num_threads(int(options.threads))
     base = resolve_run(baseline[1])
     timed = [(ref, cfg) for ref, cfg in cells if ref.key != baseline[0]]
     print(f"timing pass: {len(timed)} cells against {baseline[0]}, {options.repeats} repeats of "

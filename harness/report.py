@@ -760,7 +760,7 @@ def timing_note(timings: dict[str, Timing]) -> str:
         return f"{low if low == high else f'{low}–{high}'} {unit}{'s' * (high != 1)}"
 
     taken = sorted({t.taken[:16].replace("T", " ") for t in timings.values()})
-    hosts = sorted({f"{t.host} ({t.cpu}, {t.threads} threads, {t.device})" for t in timings.values()})
+    hosts = sorted({f"{t.host} ({t.cpu}, {span({t.threads}, 'thread')}, {t.device})" for t in timings.values()})
     when = taken[0] if len(taken) == 1 else f"{taken[0]} to {taken[-1]}"
     ts = timings.values()
     loaded = [t for t in ts if t.loaded]

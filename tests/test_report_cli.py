@@ -56,12 +56,13 @@ def test_report_of_a_single_cell_is_labelled_by_its_method(store, tmp_path):
 
 def test_bench_then_report_shows_fps_relative_to_base(store, tmp_path):
     out = ok("bench", *CELLS, "sampler.steps=2,3", "seed=0", f"paths.store={store}", "report.bench.batch=2",
-             "report.bench.repeats=2")
+             "report.bench.repeats=2", "report.bench.threads=1")
     assert "timing pass: 1 cells against" in out and "FPS ÷ base" in out
     ok("report", *CELLS, "sampler.steps=2,3", "seed=0", f"paths.store={store}", f"paths.reports={tmp_path}")
     (folder,) = tmp_path.glob("quickstart@*")
     md = (folder / "report.md").read_text()
     assert "FPS from the timing pass" in md and "on the same 2 videos" in md and "median of 2 repeats" in md
+    assert ", 1 thread, " in md  # report.bench.threads reached the pass and its record
     retimed = ok("report", *CELLS, "sampler.steps=2,3", "seed=0", f"paths.store={store}", "report.timing=true",
                  "report.bench.batch=1", "report.bench.repeats=3", f"paths.reports={tmp_path / 'again'}")
     assert "timing pass: 1 cells" in retimed  # report.timing=true runs the pass before the report
