@@ -33,6 +33,7 @@ flows through the history.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import torch
@@ -82,7 +83,7 @@ class Sampler:
                 raise UsageError(f"sampler.timesteps={t} is not {self.steps} decreasing timesteps in (0, "
                                  f"{TABLE_STEPS}]; give one per step (sampler.steps), e.g. [1000, 757, 522]")
 
-    @property
+    @cached_property  # hooks read it at every step
     def sigmas(self) -> list[NoiseLevel]:
         """The noise level of every step, each with the timestep the model is conditioned on, as
         upstream's float32 FlowMatchScheduler table gives them (a warped timestep that falls between
