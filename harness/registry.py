@@ -65,6 +65,10 @@ VERIFIERS = Registry("verifier", {
     "hpsv2": "harness.verifiers.hpsv2:HpsV2",
     "internvideo2": "harness.verifiers.video_reward:InternVideo2",
 })
+SAMPLERS = Registry("sampler", {  # sampler.kind: the path-noise rule (harness.samplers)
+    "stochastic": "harness.samplers:STOCHASTIC",
+    "ode": "harness.samplers:ODE",
+})
 OBJECTIVES = Registry("objective", {  # what `refinery train` optimises (harness.train.objectives)
     "reward": "harness.train.objectives:RewardObjective",
     "dmd": "harness.train.objectives:DmdObjective",
