@@ -90,8 +90,9 @@ def main() -> None:
             out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=dict(os.environ)).stdout
             results[method].append(json.loads(out.strip().splitlines()[-1]))
     for method, runs in results.items():
+        peaks = ", ".join(f"{r['peak_rss_mib']:.0f}" for r in runs)
         print(f"{method}: peak RSS median {statistics.median(r['peak_rss_mib'] for r in runs):.0f} MiB "
-              f"(runs {', '.join(f'{r['peak_rss_mib']:.0f}' for r in runs)}), stored KV cache "
+              f"(runs {peaks}), stored KV cache "
               f"{runs[0]['cache_mib']:.1f} MiB in {runs[0]['cache_rows']} rows, NFE {runs[0]['nfe']}")
     base = statistics.median(r["peak_rss_mib"] for r in results["base"])
     bon = statistics.median(r["peak_rss_mib"] for r in results["bon"])

@@ -11,8 +11,9 @@
         method.commit(x0, ctx)                             # the clean re-run that fills the cache
     decode, in chunk order, the chunks no hook has decoded already
 
-Samplers differ only in the path noise: the stochastic sampler of Self-Forcing draws fresh noise,
-the Euler ODE sampler reuses the noise implied by x and x0 (then renoise is exactly an Euler step).
+Samplers differ only in the path noise (harness.samplers, registered by `sampler.kind`): the
+stochastic sampler of Self-Forcing draws fresh noise, the Euler ODE sampler reuses the noise implied
+by x and x0 (then renoise is exactly an Euler step).
 Rows: a hook may return k candidate rows per video (k * B); `select` returns which rows survive.
 Decoding follows the video in chunk order (a causal VAE such as Wan's decodes a chunk exactly only
 from the state of the chunks before it): a hook that verifies candidates decodes them with
@@ -33,21 +34,20 @@ flows through the history.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from harness.errors import UsageError
 from harness.ledger import CountingModel, Ledger
+from harness.registry import SAMPLERS
 from harness.models.base import Cond, KVCache, NoiseLevel, VideoModel, shift_sigmas
 from harness.noise import NoiseSource
 
 if TYPE_CHECKING:
     from harness.method import Method
     from harness.verifiers.base import Verifier
-
-SAMPLERS = ("stochastic", "ode")
-
 
 TABLE_STEPS = 1000  # the training schedule both upstream samplers look timesteps up in
 
@@ -70,8 +70,7 @@ class Sampler:
     warp: bool = True
 
     def __post_init__(self) -> None:
-        if self.kind not in SAMPLERS:
-            raise UsageError(f"unknown sampler.kind {self.kind!r}; use one of {', '.join(SAMPLERS)}")
+        SAMPLERS.target(self.kind)  # an unknown kind is named with the closest registered ones
         if self.steps < 1:
             raise UsageError(f"sampler.steps={self.steps} is out of range; use 1 or more steps")
         if self.shift <= 0:
@@ -82,7 +81,7 @@ class Sampler:
                 raise UsageError(f"sampler.timesteps={t} is not {self.steps} decreasing timesteps in (0, "
                                  f"{TABLE_STEPS}]; give one per step (sampler.steps), e.g. [1000, 757, 522]")
 
-    @property
+    @cached_property  # hooks read it at every step
     def sigmas(self) -> list[NoiseLevel]:
         """The noise level of every step, each with the timestep the model is conditioned on, as
         upstream's float32 FlowMatchScheduler table gives them (a warped timestep that falls between
@@ -132,6 +131,9 @@ class Context:
     history: list[torch.Tensor] = field(default_factory=list)  # committed clean chunks
     decoded: "VideoDecoder | None" = None
     exit_step: int | None = None  # training: every chunk stops at this step (see the module docstring)
+    state: dict[str, Any] = field(default_factory=dict)  # what the method keeps between hooks of this
+    # rollout (an unconditional cache, a refiner's cache, penalties): per rollout, so that one method
+    # instance can serve several rollouts, also at once
 
     @property
     def sigma(self) -> float:
@@ -165,13 +167,12 @@ class RolloutResult:
     videos: torch.Tensor  # (B, F, 3, H, W) in [0, 1]
     latents: torch.Tensor  # (B, F, C, h, w)
     ledger: Ledger
+    state: dict[str, Any] = field(default_factory=dict)  # the method's per-rollout state (Context.state)
 
 
 def sampler_path_noise(x: torch.Tensor, x0: torch.Tensor, ctx: Context) -> torch.Tensor:
-    """The sampler's own path noise: fresh keyed noise, or the ODE's implied noise."""
-    if ctx.sampler.kind == "stochastic":
-        return ctx.noise.path(ctx.chunk, ctx.step, candidates=x0.shape[0] // len(ctx.noise.seeds))
-    return (x - (1 - ctx.sigma) * x0) / ctx.sigma
+    """The sampler's own path noise (harness.samplers): fresh keyed noise, the ODE's implied noise, ..."""
+    return SAMPLERS.get(ctx.sampler.kind).path_noise(x, x0, ctx)
 
 
 def rollout(model: VideoModel, method: "Method", prompts: list[str], seeds: list[int], sampler: Sampler,
@@ -208,7 +209,7 @@ def rollout(model: VideoModel, method: "Method", prompts: list[str], seeds: list
         latents = torch.cat(ctx.history, dim=1)
         videos = ctx.decoded.finish(ctx.history)
         ledger.frames += videos.shape[0] * videos.shape[1]
-    return RolloutResult(videos, latents, ledger)
+    return RolloutResult(videos, latents, ledger, ctx.state)
 
 
 class VideoDecoder:

@@ -101,17 +101,18 @@ class AutoRefiner(TrainedMethod):
 
     def begin(self, ctx: Context) -> None:
         super().begin(ctx)
-        self.refiner.begin(ctx.cache.batch)
+        ctx.state["refiner_cache"] = self.refiner.new_cache(ctx.cache.batch)
 
     def path_noise(self, x: torch.Tensor, x0: torch.Tensor, ctx: Context) -> torch.Tensor:
         eps = super().path_noise(x, x0, ctx)
         if ctx.step not in self.refined:
             return eps
         with torch.set_grad_enabled(ctx.training and ctx.step + 1 == ctx.exit_step):
-            delta = self.refiner(eps, ctx.sampler.sigmas[ctx.step + 1], ctx.cond, ctx.cache.frames, x0, ctx.ledger)
-        self.penalise(delta)
+            delta = self.refiner(eps, ctx.sampler.sigmas[ctx.step + 1], ctx.cond, ctx.state["refiner_cache"],
+                                 ctx.cache.frames, x0, ctx.ledger)
+        self.penalise(delta, ctx)
         return eps + delta
 
     def commit(self, x0: torch.Tensor, ctx: Context) -> None:
         super().commit(x0, ctx)
-        self.refiner.commit(x0, ctx.cond, ctx.ledger)
+        self.refiner.commit(x0, ctx.cond, ctx.state["refiner_cache"], ctx.ledger)

@@ -55,14 +55,15 @@ class InitNoiseRefiner(TrainedMethod):
 
     def begin(self, ctx: Context) -> None:
         super().begin(ctx)
-        self.refiner.begin(ctx.cache.batch)
+        ctx.state["refiner_cache"] = self.refiner.new_cache(ctx.cache.batch)
 
     def initial_noise(self, ctx: Context) -> torch.Tensor:
         eps = super().initial_noise(ctx)
-        delta = self.refiner(eps, ctx.sampler.sigmas[0], ctx.cond, ctx.cache.frames, None, ctx.ledger)
-        self.penalise(delta)
+        delta = self.refiner(eps, ctx.sampler.sigmas[0], ctx.cond, ctx.state["refiner_cache"], ctx.cache.frames,
+                             None, ctx.ledger)
+        self.penalise(delta, ctx)
         return eps + delta
 
     def commit(self, x0: torch.Tensor, ctx: Context) -> None:
         super().commit(x0, ctx)
-        self.refiner.commit(x0, ctx.cond, ctx.ledger)
+        self.refiner.commit(x0, ctx.cond, ctx.state["refiner_cache"], ctx.ledger)

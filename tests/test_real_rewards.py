@@ -3,7 +3,6 @@ local file with weights_only and scores differentiably; a video reward plugs in 
 the paper's mixture (train=reward_paper) cuts 2 random frames for image rewards and 4-frame clips 10
 frames apart for video rewards, and its gradients reach the pixels."""
 import json
-from pathlib import Path
 
 import pytest
 import torch

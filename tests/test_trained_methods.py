@@ -144,9 +144,9 @@ def refiner_output(method, model, history_chunk=None, previous=None):
     cond = model.encode(PROMPTS[:1])
     ledger = Ledger()
     with torch.inference_mode():
-        method.refiner.begin(1)
-        method.refiner.commit(history_chunk, cond, ledger)
-        return method.refiner(eps, 0.5, cond, model.spec.frames_per_chunk, previous, ledger)
+        cache = method.refiner.new_cache(1)
+        method.refiner.commit(history_chunk, cond, cache, ledger)
+        return method.refiner(eps, 0.5, cond, cache, model.spec.frames_per_chunk, previous, ledger)
 
 
 @pytest.mark.parametrize("history", [True, False])

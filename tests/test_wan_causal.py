@@ -4,7 +4,6 @@ diffusers' own block-causal SkyReels-V2 model, denoise never touches the cache, 
 separate calls, the VAE decodes chunk by chunk as it decodes whole, the folder path loads what the
 seeded build makes, the converter maps upstream's parameter names at full size, and bad input of
 every kind is one line before any compute."""
-import dataclasses
 import math
 import subprocess
 import sys
@@ -15,7 +14,6 @@ import torch
 
 from conftest import ROOT
 from harness.cli import compose, main
-from harness.errors import UsageError
 from harness.models.base import NoiseLevel
 from harness.models.wan_causal.loader import ARCHITECTURES, build_tiny, save_tiny
 from harness.models.wan_causal.model import WanCausalConfig, WanCausalModel

@@ -131,7 +131,7 @@ class TrainableBackend(Protocol):
     - `with_trainable(module)`: a view of the model that runs `module` (an adapted copy sharing the
       base's weights) instead, sharing everything else (text encoder, VAE).
     - `chunk_forward`: the differentiable forward of a chunk after the cache, with explicit per-frame
-      noise levels, also attending to `extra` keys and values (the output of another chunk_forward,
+      timesteps, also attending to `extra` keys and values (the output of another chunk_forward,
       e.g. a refiner's clean pass of the previous prediction), returning its own keys and values.
     - `dmd_scores(weights_dir)`: DMD's real and fake score networks (harness.train.objectives):
       for Self-Forcing separate bidirectional Wan models from local folders, for the toy its own
@@ -145,8 +145,9 @@ class TrainableBackend(Protocol):
 
     def with_trainable(self, module: nn.Module) -> "TrainableBackend": ...
 
-    def chunk_forward(self, x: torch.Tensor, sigmas: torch.Tensor, cond: Cond, cache: KVCache,
-                      extra: Any = None) -> tuple[torch.Tensor, Any]: ...
+    def chunk_forward(self, x: torch.Tensor, timesteps: torch.Tensor, cond: Cond, cache: KVCache,
+                      extra: Any = None) -> tuple[torch.Tensor, Any]:
+        """Velocity of chunk x after the cache, conditioned on per-frame timesteps (B, F)."""
 
     def dmd_scores(self, weights_dir: Any) -> tuple["ScoreNet", "ScoreNet"]: ...
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import threading
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -39,8 +40,8 @@ from torch import nn
 from harness.errors import UsageError
 from harness.ledger import Ledger
 from harness.method import Method
-from harness.models.base import Cond, ModelSpec, TrainableBackend, VideoModel, timestep_of
-from harness.rollout import Context, Sampler
+from harness.models.base import Cond, KVCache, ModelSpec, TrainableBackend, VideoModel, timestep_of
+from harness.rollout import Context, RolloutResult, Sampler
 from harness.train.checkpoints import AdapterFile, load_adapter
 
 LORA_INIT_SEED = 0  # A's init; B is zero, so the seed never changes an untrained adapter's output
@@ -109,21 +110,23 @@ class NoiseRefiner:
         self.net = backend.with_trainable(self.module)
         self.history, self.previous = history, previous
 
-    def begin(self, batch: int) -> None:
-        self.cache = self.net.new_cache(batch)
+    def new_cache(self, batch: int) -> KVCache:
+        """The refiner's own history of one rollout (kept in its context's state)."""
+        return self.net.new_cache(batch)
 
-    def commit(self, x0: torch.Tensor, cond: Cond, ledger: Ledger) -> None:
+    def commit(self, x0: torch.Tensor, cond: Cond, cache: KVCache, ledger: Ledger) -> None:
         """Append a clean chunk to the refiner's own history (a no_grad pass of the backend's commit)."""
         if self.history:
             ledger.cache_passes += x0.shape[0]
-            self.net.commit(x0, cond, self.cache)
+            self.net.commit(x0, cond, cache)
 
-    def __call__(self, eps: torch.Tensor, sigma: float, cond: Cond, frame: int, previous: torch.Tensor | None,
-                 ledger: Ledger) -> torch.Tensor:
+    def __call__(self, eps: torch.Tensor, sigma: float, cond: Cond, history: KVCache, frame: int,
+                 previous: torch.Tensor | None, ledger: Ledger) -> torch.Tensor:
         """Δε for the noise `eps` (B, F, C, H, W) of the chunk starting at latent frame `frame`, to be
-        mixed at level `sigma`, given the previous step's denoised output (None: there is none)."""
+        mixed at level `sigma`, given the refiner's history cache and the previous step's denoised
+        output (None: there is none)."""
         b, f = eps.shape[:2]
-        cache = self.cache if self.history else self.net.new_cache(b, start=frame)
+        cache = history if self.history else self.net.new_cache(b, start=frame)
         extra = None
         if self.previous and previous is not None:
             ledger.cache_passes += b
@@ -169,7 +172,7 @@ class TrainedMethod(Method):
         self.arch = completed
         self.check(spec, sampler)
         self._bound: tuple[VideoModel, VideoModel] | None = None
-        self.penalties: list[torch.Tensor] = []
+        self._binding = threading.Lock()
 
     def complete(self, given: dict[str, Any], sampler: Sampler) -> dict[str, Any]:
         """Fill unset architecture settings with the defaults (alpha defaults to the rank)."""
@@ -188,8 +191,12 @@ class TrainedMethod(Method):
 
     # -- the weights ---------------------------------------------------------------------------
     def bind(self, model: VideoModel, training: bool = False) -> VideoModel:
-        if self._bound is not None and self._bound[0] is model:
+        with self._binding:  # rollouts that share this instance build its adapters once
+            if self._bound is None or self._bound[0] is not model:
+                self._bound = (model, self._build_and_load(model))
             return self._bound[1]
+
+    def _build_and_load(self, model: VideoModel) -> VideoModel:
         if self.adapter is not None and self.adapter.base_digest != model.digest():
             raise UsageError(f"checkpoint {self.adapter.path} was trained for {self.adapter.base_model!r} weights "
                              f"with digest {self.adapter.base_digest}, not this model's ({model.digest()}); "
@@ -197,7 +204,6 @@ class TrainedMethod(Method):
         sampling = self.build(model)
         if self.adapter is not None:
             self.load_adapter_state(self.adapter.state, str(self.adapter.path))
-        self._bound = (model, sampling)
         return sampling
 
     def build(self, model: VideoModel) -> VideoModel:
@@ -227,14 +233,15 @@ class TrainedMethod(Method):
         return list(range(sampler.steps))
 
     def begin(self, ctx: Context) -> None:
-        self.penalties = []
+        ctx.state["penalties"] = []
         super().begin(ctx)
 
-    def penalise(self, delta: torch.Tensor) -> None:
+    def penalise(self, delta: torch.Tensor, ctx: Context) -> None:
         """Keep ½||Δε||² of a refinement that carries gradient, per video."""
         if delta.requires_grad:
-            self.penalties.append(0.5 * delta.pow(2).flatten(1).sum(1))
+            ctx.state["penalties"].append(0.5 * delta.pow(2).flatten(1).sum(1))
 
-    def regulariser(self) -> torch.Tensor | None:
-        """The last rollout's L2 regulariser: summed over its chunks, averaged over its videos."""
-        return torch.stack(self.penalties).sum(0).mean() if self.penalties else None
+    def regulariser(self, result: RolloutResult) -> torch.Tensor | None:
+        """A rollout's L2 regulariser: summed over its chunks, averaged over its videos."""
+        penalties = result.state.get("penalties")
+        return torch.stack(penalties).sum(0).mean() if penalties else None

@@ -199,7 +199,7 @@ def train_step(t: Training, optimizer: torch.optim.Optimizer, step: int) -> dict
     ledger = Ledger()
     result = rollout(t.model, t.method, prompts, seeds, t.sampler, ledger, exit_step=exit_step)
     loss, figures = t.objective.loss(result, prompts, gen)
-    reg = t.method.regulariser()
+    reg = t.method.regulariser(result)
     total = loss if reg is None else loss + s.reg_weight * reg
     optimizer.zero_grad(set_to_none=True)
     total.backward()

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.errors import UsageError
-from harness.world.grammar import MOTIONS, Scene, all_scenes, parse
+from harness.world.grammar import MOTIONS, Scene, all_scenes
 
 PROMPT_DIR = Path(__file__).parent / "prompts"
 HELD_OUT_SINGLES_PER_MOTION = 2

@@ -121,15 +121,15 @@ class WanCausalModel(nn.Module):
             raise ValueError(f"batch {x.shape[0]} is not a multiple of the cache batch {cache.batch}")
         return x.shape[0] // cache.batch
 
-    def chunk_forward(self, x: torch.Tensor, sigmas: torch.Tensor, cond: Cond, cache: KVCache,
+    def chunk_forward(self, x: torch.Tensor, timesteps: torch.Tensor, cond: Cond, cache: KVCache,
                       extra: list[LayerKV] | None = None) -> tuple[torch.Tensor, list[LayerKV]]:
-        """Velocity of the chunk x (k * B rows) that follows the cache, at per-frame noise levels
-        sigmas (k * B, F) (floats or NoiseLevels), attending to the cache and to `extra` (the keys and
-        values of other tokens, rows as x's); differentiable. Returns it with the chunk's keys and values."""
+        """Velocity of the chunk x (k * B rows) that follows the cache, conditioned on per-frame
+        timesteps (k * B, F), attending to the cache and to `extra` (the keys and values of other
+        tokens, rows as x's); differentiable. Returns it with the chunk's keys and values."""
         k = self._rows(x, cache)
         context, repeat = self._context(cache, k, extra)
         text = cond.tokens.repeat_interleave(x.shape[0] // cond.tokens.shape[0], 0)
-        return self.causal.forward(x, sigmas, text, cache.frames, context, repeat)
+        return self.causal.forward(x, timesteps, text, cache.frames, context, repeat)
 
     @staticmethod
     def _context(cache: KVCache, k: int, extra: list[LayerKV] | None) -> tuple[list[LayerKV] | None, int]:
