@@ -156,36 +156,46 @@ def _plot(panels: list, ylabel: str, higher_is_better: bool, baseline: str | Non
 
 
 def _panel(ax, points: list, colours: dict, higher_is_better: bool, baseline: str | None, xlabel: str) -> None:
+    """One panel: a series' points joined along its swept axis, each point with its error bars."""
     from matplotlib.transforms import offset_copy
 
+    shift = _dodge(points, colours)
     by_series: dict[str, list] = {}
     for point, x, x_err in points:
         by_series.setdefault(point.series, []).append((point, x, x_err))
-    # series side by side at the same cost (e.g. two samplers at one NFE): shifted a few points on
-    # screen so that their error bars do not hide each other; the data stay where they are
-    dodges = {name: offset_copy(ax.transData, fig=ax.figure, x=3.0 * (i - (len(colours) - 1) / 2), units="points")
-              for i, name in enumerate(colours)}
     for name, members in by_series.items():
-        dodge = dodges[name]
         members.sort(key=lambda m: (m[0].axis if m[0].axis is not None else m[1]))
-        xs, ys = [m[1] for m in members], [m[0].y for m in members]
-        y_err = [[m[0].y_err[0] for m in members], [m[0].y_err[1] for m in members]]
-        x_err = None if members[0][2] is None else [[m[2][0] for m in members], [m[2][1] for m in members]]
-        has_axis = members[0][0].axis is not None and len(members) > 1
-        ax.errorbar(xs, ys, yerr=y_err, xerr=x_err, fmt="o-" if has_axis else "o", color=colours[name],
-                    capsize=3, ms=5, lw=1.2, elinewidth=0.9, transform=dodge)
+        if members[0][0].axis is not None and len(members) > 1:
+            ax.plot([m[1] for m in members], [m[0].y for m in members], "-", color=colours[name], lw=1.2)
+    for point, x, x_err in points:
+        moved = offset_copy(ax.transData, fig=ax.figure, x=shift[id(point)], units="points")
+        ax.errorbar([x], [point.y], yerr=[[point.y_err[0]], [point.y_err[1]]],
+                    xerr=None if x_err is None else [[x_err[0]], [x_err[1]]], fmt="o", color=colours[point.series],
+                    capsize=3, ms=5, elinewidth=0.9, transform=moved)
+        if point.ref.key == baseline:
+            ax.plot([x], [point.y], "o", mfc="none", mec="black", ms=11, zorder=5, transform=moved)
         # artists drawn through an offset transform do not count for autoscaling: their extent does
-        low_x = [x - (e[0] if e else 0) for _, x, e in members]
-        high_x = [x + (e[1] if e else 0) for _, x, e in members]
-        ax.update_datalim(list(zip(low_x, [y - lo for y, lo in zip(ys, y_err[0])])) +
-                          list(zip(high_x, [y + hi for y, hi in zip(ys, y_err[1])])))
+        ax.update_datalim([(x - (x_err[0] if x_err else 0), point.y - point.y_err[0]),
+                           (x + (x_err[1] if x_err else 0), point.y + point.y_err[1])])
     front = pareto_front([(x, p.y) for p, x, _ in points], higher_is_better)
     if len(front) > 1:
         ax.step([x for x, _ in front], [y for _, y in front], "--", where="post", color="0.45", lw=1, zorder=0)
-    for point, x, _ in points:
-        if point.ref.key == baseline:
-            ax.plot([x], [point.y], "o", mfc="none", mec="black", ms=11, zorder=5, transform=dodges[point.series])
     ax.set_xlabel(xlabel)
     ax.grid(alpha=0.3)
     ax.margins(x=0.08, y=0.08)
     ax.autoscale_view()
+
+
+def _dodge(points: list, colours: dict) -> dict[int, float]:
+    """Screen offsets (points) for points at the same cost (e.g. two samplers at one NFE), so that
+    their error bars do not hide each other; points alone at their cost stay where they are."""
+    at: dict[float, list] = {}
+    for point, x, _ in points:
+        at.setdefault(round(x, 9), []).append(point)
+    order = list(colours)
+    shift = {}
+    for group in at.values():
+        group.sort(key=lambda p: order.index(p.series))
+        for j, point in enumerate(group):
+            shift[id(point)] = 4.0 * (j - (len(group) - 1) / 2)
+    return shift

@@ -86,7 +86,7 @@ def test_the_report_has_its_tables_figure_and_gallery(pages):
     assert report.evaluate("document.querySelector('#figures img').naturalWidth") > 500  # decoded
     tiles = report.evaluate("document.querySelectorAll('#gallery .tile img[src^=\"data:image/gif\"]').length")
     assert tiles == 4 * 3  # 4 prompts x 3 complete cells
-    assert report.evaluate("document.querySelector('#gallery .tile img').naturalWidth") == 32
+    assert report.evaluate("document.querySelector('#gallery .tile img').naturalWidth") == 128
     assert report.evaluate("document.querySelectorAll('#prompts details').length") == 8
     # one collapsible block per group of quality metrics (bench), in both sections (pnp never ran);
     # the cost columns are in each section's summary

@@ -138,7 +138,7 @@ def test_html_is_one_self_contained_file_with_figures_gallery_and_metadata(sweep
     gif = page.split('src="data:image/gif;base64,', 1)[1].split('"', 1)[0]
     import base64
     animation = Image.open(io.BytesIO(base64.b64decode(gif)))
-    assert animation.n_frames == 6 and animation.size == (32, 32)  # every frame, 4x upscaled
+    assert animation.n_frames == 6 and animation.size == (128, 128)  # every frame, 8 px scaled up 16x
     assert "git commit" in page and "d1" in page  # the model's weight digest
     assert paths["figure-bench.score.png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "](figure-bench.score.png)" in paths["report.md"].read_text()
