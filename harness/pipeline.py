@@ -89,10 +89,10 @@ def resolve_run(cfg: DictConfig) -> Run:
     method = METHODS.get(cfg.method.name)(**(OmegaConf.to_container(params) if params else {}))
     suite = read_suite(cfg.suite)
     sampler = sampler_from(cfg)
+    model = load_model(cfg)
+    model.validate_prompts(suite.prompts)  # the model's word first: what it cannot take at all
     for name in cfg.metric:
         METRICS.get(name).check_prompts(suite.prompts)
-    model = load_model(cfg)
-    model.validate_prompts(suite.prompts)
     method.prepare(model.spec, sampler, Path(cfg.paths.weights))
     method.bind(model)  # refuses a checkpoint trained for other weights, before anything is written
     spec = {

@@ -113,7 +113,7 @@ VERIFIERS = Registry("verifier", {
     "hpsv2": "harness.verifiers.hpsv2:HpsV2",
     "internvideo2": "harness.verifiers.video_reward:InternVideo2",
 }, group="refinery.verifiers")
-SAMPLERS = Registry("sampler", {  # sampler.kind: the path-noise rule (harness.samplers)
+SAMPLERS = Registry("sampler.kind", {  # sampler.kind: the path-noise rule (harness.samplers)
     "stochastic": "harness.samplers:STOCHASTIC",
     "ode": "harness.samplers:ODE",
 }, group="refinery.samplers")

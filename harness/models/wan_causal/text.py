@@ -28,7 +28,7 @@ class WanTextEncoder:
         self.max_length = max_length
 
     def token_counts(self, prompts: list[str]) -> list[int]:
-        ids = self.tokenizer([clean_prompt(p) for p in prompts], add_special_tokens=True)["input_ids"]
+        ids = self.tokenizer([clean_prompt(p) for p in prompts], add_special_tokens=True, verbose=False)["input_ids"]
         return [len(row) for row in ids]
 
     def check_prompts(self, prompts: list[str]) -> None:
