@@ -1,4 +1,4 @@
-"""`refinery`: run | sweep | score | report | train | train-world | train-reward | train-probe | vbench | weights | methods | metrics.
+"""`refinery`: run | sweep | score | report | verify | train | train-world | train-reward | train-probe | vbench | weights | methods | metrics.
 
 Every command composes its configuration with Hydra from sweeps/ and takes Hydra overrides
 (`method=base sampler.steps=8 paths.store=/tmp/runs`). Bad input of any kind ends in one line on
@@ -6,13 +6,18 @@ stderr naming the problem and the fix, and exit code 2, before anything is writt
 """
 from __future__ import annotations
 
+import shlex
 import sys
 from dataclasses import fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf
 
 from harness.errors import UsageError, unknown_name
+
+if TYPE_CHECKING:
+    from harness.store import Cell
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "sweeps"
 GROUPS = ("model", "sampler", "method", "suite", "metric", "experiment")
@@ -23,6 +28,7 @@ commands:
   sweep        a Hydra multirun over cells          refinery sweep experiment=quickstart [hydra/launcher=joblib]
   score        (re)score stored videos              refinery score experiment=quickstart
   report       tables and a figure from the store   refinery report experiment=quickstart
+  verify       check every cell's files              refinery verify [experiment=quickstart | paths.store=runs]
   train        train a method's adapter             refinery train [train=reward|dmd] method=autorefiner [train.out=...]
   train-world  retrain the toy model from scratch   refinery train-world [steps=2500 out=path threads=2]
   train-reward retrain the world reward verifier    refinery train-reward [steps=1200 out=path]
@@ -105,25 +111,38 @@ def _labels(points: list[list[str]]) -> list[dict[str, str]]:
 
 
 def cmd_run(overrides: list[str]) -> None:
-    _run_cell(compose(overrides))
+    _run_cell(compose(overrides), overrides)
 
 
-def _run_cell(cfg: DictConfig) -> None:
-    """One cell: generate what is missing, score what is stale. Also the body of every sweep job."""
+def _run_cell(cfg: DictConfig, overrides: list[str] | None = None) -> None:
+    """One cell: generate what is missing or damaged, score what is stale. Also the body of every sweep
+    job, whose overrides (None) Hydra knows."""
+    from harness.launchers import follow_sweep
     from harness.pipeline import generate, open_store, resolve_run, score
 
+    follow_sweep()
     run = resolve_run(cfg)
     store = open_store(cfg)
-    made = generate(run, store)
+    made = generate(run, store, resume=_resume_command(overrides))
     cell = store.cell(run.key)
     scored = score(cell, cfg.metric, Path(cfg.paths.weights))
     print(f"cell {run.key}: {made.videos} videos generated ({made.model_calls} model calls), "
           f"{len(run.items())} stored at {cell.path}; scored: {', '.join(scored) or 'up to date'}")
 
 
+def _resume_command(overrides: list[str] | None) -> str:
+    """The `refinery run` that finishes this cell: the given overrides, or a sweep job's own."""
+    if overrides is None:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    return shlex.join(["refinery", "run", *overrides])
+
+
 def cmd_sweep(overrides: list[str]) -> None:
     import hydra
 
+    from harness.launchers import check_launcher, mark_sweep
     from harness.pipeline import open_store, resolve_run
 
     points = sweep_points(overrides)
@@ -133,10 +152,12 @@ def cmd_sweep(overrides: list[str]) -> None:
         baseline = None  # the sweep runs it anyway
     for _, cfg in points:
         open_store(cfg)
+    check_launcher(compose(points[0][0], with_hydra=True).hydra.launcher, Path(points[0][1].paths.store))
+    mark_sweep()
     sys.argv = [sys.argv[0], "--multirun", *overrides]
     hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base=None)(_run_cell)()
     if baseline is not None:  # the cell the report's overheads are relative to
-        _run_cell(baseline)
+        _run_cell(baseline, _baseline_overrides(overrides, baseline))
     print(f"sweep done: {len(points) + (baseline is not None)} cells in {Path(points[0][1].paths.store).resolve()}")
 
 
@@ -154,8 +175,12 @@ def _baseline_cfg(overrides: list[str], cfg: DictConfig) -> DictConfig | None:
     `report.baseline` (e.g. method=base), without the experiment's swept settings."""
     if not cfg.report.get("baseline"):
         return None
+    return compose(_baseline_overrides(overrides, cfg))
+
+
+def _baseline_overrides(overrides: list[str], cfg: DictConfig) -> list[str]:
     fixed = [o.input_line for o in _parse(overrides) if not o.is_sweep_override()]
-    return compose([*fixed, *str(cfg.report.baseline).split()])
+    return [*fixed, *str(cfg.report.baseline).split()]
 
 
 def _baseline(overrides: list[str], cfg: DictConfig) -> str | None:
@@ -187,10 +212,45 @@ def cmd_report(overrides: list[str]) -> None:
     if baseline and baseline not in {r.key for r in refs}:
         refs.insert(0, CellRef(baseline, {k: "baseline" for k in refs[0].labels}))
     hacking = cfg.report.get("reward_hacking")
-    paths = write_report(open_store(cfg), refs, out, title=f"Refinery report: {name}",
+    store = open_store(cfg)
+    for ref in refs:  # a report never goes on with fewer videos than a cell has
+        store.cell(ref.key).refuse_damage()
+    paths = write_report(store, refs, out, title=f"Refinery report: {name}",
                          metrics=list(cfg.report.metrics), figure=tuple(cfg.report.figure), baseline=baseline,
                          hacking=(hacking.reward, list(hacking.held_out)) if hacking else None)
     print(f"report written to {out.resolve()}/ ({', '.join(p.name for p in paths.values())})")
+
+
+def cmd_verify(overrides: list[str]) -> None:
+    """`verify [experiment=... | key=value ...]`: the cells of that sweep, or with no setting but
+    paths.*, every cell of the store; each damaged or missing file on a line with its cell."""
+    from harness.pipeline import open_store
+
+    sweep = [o for o in overrides if not o.lstrip("+~").startswith("paths.")]
+    store = open_store(compose(overrides))
+    cells = [store.cell(ref.key) for ref in _refs(overrides)[1]] if sweep else store.cells()
+    damaged = [n for n in (_print_damage(cell, listed=bool(sweep)) for cell in cells) if n]
+    print(f"{len(cells)} cells checked in {store.root.resolve()}: {sum(damaged)} damaged or missing files in "
+          f"{len(damaged)} cells")
+    if damaged:
+        raise UsageError(f"{sum(damaged)} files of {len(damaged)} cells are damaged or missing (listed above); "
+                         "run each cell's command shown there: it regenerates exactly those files")
+
+
+def _print_damage(cell: Cell, listed: bool) -> int:
+    """Print what is wrong with one cell for `verify`; returns its number of damaged files."""
+    damage, state = cell.damage(), cell.state()
+    for d in damage:
+        print(f"cell {cell.key}: {d.file} {d.problem}")
+    for fix in dict.fromkeys(cell.fix(d.file) for d in damage):
+        print(f"cell {cell.key}: to repair, {fix}")
+    if state == "interrupted":
+        status = cell.status()
+        print(f"cell {cell.key}: interrupted (its writer, {status['host']} pid {status['pid']}, is gone); "
+              f"resume it with `{cell.resume_command()}`")
+    elif state == "missing" and listed:
+        print(f"cell {cell.key}: missing (not run yet)")
+    return len(damage)
 
 
 def _options(command: str, overrides: list[str], known: list[str]) -> dict[str, str]:
@@ -338,7 +398,7 @@ def cmd_list(kind: str) -> None:
 
 
 COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "score": cmd_score, "report": cmd_report,
-            "train": cmd_train, "train-world": cmd_train_world, "train-reward": cmd_train_reward,
+            "verify": cmd_verify, "train": cmd_train, "train-world": cmd_train_world, "train-reward": cmd_train_reward,
             "train-probe": cmd_train_probe, "weights": cmd_weights,
             "vbench": cmd_vbench}
 
