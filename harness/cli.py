@@ -150,9 +150,9 @@ def cmd_sweep(overrides: list[str]) -> None:
     baseline = _baseline_cfg(overrides, points[0][1])
     if baseline is not None and resolve_run(baseline).key in keys:
         baseline = None  # the sweep runs it anyway
+    check_launcher(compose(points[0][0], with_hydra=True).hydra.launcher, Path(points[0][1].paths.store))
     for _, cfg in points:
         open_store(cfg)
-    check_launcher(compose(points[0][0], with_hydra=True).hydra.launcher, Path(points[0][1].paths.store))
     mark_sweep()
     sys.argv = [sys.argv[0], "--multirun", *overrides]
     hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base=None)(_run_cell)()

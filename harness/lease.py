@@ -179,9 +179,15 @@ def say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+def slurm_job() -> str | None:
+    """This process's SLURM job as scancel names it: ARRAY_TASK for an array task, else the job id."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID")
+
+
 def _owner() -> dict:
-    return {"host": socket.gethostname(), "pid": os.getpid(), "job": os.environ.get("SLURM_JOB_ID"),
-            "token": uuid.uuid4().hex, "since": time.time()}
+    return {"host": socket.gethostname(), "pid": os.getpid(), "job": slurm_job(), "token": uuid.uuid4().hex,
+            "since": time.time()}
 
 
 def _try_create(path: Path, owner: dict) -> bool:

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from harness.errors import UsageError
-from harness.lease import Lease, LockTimeout, lease, read_holder, say
+from harness.lease import Lease, LockTimeout, lease, read_holder, say, slurm_job
 
 __all__ = ["LockTimeout", "Store", "Cell", "Damage", "canonical_json", "cell_key", "atomic_write_bytes",
            "atomic_write_json", "atomic_save_npy", "read_json", "read_npy"]
@@ -225,7 +225,7 @@ class Cell:
         if state not in STATES:
             raise ValueError(f"state must be one of {STATES}, not {state!r}")
         atomic_write_json(self.path / "status.json", {
-            "state": state, "host": socket.gethostname(), "pid": os.getpid(), "job": os.environ.get("SLURM_JOB_ID"),
+            "state": state, "host": socket.gethostname(), "pid": os.getpid(), "job": slurm_job(),
             "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"), "error": error, "resume": resume,
         })
 
