@@ -27,6 +27,7 @@ import io
 import json
 import os
 import re
+import shlex
 import socket
 import uuid
 from contextlib import AbstractContextManager
@@ -245,8 +246,13 @@ class Cell:
         return status["state"]
 
     def resume_command(self) -> str | None:
-        """The command that finishes or repairs this cell, as its last writer recorded it."""
-        return (self._status_quietly() or {}).get("resume")
+        """The command that finishes or repairs this cell: its last writer's, pointed at the store the cell
+        is in now (stores get moved and copied)."""
+        resume = (self._status_quietly() or {}).get("resume")
+        if not resume:
+            return None
+        words = [w for w in shlex.split(resume) if not w.startswith("paths.store=")]
+        return shlex.join([*words, f"paths.store={self.path.parent.parent}"])
 
     # -- videos and records ---------------------------------------------------------------------
 

@@ -291,7 +291,7 @@ def test_a_running_cell_whose_holder_is_gone_is_interrupted(tmp_path):
     with cell.lock():
         cell.set_status("running", resume="refinery run seed=3")
         assert cell.state() == "running"
-    assert cell.state() == "interrupted" and cell.resume_command() == "refinery run seed=3"
+    assert cell.state() == "interrupted" and cell.resume_command() == f"refinery run seed=3 paths.store={tmp_path}"
     _foreign_lock(cell, heartbeat_age_s=0)
     assert cell.state() == "running"  # a live holder elsewhere
     _foreign_lock(cell, heartbeat_age_s=harness.lease.LEASE_S + 1)
