@@ -351,7 +351,7 @@ def test_damage_names_exactly_the_damaged_file(tmp_path, case):
     assert [(d.cell, d.file) for d in found] == [(cell.key, file)] and found[0].problem.startswith(problem)
     with pytest.raises(UsageError) as error:
         cell.refuse_damage()
-    fix = "rerun `refinery score`" if file.startswith("scores/") else "rerun `refinery run seed=0`"
+    fix = "rerun `refinery score`" if file.startswith("scores/") else f"rerun `refinery run seed=0 paths.store={tmp_path}`"
     if file == "status.json":
         fix = "rerun the `refinery run` or `sweep`"  # its recorded command is what was damaged
     assert str(error.value).startswith(f"{cell.path / file} {problem}") and fix in str(error.value)
