@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from harness.errors import UsageError, unknown_name
 
 if TYPE_CHECKING:
-    from harness.store import Cell
+    from harness.store import Cell, Damage
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "sweeps"
 GROUPS = ("model", "sampler", "method", "suite", "metric", "experiment")
@@ -28,7 +28,7 @@ commands:
   sweep        a Hydra multirun over cells          refinery sweep experiment=quickstart [hydra/launcher=joblib]
   score        (re)score stored videos              refinery score experiment=quickstart
   report       tables and a figure from the store   refinery report experiment=quickstart
-  verify       check every cell's files              refinery verify [experiment=quickstart | paths.store=runs]
+  verify       check every cell's files             refinery verify [experiment=quickstart | paths.store=runs]
   train        train a method's adapter             refinery train [train=reward|dmd] method=autorefiner [train.out=...]
   train-world  retrain the toy model from scratch   refinery train-world [steps=2500 out=path threads=2]
   train-reward retrain the world reward verifier    refinery train-reward [steps=1200 out=path]
@@ -229,16 +229,22 @@ def cmd_verify(overrides: list[str]) -> None:
     sweep = [o for o in overrides if not o.lstrip("+~").startswith("paths.")]
     store = open_store(compose(overrides))
     cells = [store.cell(ref.key) for ref in _refs(overrides)[1]] if sweep else store.cells()
-    damaged = [n for n in (_print_damage(cell, listed=bool(sweep)) for cell in cells) if n]
-    print(f"{len(cells)} cells checked in {store.root.resolve()}: {sum(damaged)} damaged or missing files in "
-          f"{len(damaged)} cells")
+    found = [_print_damage(cell, listed=bool(sweep)) for cell in cells]
+    damaged = [len(damage) for damage, _ in found if damage]
+    states = [state for _, state in found]
+    print(f"{_count(len(cells), 'cell')} checked in {store.root.resolve()}: {_count(sum(damaged), 'damaged file')}"
+          f", {states.count('interrupted')} interrupted, {states.count('missing')} not run")
     if damaged:
-        raise UsageError(f"{sum(damaged)} files of {len(damaged)} cells are damaged or missing (listed above); "
-                         "run each cell's command shown there: it regenerates exactly those files")
+        raise UsageError(f"{_count(sum(damaged), 'file')} of {_count(len(damaged), 'cell')} damaged or missing "
+                         "(listed above); run each cell's command shown there: it regenerates exactly those files")
 
 
-def _print_damage(cell: Cell, listed: bool) -> int:
-    """Print what is wrong with one cell for `verify`; returns its number of damaged files."""
+def _count(n: int, thing: str) -> str:
+    return f"{n} {thing}{'' if n == 1 else 's'}"
+
+
+def _print_damage(cell: Cell, listed: bool) -> tuple[list[Damage], str]:
+    """Print what is wrong with one cell for `verify`; returns its damage and state."""
     damage, state = cell.damage(), cell.state()
     for d in damage:
         print(f"cell {cell.key}: {d.file} {d.problem}")
@@ -250,7 +256,7 @@ def _print_damage(cell: Cell, listed: bool) -> int:
               f"resume it with `{cell.resume_command()}`")
     elif state == "missing" and listed:
         print(f"cell {cell.key}: missing (not run yet)")
-    return len(damage)
+    return damage, state
 
 
 def _options(command: str, overrides: list[str], known: list[str]) -> dict[str, str]:

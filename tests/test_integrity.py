@@ -84,7 +84,7 @@ def test_damage_is_listed_refused_and_repaired_to_the_original_bytes(reference, 
     before = files(store)
 
     verify = refinery("verify", f"paths.store={store}")
-    assert "7 files of 4 cells are damaged or missing" in one_line_error(verify)
+    assert "7 files of 4 cells damaged or missing" in one_line_error(verify)
     listed = re.findall(r"^cell (\w+): (\S+) (.+)$", verify.stdout, flags=re.M)
     damaged = {(cell, file): problem for cell, file, problem in listed if "/" in file or file.endswith(".json")}
     assert set(damaged) == {(cells[seed].name, file) for seed, file, *_ in DAMAGE}, verify.stdout
