@@ -224,10 +224,10 @@ def cmd_report(overrides: list[str]) -> None:
 def cmd_verify(overrides: list[str]) -> None:
     """`verify [experiment=... | key=value ...]`: the cells of that sweep, or with no setting but
     paths.*, every cell of the store; each damaged or missing file on a line with its cell."""
-    from harness.pipeline import open_store
+    from harness.store import Store
 
     sweep = [o for o in overrides if not o.lstrip("+~").startswith("paths.")]
-    store = open_store(compose(overrides))
+    store = Store(Path(compose(overrides).paths.store))  # checking a whole store needs no model (nor torch)
     cells = [store.cell(ref.key) for ref in _refs(overrides)[1]] if sweep else store.cells()
     found = [_print_damage(cell, listed=bool(sweep)) for cell in cells]
     damaged = [len(damage) for damage, _ in found if damage]

@@ -25,7 +25,7 @@ from harness.method import Method
 from harness.models.base import VideoModel
 from harness.registry import METHODS, METRICS, MODELS
 from harness.rollout import Sampler, rollout
-from harness.lease import Lease
+from harness.lease import Lease, LeaseLost
 from harness.store import Cell, Store, cell_key
 from harness.world.prompts import eval_prompts, resolve_prompts
 from metrics.base import VideoBatch, check_weights
@@ -145,6 +145,8 @@ def generate(run: Run, store: Store, progress: bool = True, resume: str | None =
             with cpu_threads(run.threads):
                 made = _generate_batches(run, cell, progress, lease)
             cell.write_manifest(len(run.items()))
+        except LeaseLost:
+            raise  # the cell is another process's now: this one writes nothing more
         except BaseException as exc:
             cell.set_status("failed", error=f"{type(exc).__name__}: {exc}", resume=resume)
             raise
