@@ -1,14 +1,17 @@
 """(a) The instrumented rollout against a bare loop calling the same model on the same inputs,
-(b) base frames per second of the toy model, and (c) the harness's own time: the instrumented rollout
-of a model with the toy's interface whose calls cost nothing.
+(b) base frames per second of the model, and (c) the harness's own time: the instrumented rollout
+of a model with the same interface whose calls cost nothing.
 
-    .venv/bin/python benchmarks/bench_rollout.py [--repeats 7]
+    .venv/bin/python benchmarks/bench_rollout.py [--repeats 7] [--model toy|wan_tiny] [--batches 1 48]
+
+For wan_tiny the bare loop calls the same diffusers modules (the Wan transformer through the causal
+processor, the Wan VAE) directly, without the harness's context, hooks, keyed noise or ledger.
 
 The bare loop is the minimal Self-Forcing loop with the noise drawn beforehand; the instrumented
 rollout draws its keyed noise itself, runs the method hooks and the ledger. Both must produce the
 same videos bit for bit (checked), so the ratio is pure harness overhead. Runs alternate and the
 ratio uses medians, because the machine is shared. (c) does not depend on that noise: what is left of
-a rollout when the model costs nothing is the harness's time (and the text encoder's, which is real).
+a rollout when the model costs nothing (its text encoding done beforehand) is the harness's time.
 """
 from __future__ import annotations
 
@@ -22,9 +25,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness.models.toy import load_toy  # noqa: E402
+from harness.cli import compose  # noqa: E402
 from harness.noise import NoiseSource  # noqa: E402
-from harness.rollout import Sampler, renoise, rollout  # noqa: E402
+from harness.pipeline import load_model, sampler_from  # noqa: E402
+from harness.rollout import renoise, rollout  # noqa: E402
 from harness.world.prompts import eval_prompts  # noqa: E402
 from methods.base import Base  # noqa: E402
 
@@ -49,16 +53,21 @@ def bare_rollout(model, prompts, initial, path, sigmas):
 
 
 class ZeroCostModel:
-    """The toy's interface (and its text encoder), with denoising, cache passes and decoding that cost nothing."""
+    """A model's interface whose calls cost nothing: denoising, cache passes and decoding do no work,
+    and the text encoding is done once beforehand (it is the model's cost, not the harness's)."""
 
-    def __init__(self, toy):
-        self.toy, self.spec = toy, toy.spec
+    def __init__(self, model):
+        self.model, self.spec, self.device = model, model.spec, model.device
+        self.encoded = {}
 
     def encode(self, prompts):
-        return self.toy.encode(prompts)
+        key = tuple(prompts)
+        if key not in self.encoded:
+            self.encoded[key] = self.model.encode(prompts)
+        return self.encoded[key]
 
-    def new_cache(self, batch):
-        return self.toy.new_cache(batch)
+    def new_cache(self, batch, start=0):
+        return self.model.new_cache(batch, start)
 
     def denoise(self, x, sigma, cond, cache):
         return x
@@ -70,23 +79,32 @@ class ZeroCostModel:
         return latents.new_zeros(*latents.shape[:2], 3, 1, 1)
 
 
-def harness_seconds(batch: int, repeats: int) -> float:
+def load(name: str):
+    cfg = compose([f"model={name}"])
+    return load_model(cfg), sampler_from(cfg)
+
+
+def prompts_for(batch: int) -> list[str]:
+    prompts = [p.text for p in eval_prompts()]
+    return (prompts * (batch // len(prompts) + 1))[:batch]
+
+
+def harness_seconds(name: str, batch: int, repeats: int) -> float:
     """Median wall time of a base rollout of ZeroCostModel."""
-    toy = load_toy()
-    prompts = ([p.text for p in eval_prompts()] * (batch // 42 + 1))[:batch]
+    model, sampler = load(name)
+    prompts = prompts_for(batch)
+    zero = ZeroCostModel(model)
     times = []
     for _ in range(repeats + 2):
         start = time.perf_counter()
-        rollout(ZeroCostModel(toy), Base(), prompts, list(range(batch)), Sampler())
+        rollout(zero, Base(), prompts, list(range(batch)), sampler)
         times.append(time.perf_counter() - start)
     return statistics.median(times[2:])  # the first calls pay one-off allocations
 
 
-def measure(batch: int, repeats: int) -> dict:
-    model = load_toy()
-    sampler = Sampler()
-    prompts = [p.text for p in eval_prompts()][:batch]
-    prompts = (prompts * (batch // len(prompts) + 1))[:batch]
+def measure(name: str, batch: int, repeats: int) -> dict:
+    model, sampler = load(name)
+    prompts = prompts_for(batch)
     seeds = list(range(batch))
     noise = NoiseSource(seeds, (model.spec.frames_per_chunk, *model.spec.latent_shape))
     initial = [noise.initial(c) for c in range(model.spec.num_chunks)]
@@ -109,11 +127,13 @@ def measure(batch: int, repeats: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--model", default="toy")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 48])
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    for batch in (1, 48):
-        r = measure(batch, args.repeats)
-        own = harness_seconds(batch, args.repeats)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, model {args.model}")
+    for batch in args.batches:
+        r = measure(args.model, batch, args.repeats)
+        own = harness_seconds(args.model, batch, args.repeats)
         print(f"batch {r['batch']:3d}: bare {r['bare_s']:.3f} s, instrumented {r['instrumented_s']:.3f} s, "
               f"ratio {r['ratio']:.3f}; {r['fps']:.0f} frames/s; {r['nfe_per_video']:.0f} NFE/video; "
               f"harness alone {own * 1e3:.1f} ms = {own / r['instrumented_s']:.1%} of the rollout")

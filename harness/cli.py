@@ -33,7 +33,8 @@ commands:
   train-world  retrain the toy model from scratch   refinery train-world [steps=2500 out=path threads=2]
   train-reward retrain the world reward verifier    refinery train-reward [steps=1200 out=path]
   train-probe  retrain the world probe (features)   refinery train-probe [steps=1500 out=path]
-  weights      check the weight files a run needs   refinery weights check method=bon metric=...
+  weights      check or convert weight files        refinery weights check model=self_forcing
+                                                    refinery weights convert model=self_forcing checkpoint=PATH
   vbench       VBench via its official package      refinery vbench export|evaluate|aggregate|ingest ...
   methods      list registered methods
   metrics      list registered metrics
@@ -309,12 +310,20 @@ def cmd_train_probe(overrides: list[str]) -> None:
 
 
 def cmd_weights(args: list[str]) -> None:
-    """`weights check [overrides]`: every weight file of the composed run; exit 2 while any is missing."""
+    """`weights check [overrides]`: every weight file of the composed run; exit 2 while any is missing.
+    `weights convert checkpoint=PATH [key=...] [out=...] model=...`: an upstream generator checkpoint
+    -> the model's diffusers-layout transformer folder."""
+    commands = {"check": _weights_check, "convert": _weights_convert}
+    if not args or args[0] not in commands:
+        raise UsageError("use `refinery weights check [key=value ...]` or "
+                         "`refinery weights convert model=self_forcing checkpoint=PATH [key=generator_ema] [out=DIR]`")
+    commands[args[0]](args[1:])
+
+
+def _weights_check(overrides: list[str]) -> None:
     from harness.weights import needed_files
 
-    if not args or args[0] != "check":
-        raise UsageError("use `refinery weights check [key=value ...]`")
-    files = needed_files(compose(args[1:]))
+    files = needed_files(compose(overrides))
     width = max(len(f.owner) for f in files)
     for f in files:
         print(f"{'ok     ' if f.present else 'MISSING'} {f.owner:{width}s} {f.path}  <- {f.origin}")
@@ -322,6 +331,29 @@ def cmd_weights(args: list[str]) -> None:
     if missing:
         raise UsageError(f"{len(missing)} of {len(files)} weight files are missing; place each at the path "
                          "listed (paths.weights is the folder for external files)")
+
+
+def _weights_convert(args: list[str]) -> None:
+    from harness.models.wan_causal.convert import convert
+    from harness.models.wan_causal.loader import folder_digest
+    from harness.weights import WeightFile
+
+    own = {"checkpoint", "key", "out"}
+    options = _options("weights convert", [a for a in args if a.partition("=")[0] in own], sorted(own))
+    cfg = compose([a for a in args if a.partition("=")[0] not in own])
+    if cfg.model.backend != "wan_causal" or cfg.model.get("build"):
+        raise UsageError(f"model {cfg.model.name!r} loads no converted checkpoint; convert for model=self_forcing "
+                         "or model=causvid")
+    if "checkpoint" not in options:
+        raise UsageError("weights convert needs checkpoint=PATH, the upstream .pt file (README, 'Real models')")
+    weights = Path(cfg.paths.weights)
+    out = Path(options.get("out") or weights / str(cfg.model.transformer))
+    summary = convert(Path(options["checkpoint"]), options.get("key", str(cfg.model.convert_key)),
+                      str(cfg.model.architecture), out)
+    digest = folder_digest(out, tuple(WeightFile(name, "") for name in ("config.json",
+                                                                        "diffusion_pytorch_model.safetensors")))
+    print(f"converted {summary['tensors']} tensors ({summary['parameters'] / 1e9:.3f} B parameters) of "
+          f"{options['checkpoint']} into {out}; content digest {digest}")
 
 
 def _positionals(args: list[str], usage: str, required: int, optional: int = 0) -> tuple[list[str], list[str]]:

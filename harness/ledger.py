@@ -76,11 +76,15 @@ class CountingModel:
     def spec(self) -> ModelSpec:
         return self.inner.spec
 
+    @property
+    def device(self) -> torch.device:
+        return self.inner.device
+
     def encode(self, prompts: list[str]) -> Cond:
         return self.inner.encode(prompts)
 
-    def new_cache(self, batch: int) -> KVCache:
-        return self.inner.new_cache(batch)
+    def new_cache(self, batch: int, start: int = 0) -> KVCache:
+        return self.inner.new_cache(batch, start)
 
     def denoise(self, x: torch.Tensor, sigma: float, cond: Cond, cache: KVCache) -> torch.Tensor:
         self.ledger.nfe += x.shape[0]
@@ -91,9 +95,17 @@ class CountingModel:
         self.inner.commit(x0, cond, cache)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        self.ledger.decodes += latents.shape[0] * latents.shape[1] // self.spec.frames_per_chunk
+        self._count_decode(latents)
         with self.ledger.clock("decode_seconds"):
             return with_autograd(self.inner, "decode")(latents)
+
+    def decode_next(self, latents: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        self._count_decode(latents)
+        with self.ledger.clock("decode_seconds"):
+            return with_autograd(self.inner, "decode_next")(latents, state)
+
+    def _count_decode(self, latents: torch.Tensor) -> None:
+        self.ledger.decodes += latents.shape[0] * latents.shape[1] // self.spec.frames_per_chunk
 
 
 def with_autograd(model: VideoModel, name: str) -> Callable[..., Any]:

@@ -19,10 +19,12 @@ def key_seed(*key: object) -> int:
 
 
 class NoiseSource:
-    def __init__(self, seeds: list[int], chunk_shape: tuple[int, ...]):
-        """seeds: one per video of the batch; chunk_shape: (F, C, H, W) of one latent chunk."""
+    def __init__(self, seeds: list[int], chunk_shape: tuple[int, ...], device: torch.device | str = "cpu"):
+        """seeds: one per video of the batch; chunk_shape: (F, C, H, W) of one latent chunk. Draws are
+        made on the CPU (the same numbers on every device) and moved to `device`."""
         self.seeds = list(seeds)
         self.chunk_shape = tuple(chunk_shape)
+        self.device = torch.device(device)
 
     def draw(self, stream: str, chunk: int, step: int, candidates: int = 1) -> torch.Tensor:
         """(B * candidates, *chunk_shape), the candidates of one video adjacent."""
@@ -32,7 +34,7 @@ class NoiseSource:
             for c in range(candidates):
                 gen.manual_seed(key_seed(seed, stream, chunk, step, c))
                 torch.randn(self.chunk_shape, generator=gen, out=out[b * candidates + c])
-        return out
+        return out.to(self.device)
 
     def initial(self, chunk: int, candidates: int = 1) -> torch.Tensor:
         return self.draw("initial", chunk, 0, candidates)

@@ -21,13 +21,13 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from harness.errors import UsageError
+from harness.lease import Lease, LeaseLost
 from harness.method import Method
 from harness.models.base import VideoModel
 from harness.registry import METHODS, METRICS, MODELS
 from harness.rollout import Sampler, rollout
-from harness.lease import Lease, LeaseLost
 from harness.store import Cell, Store, cell_key
-from harness.world.prompts import eval_prompts, resolve_prompts
+from harness.suites import read_suite
 from metrics.base import VideoBatch, check_weights
 
 REFINERY_VERSION = "0.1.0"
@@ -64,14 +64,24 @@ def _positive(name: str, value: int, minimum: int) -> int:
     return value
 
 
-def suite_prompts(suite: DictConfig) -> tuple[list[str], list[list[str]]]:
-    if suite.source == "world_eval":
-        rows = eval_prompts()
-        return [r.text for r in rows], [list(r.tags) for r in rows]
-    if suite.source == "list":
-        prompts = resolve_prompts(list(suite.prompts or []))
-        return prompts, [[] for _ in prompts]
-    raise UsageError(f"unknown suite.source {suite.source!r}; use 'world_eval' or 'list'")
+def load_model(cfg: DictConfig) -> VideoModel:
+    """The model the config names, through its backend's registry entry."""
+    return MODELS.get(cfg.model.backend).load(OmegaConf.to_container(cfg.model, resolve=True), Path(cfg.paths.weights))
+
+
+def sampler_from(cfg: DictConfig) -> Sampler:
+    """The sampler: the sampler group's settings, the model's own sampling defaults where they are
+    null (model.sampling: Self-Forcing's 4 warped steps with shift 5, CausVid's 1000/757/522 with
+    shift 8). Setting sampler.steps alone asks for evenly spaced timesteps, not the model's list."""
+    s, defaults = cfg.sampler, cfg.model.get("sampling") or {}
+    timesteps = s.get("timesteps")
+    if timesteps is None and s.steps is None:
+        timesteps = defaults.get("timesteps")
+    steps = s.steps if s.steps is not None else len(timesteps) if timesteps is not None else defaults.get("steps", 4)
+    shift = s.shift if s.shift is not None else defaults.get("shift", 1.0)
+    warp = s.get("warp") if s.get("warp") is not None else defaults.get("warp", True)
+    return Sampler(s.kind, _positive("sampler.steps", steps, 1), float(shift),
+                   tuple(float(t) for t in timesteps) if timesteps is not None else None, bool(warp))
 
 
 def resolve_run(cfg: DictConfig) -> Run:
@@ -83,23 +93,26 @@ def resolve_run(cfg: DictConfig) -> Run:
     check_metric_weights(cfg.metric, Path(cfg.paths.weights))
     params = cfg.method.get("params")
     method = METHODS.get(cfg.method.name)(**(OmegaConf.to_container(params) if params else {}))
-    prompts, tags = suite_prompts(cfg.suite)
-    model = MODELS.get(cfg.model.name).load(OmegaConf.to_container(cfg.model))
-    shift = cfg.sampler.shift if cfg.sampler.shift is not None else cfg.model.default_shift
-    sampler = Sampler(cfg.sampler.kind, _positive("sampler.steps", cfg.sampler.steps, 1), float(shift))
+    suite = read_suite(cfg.suite)
+    sampler = sampler_from(cfg)
+    for name in cfg.metric:
+        METRICS.get(name).check_prompts(suite.prompts)
+    model = load_model(cfg)
+    model.validate_prompts(suite.prompts)
     method.prepare(model.spec, sampler, Path(cfg.paths.weights))
     method.bind(model)  # refuses a checkpoint trained for other weights, before anything is written
     spec = {
         "refinery": REFINERY_VERSION,
-        "model": {"name": cfg.model.name, "digest": model.digest(), "num_chunks": model.spec.num_chunks},
+        "model": {"name": cfg.model.name, "digest": model.digest(), "num_chunks": model.spec.num_chunks,
+                  "device": str(model.device), "dtype": str(cfg.model.get("dtype", "float32"))},
         "sampler": asdict(sampler),
         "method": method.describe(),
-        "suite": {"name": cfg.suite.name, "version": cfg.suite.version, "prompts": prompts},
+        "suite": {"name": cfg.suite.name, "version": cfg.suite.version, "prompts": suite.prompts},
         "seeds": seeds,
         "batch_size": batch_size,
         "threads": threads,
     }
-    return Run(model, method, sampler, prompts, tags, seeds, batch_size, threads, spec)
+    return Run(model, method, sampler, suite.prompts, suite.tags, seeds, batch_size, threads, spec)
 
 
 def open_store(cfg: DictConfig) -> Store:
@@ -177,7 +190,7 @@ def _generate_batches(run: Run, cell: Cell, progress: bool, lease: Lease) -> Gen
         ledger = result.ledger.per_video(len(batch))
         ledger["host"] = socket.gethostname()
         lease.check()  # a holder whose lease lapsed must not overwrite its successor's files
-        for (index, prompt, tags, seed), video in zip(batch, to_uint8(result.videos)):
+        for (index, prompt, tags, seed), video in zip(batch, to_uint8(result.videos.cpu())):
             parts = unusable.get(index, set())
             record = {"index": index, "prompt": prompt, "tags": tags, "seed": seed, "ledger": ledger}
             if "video" in parts:

@@ -33,8 +33,9 @@ class Registry:
         return getattr(importlib.import_module(module), attr)
 
 
-MODELS = Registry("model", {
+MODELS = Registry("model backend", {  # model configs (sweeps/model/) name their backend
     "toy": "harness.models.loader:TOY",
+    "wan_causal": "harness.models.loader:WAN_CAUSAL",
 })
 METHODS = Registry("method", {
     "base": "methods.base:Base",
@@ -61,6 +62,12 @@ METRICS = Registry("metric", {
 VERIFIERS = Registry("verifier", {
     "world_reward": "harness.verifiers.world_reward:WorldReward",
     "clip_score": "harness.verifiers.clip_score:ClipScore",
+    "hpsv2": "harness.verifiers.hpsv2:HpsV2",
+    "internvideo2": "harness.verifiers.video_reward:InternVideo2",
+})
+SAMPLERS = Registry("sampler", {  # sampler.kind: the path-noise rule (harness.samplers)
+    "stochastic": "harness.samplers:STOCHASTIC",
+    "ode": "harness.samplers:ODE",
 })
 OBJECTIVES = Registry("objective", {  # what `refinery train` optimises (harness.train.objectives)
     "reward": "harness.train.objectives:RewardObjective",

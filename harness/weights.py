@@ -50,7 +50,8 @@ def needed_files(cfg: DictConfig) -> list[NeededFile]:
     from harness.registry import METRICS, MODELS, VERIFIERS
 
     weights_dir = Path(cfg.paths.weights)
-    owners = [(f"model {cfg.model.name}", MODELS.get(cfg.model.name).weight_files(OmegaConf.to_container(cfg.model)))]
+    owners = [(f"model {cfg.model.name}", MODELS.get(cfg.model.backend).weight_files(
+        OmegaConf.to_container(cfg.model, resolve=True), weights_dir))]
     params = cfg.method.get("params") or {}
     if params.get("verifier"):
         owners.append((f"verifier {params.verifier}", VERIFIERS.get(params.verifier).weights))

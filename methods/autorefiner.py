@@ -3,7 +3,7 @@ reflective KV cache.
 
 At every refined intermediate timestep t_j the sampler's fresh path noise ε (the noise that renoises
 the previous step's x0 to t_j, Eq. 4) is replaced by ε + Δε, Δε = T_φ(ε; x0_{t_(j+1)}, x^{<i}) (Eq. 9-10):
-T_φ is harness.train.adapters.NoiseRefiner, a LoRA copy of the base denoiser whose output layer starts
+T_φ is harness.train.adapters.NoiseRefiner, the base denoiser with LoRA deltas and an output layer that starts
 at zero (untrained: Δε = 0, the method is `base` bit for bit). Its reflective KV cache (Sec. 3.4)
 holds the clean past chunks (switch `history`) and the previous step's denoised output x0
 (switch `previous_output`), which shares the noise's frame positions; the noise enters at the level
@@ -101,17 +101,18 @@ class AutoRefiner(TrainedMethod):
 
     def begin(self, ctx: Context) -> None:
         super().begin(ctx)
-        self.refiner.begin(ctx.cache.batch, ctx.training)
+        ctx.state["refiner_cache"] = self.refiner.new_cache(ctx.cache.batch)
 
     def path_noise(self, x: torch.Tensor, x0: torch.Tensor, ctx: Context) -> torch.Tensor:
         eps = super().path_noise(x, x0, ctx)
         if ctx.step not in self.refined:
             return eps
         with torch.set_grad_enabled(ctx.training and ctx.step + 1 == ctx.exit_step):
-            delta = self.refiner(eps, ctx.sampler.sigmas[ctx.step + 1], ctx.cond, ctx.cache.frames, x0, ctx.ledger)
-        self.penalise(delta)
+            delta = self.refiner(eps, ctx.sampler.sigmas[ctx.step + 1], ctx.cond, ctx.state["refiner_cache"],
+                                 ctx.cache.frames, x0, ctx.ledger)
+        self.penalise(delta, ctx)
         return eps + delta
 
     def commit(self, x0: torch.Tensor, ctx: Context) -> None:
         super().commit(x0, ctx)
-        self.refiner.commit(x0, ctx.cond, ctx.ledger)
+        self.refiner.commit(x0, ctx.cond, ctx.state["refiner_cache"], ctx.ledger)

@@ -61,9 +61,9 @@ class BestOfN(Method):
         """Decode and verify every candidate's clean chunk; the rows of each video's best candidate.
         At the last step the winners' frames are kept, so the final video does not decode them again."""
         n = self.params.n
-        frames = ctx.model.decode(x0)
+        frames = ctx.decode_candidates(x0)
         scores = ctx.verify(self.verifier, frames, list(ctx.cond.repeat(n).prompts))
         keep = scores.view(-1, n).argmax(1).to(x0.device) + torch.arange(0, x0.shape[0], n, device=x0.device)
         if ctx.is_last_step:
-            ctx.decoded[ctx.chunk] = frames[keep]
+            ctx.keep_decoded(keep)
         return keep

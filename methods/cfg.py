@@ -102,8 +102,8 @@ class ClassifierFreeGuidance(Method):
 
     def begin(self, ctx: Context) -> None:
         batch = ctx.cache.batch
-        self.uncond = ctx.model.encode([""] * batch)
-        self.uncond_cache = ctx.model.new_cache(batch)
+        ctx.state["uncond"] = ctx.model.encode([""] * batch)
+        ctx.state["uncond_cache"] = ctx.model.new_cache(batch)
         super().begin(ctx)
 
     def denoise(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
@@ -114,7 +114,7 @@ class ClassifierFreeGuidance(Method):
         """Both branches' velocities; candidate rows (k per video) are expanded by the model, which
         repeats a cond and a cache of B rows to k * B rows, the unconditional ones like the conditional."""
         x0_c = ctx.model.denoise(x, ctx.sigma, ctx.cond, ctx.cache)
-        x0_u = ctx.model.denoise(x, ctx.sigma, self.uncond, self.uncond_cache)
+        x0_u = ctx.model.denoise(x, ctx.sigma, ctx.state["uncond"], ctx.state["uncond_cache"])
         return (x - x0_c) / ctx.sigma, (x - x0_u) / ctx.sigma
 
     def guide(self, v_c: torch.Tensor, v_u: torch.Tensor) -> torch.Tensor:
@@ -122,7 +122,7 @@ class ClassifierFreeGuidance(Method):
 
     def commit(self, x0: torch.Tensor, ctx: Context) -> None:
         super().commit(x0, ctx)
-        ctx.model.commit(x0, self.uncond, self.uncond_cache)
+        ctx.model.commit(x0, ctx.state["uncond"], ctx.state["uncond_cache"])
 
 
 class CfgZeroStar(ClassifierFreeGuidance):

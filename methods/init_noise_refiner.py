@@ -1,7 +1,7 @@
 """`init_noise_refiner`: a noise refiner of each chunk's initial noise only (the AutoRefiner paper's
 "+InitNoiseRefiner" baseline, after HyperNoise, Eyring et al. 2025): ε' = ε + T_φ(ε), once per chunk.
 
-T_φ is harness.train.adapters.NoiseRefiner: a LoRA copy of the base denoiser whose output layer starts
+T_φ is harness.train.adapters.NoiseRefiner: the base denoiser with LoRA deltas and an output layer that starts
 at zero, so the untrained refiner returns Δε = 0 and the method is `base` bit for bit. It sees the
 initial noise at the first noise level, the prompt and (switch `history`) the clean past chunks
 through its own KV cache, as a LoRA of an AR model does; there is no previous denoised output at the
@@ -55,14 +55,15 @@ class InitNoiseRefiner(TrainedMethod):
 
     def begin(self, ctx: Context) -> None:
         super().begin(ctx)
-        self.refiner.begin(ctx.cache.batch, ctx.training)
+        ctx.state["refiner_cache"] = self.refiner.new_cache(ctx.cache.batch)
 
     def initial_noise(self, ctx: Context) -> torch.Tensor:
         eps = super().initial_noise(ctx)
-        delta = self.refiner(eps, ctx.sampler.sigmas[0], ctx.cond, ctx.cache.frames, None, ctx.ledger)
-        self.penalise(delta)
+        delta = self.refiner(eps, ctx.sampler.sigmas[0], ctx.cond, ctx.state["refiner_cache"], ctx.cache.frames,
+                             None, ctx.ledger)
+        self.penalise(delta, ctx)
         return eps + delta
 
     def commit(self, x0: torch.Tensor, ctx: Context) -> None:
         super().commit(x0, ctx)
-        self.refiner.commit(x0, ctx.cond, ctx.ledger)
+        self.refiner.commit(x0, ctx.cond, ctx.state["refiner_cache"], ctx.ledger)

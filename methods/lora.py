@@ -1,10 +1,11 @@
 """`lora`: LoRA fine-tuning of the base denoiser, trained directly on the objective (the AutoRefiner
 paper's "+LoRA" baseline, Tables 1, 2 and 7).
 
-The method trains a copy of the base model whose denoiser carries peft LoRA adapters on every
-linear layer (harness.train.adapters) and samples with that copy's adapters merged into its weights,
-so every denoising step and every cache pass runs the adapted weights at base's cost, and the ledger
-counts them as the base method's: ΔNFE 0. Untrained (B = 0) it is `base`, bit for bit.
+The method samples with the base model's trainable module carrying peft LoRA adapters on the
+backend's adapter targets (every linear layer of the toy's denoiser; every linear layer of Wan's
+transformer blocks, as LongLive adapts Self-Forcing), as deltas on the shared base weights
+(harness.train.adapters): every denoising step and every cache pass runs the adapted weights, and
+the ledger counts them as the base method's: ΔNFE 0. Untrained (B = 0) it is `base`, bit for bit.
 
 Training (harness.train.trainer), as Self-Forcing trains its generator: roll out without gradient and
 stop every chunk at one randomly chosen step (the same for all chunks of a rollout), whose denoising
@@ -15,14 +16,13 @@ Parameters: checkpoint (a shipped tag such as `reward`, a path, or null: untrain
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
 
 from harness.models.base import VideoModel
 from harness.rollout import Context
-from harness.train.adapters import MergedCopy, TrainedMethod, add_lora, check_rank, denoiser_of
+from harness.train.adapters import TrainedMethod, adapted_copy, check_rank, trainable_backend
 
 
 @dataclass(frozen=True)
@@ -41,16 +41,8 @@ class Lora(TrainedMethod):
     Params = LoraParams
 
     def build(self, model: VideoModel) -> VideoModel:
-        denoiser_of(model)
-        adapted = copy.deepcopy(model).requires_grad_(False)
-        self.adapted = add_lora(adapted.denoiser, self.arch["rank"], self.arch["alpha"])
-        self.merged = MergedCopy(adapted)
-        return adapted
-
-    def bind(self, model: VideoModel, training: bool = False) -> VideoModel:
-        adapted = super().bind(model, training)
-        # merged weights sample at base's cost (peft's unmerged adapters cost ~30% more per call)
-        return adapted if training else self.merged.get()
+        self.adapted = adapted_copy(model, self.arch["rank"], self.arch["alpha"])
+        return trainable_backend(model).with_trainable(self.adapted)
 
     def denoise(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
         with torch.set_grad_enabled(ctx.training and ctx.is_last_step):

@@ -130,9 +130,9 @@ class PredictAndPerturb(Method):
 
     def denoise(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
         x0 = super().denoise(x, ctx)
-        self.latent = x
+        ctx.state["latent"] = x
         if self.extra[ctx.step]:
-            x0, self.latent = self.refine(x, x0, self.extra[ctx.step], ctx)
+            x0, ctx.state["latent"] = self.refine(x, x0, self.extra[ctx.step], ctx)
         return x0
 
     def refine(self, x: torch.Tensor, x0: torch.Tensor, iterations: int,
@@ -158,4 +158,4 @@ class PredictAndPerturb(Method):
 
     def path_noise(self, x: torch.Tensor, x0: torch.Tensor, ctx: Context) -> torch.Tensor:
         # The step goes on from the last (blended) perturbed latent, not the loop's x.
-        return super().path_noise(self.latent, x0, ctx)
+        return super().path_noise(ctx.state["latent"], x0, ctx)

@@ -41,6 +41,10 @@ class Metric:
         self.reset()
 
     @classmethod
+    def check_prompts(cls, prompts: list[str]) -> None:
+        """Refuse, with a one-line UsageError before any compute, prompts this metric cannot score."""
+
+    @classmethod
     def required_weights(cls, options: dict[str, Any]) -> tuple[WeightFile, ...]:
         """The weight files an instance with these options loads; a metric whose options pick a
         backbone narrows `weights` to that backbone's files. Checked before any compute."""

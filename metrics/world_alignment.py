@@ -11,6 +11,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from harness.errors import UsageError
 from harness.world.grammar import parse
 from harness.world.oracle import judge, read_video
 from metrics.base import Metric, VideoBatch
@@ -25,6 +26,20 @@ class WorldAlignment(Metric):
     description = "oracle-read colour / shape / count / motion / object agreement with the prompt (0 or 1 per video)"
     needs = ("prompt",)
 
+    @classmethod
+    def check_prompts(cls, prompts: list[str]) -> None:
+        check_world_prompts(cls.name, prompts)
+
     def score(self, batch: VideoBatch) -> dict[str, np.ndarray]:
         verdicts = [judge(parse(r["prompt"]), read_video(v)) for v, r in zip(batch.videos, batch.records)]
         return {k: np.array([v[k] for v in verdicts]) for k in DIMENSIONS}
+
+
+def check_world_prompts(metric: str, prompts: list[str]) -> None:
+    """The shapes world's metrics read prompts in its grammar; refuse others before any compute."""
+    for prompt in prompts:
+        try:
+            parse(prompt)
+        except UsageError:
+            raise UsageError(f"metric {metric!r} scores shapes-world prompts only, and {prompt!r} is not one; "
+                             f"score this suite without it (`~metric.{metric}`, or metric=real)") from None

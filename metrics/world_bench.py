@@ -53,6 +53,7 @@ from harness.world.oracle import Detection, Reading, judge, read_video
 from harness.world.render import GRAVITY
 from metrics.base import Metric, VideoBatch
 from metrics.temporal_flicker import flicker_score
+from metrics.world_alignment import check_world_prompts
 
 MERGED_AREA = 1.4  # a detection this many times an object's median area is a merge (the oracle's rule)
 PATCH_RADIUS = 6  # px: a 13x13 patch holds the largest object (radius 4.6, a triangle's apex 1.17 r up)
@@ -396,6 +397,10 @@ class WorldBench(Metric):
         "total as VBench aggregates (Min/Max normalisation, Quality:Semantic = 4:1)"
     )
     needs: ClassVar[tuple[str, ...]] = ("prompt",)
+
+    @classmethod
+    def check_prompts(cls, prompts: list[str]) -> None:
+        check_world_prompts(cls.name, prompts)
 
     def __init__(self, weights_dir: str | Path = "weights", **options: Any):
         if options:

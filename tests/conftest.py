@@ -35,6 +35,15 @@ def toy():
     return load_toy()
 
 
+@pytest.fixture(scope="session")
+def wan_tiny():
+    """The wan_causal backend at its tiny random-weight size (sweeps/model/wan_tiny.yaml)."""
+    from harness.cli import compose
+    from harness.pipeline import load_model
+
+    return load_model(compose(["model=wan_tiny"]))
+
+
 def prepared_rollout(model, method, prompts, seeds, sampler, ledger=None):
     """A rollout of a method prepared as the pipeline prepares it (resolve_run) before any compute."""
     from harness.rollout import rollout

@@ -1,6 +1,6 @@
 """The AutoRefiner paper's Table 2 compute columns, reproduced by the ledger through the whole path
 (rollout -> store -> compute metric -> report), with the Self-Forcing schedule: 7 chunks of 3 latent
-frames, 4 stochastic steps, 5 candidates."""
+frames, 4 stochastic steps, 5 candidates; on the toy and on the tiny wan_causal backend."""
 from pathlib import Path
 
 import pandas as pd
@@ -18,12 +18,12 @@ TABLE_2 = {  # method: (ΔNFE per video, #Verify per chunk, ΔVAE per chunk)
 }
 
 
-@pytest.fixture(scope="module")
-def summary(tmp_path_factory):
+@pytest.fixture(scope="module", params=["toy", "wan_tiny"])
+def summary(tmp_path_factory, request):
     tmp = tmp_path_factory.mktemp("table2")
     refs = []
     for method in ["base", *TABLE_2]:
-        cfg = compose([*SELF_FORCING, f"method={method}", f"paths.store={tmp / 'store'}"])
+        cfg = compose([*SELF_FORCING, f"model={request.param}", f"method={method}", f"paths.store={tmp / 'store'}"])
         run = resolve_run(cfg)
         store = open_store(cfg)
         generate(run, store, progress=False)

@@ -116,8 +116,8 @@ class Steps(PredictAndPerturb):
         self.inputs[ctx.chunk, ctx.step] = x
         x0 = super().denoise(x, ctx)
         if self.extra[ctx.step] and not ctx.is_last_step:
-            v = (self.latent - x0) / ctx.sigma
-            self.euler[ctx.chunk, ctx.step + 1] = self.latent + (ctx.sampler.sigmas[ctx.step + 1] - ctx.sigma) * v
+            v = (ctx.state["latent"] - x0) / ctx.sigma
+            self.euler[ctx.chunk, ctx.step + 1] = ctx.state["latent"] + (ctx.sampler.sigmas[ctx.step + 1] - ctx.sigma) * v
         return x0
 
 

@@ -62,15 +62,31 @@ def winners(frames: torch.Tensor, scores: torch.Tensor, n: int) -> tuple[torch.T
     return best, frames.view(-1, n, *frames.shape[1:])[torch.arange(len(best)), best]
 
 
-def chunk_of(model, tensor: torch.Tensor, chunk: int, decoded: bool) -> torch.Tensor:
-    """One chunk's frames of a video batch (decoded) or of its latents."""
-    per = model.spec.frames_per_chunk * (model.spec.frames_per_latent if decoded else 1)
-    return tensor[:, chunk * per: (chunk + 1) * per]
+def latents_of(model, latents: torch.Tensor, chunk: int) -> torch.Tensor:
+    per = model.spec.frames_per_chunk
+    return latents[:, chunk * per: (chunk + 1) * per]
 
 
-@pytest.fixture(scope="module")
-def model(toy):
-    return toy.with_chunks(2)
+def decoded_after(model, history: torch.Tensor | None, x0: torch.Tensor) -> torch.Tensor:
+    """The frames of chunk x0 decoded after the latents `history` (a causal VAE, such as Wan's,
+    decodes a chunk from the state of the chunks before it; the toy's frames do not depend on it)."""
+    if history is None or not history.shape[1]:
+        return model.decode(x0)
+    whole = model.decode(torch.cat([history.repeat_interleave(x0.shape[0] // history.shape[0], 0), x0], 1))
+    return whole[:, model.decode(history).shape[1]:]
+
+
+def frames_of(model, result, chunk: int) -> torch.Tensor:
+    """One chunk's frames of the result's videos."""
+    per = model.spec.frames_per_chunk
+    start = model.decode(result.latents[:, : chunk * per]).shape[1] if chunk else 0
+    stop = model.decode(result.latents[:, : (chunk + 1) * per]).shape[1]
+    return result.videos[:, start:stop]
+
+
+@pytest.fixture(scope="module", params=["toy", "wan_tiny"])
+def model(request, toy, wan_tiny):
+    return (toy if request.param == "toy" else wan_tiny).with_chunks(2)
 
 
 def test_bon_commits_the_best_scored_candidate_of_every_chunk(model):
@@ -86,13 +102,14 @@ def test_bon_commits_the_best_scored_candidate_of_every_chunk(model):
         best, frames_of_best = winners(frames, scores, N)
         chosen += best.tolist()
         # the video reuses the winners' frames, and they are the decoded committed latents
-        assert torch.equal(chunk_of(model, result.videos, chunk, decoded=True), frames_of_best)
-        latents = chunk_of(model, result.latents, chunk, decoded=False)
-        assert torch.allclose(model.decode(latents), frames_of_best, atol=1e-5)
+        assert torch.equal(frames_of(model, result, chunk), frames_of_best)
+        history = result.latents[:, : chunk * model.spec.frames_per_chunk]
+        latents = latents_of(model, result.latents, chunk)
+        assert torch.allclose(decoded_after(model, history, latents), frames_of_best, atol=1e-5)
     assert any(chosen), "every winner was candidate 0; the test would not see a wrong selection"
     # the cache holds the committed winner of chunk 0 and nothing else
     cache = model.new_cache(len(PROMPTS))
-    model.commit(chunk_of(model, result.latents, 0, decoded=False), model.encode(PROMPTS), cache)
+    model.commit(latents_of(model, result.latents, 0), model.encode(PROMPTS), cache)
     for (k, v), (k_ref, v_ref) in zip(contexts[0].cache.layers, cache.layers, strict=True):
         assert torch.equal(k, k_ref) and torch.equal(v, v_ref)
 
@@ -108,9 +125,10 @@ def test_sop_keeps_the_argmax_after_every_step(model):
         chunk, step = divmod(i, sampler.steps)
         _, frames_of_best = winners(frames, scores, N)
         if step < sampler.steps - 1:
-            assert torch.allclose(model.decode(next(kept)), frames_of_best, atol=1e-5)
+            history = result.latents[:, : chunk * model.spec.frames_per_chunk]
+            assert torch.allclose(decoded_after(model, history, next(kept)), frames_of_best, atol=1e-5)
         else:
-            assert torch.equal(chunk_of(model, result.videos, chunk, decoded=True), frames_of_best)
+            assert torch.equal(frames_of(model, result, chunk), frames_of_best)
     # the candidates of step 1 branch from one kept prediction with different path noises
     branches = verifier.calls[1][0]
     assert not torch.equal(branches[0], branches[1])
@@ -133,8 +151,9 @@ def per_video(model, method) -> dict[str, float]:
     return ledger.per_video(len(PROMPTS))
 
 
-def test_ledger_counts_autorefiner_table_2_columns(toy):
-    model = toy.with_chunks(7)  # Self-Forcing's shape: 7 chunks, 4 stochastic steps
+@pytest.mark.parametrize("backend", ["toy", "wan_tiny"])
+def test_ledger_counts_autorefiner_table_2_columns(request, backend):
+    model = request.getfixturevalue(backend).with_chunks(7)  # Self-Forcing's shape: 7 chunks, 4 stochastic steps
     base = per_video(model, Base())
     bon = per_video(model, prepared(BestOfN, model, n=5))
     sop = per_video(model, prepared(SearchOverPath, model, n=5))

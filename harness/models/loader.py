@@ -1,37 +1,67 @@
-"""Model backends as the registry sees them: how to build one from its config, which files it reads."""
+"""Model backends as the registry sees them: how to build one from its config, which files it reads.
+
+A model config (sweeps/model/*.yaml) names its backend (`backend: toy | wan_causal`); the registry
+maps backend names to these entries. Loaded models are kept per (config, weights folder), so the
+cells of a sweep in one process share one copy.
+"""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, Callable
 
 from harness.models.base import VideoModel
-from harness.models.toy import SHIPPED_WEIGHTS, ToyVideoModel, load_toy
 from harness.weights import WeightFile
 
 
 @dataclass(frozen=True)
 class Backend:
-    load: Callable[[dict[str, Any]], VideoModel]
-    weight_files: Callable[[dict[str, Any]], tuple[WeightFile, ...]]
+    load: Callable[[dict[str, Any], Path], VideoModel]
+    weight_files: Callable[[dict[str, Any], Path], tuple[WeightFile, ...]]
 
 
-@lru_cache(maxsize=4)
-def _cached_toy(checkpoint: str | None) -> ToyVideoModel:
-    return load_toy(checkpoint)
+def _cached(build: Callable[[dict[str, Any], Path], VideoModel]) -> Callable[[dict[str, Any], Path], VideoModel]:
+    """Keep up to two loaded models per backend (a sweep's cells, a DMD teacher beside its student)."""
+    @lru_cache(maxsize=2)
+    def by_key(key: str, weights_dir: str) -> VideoModel:
+        return build(json.loads(key), Path(weights_dir))
+
+    def load(cfg: dict[str, Any], weights_dir: Path) -> VideoModel:
+        shared = {k: v for k, v in cfg.items() if k != "num_chunks"}  # views of one model differ only in length
+        model = by_key(json.dumps(shared, sort_keys=True), str(weights_dir))
+        return model.with_chunks(int(cfg["num_chunks"])) if "num_chunks" in cfg else model
+    return load
 
 
-def load_toy_model(cfg: dict[str, Any]) -> ToyVideoModel:
-    """The toy backend at cfg['checkpoint'] (None: the shipped weights), for cfg['num_chunks']."""
-    model = _cached_toy(cfg.get("checkpoint"))
-    return model.with_chunks(int(cfg.get("num_chunks", model.cfg.num_chunks)))
+def load_toy_model(cfg: dict[str, Any], weights_dir: Path) -> VideoModel:
+    """The toy backend at cfg['checkpoint'] (None: the shipped weights)."""
+    from harness.models.toy import load_toy
+
+    return load_toy(cfg.get("checkpoint"))
 
 
-def toy_weight_files(cfg: dict[str, Any]) -> tuple[WeightFile, ...]:
+def toy_weight_files(cfg: dict[str, Any], weights_dir: Path) -> tuple[WeightFile, ...]:
+    from harness.models.toy import SHIPPED_WEIGHTS
+
     checkpoint = cfg.get("checkpoint")
     origin = "your `refinery train-world out=...` run" if checkpoint else \
         "ships with the package; rebuild it with `refinery train-world`"
     return (WeightFile(str(checkpoint or SHIPPED_WEIGHTS), origin),)
 
 
-TOY = Backend(load_toy_model, toy_weight_files)
+def load_wan_model(cfg: dict[str, Any], weights_dir: Path) -> VideoModel:
+    from harness.models.wan_causal.loader import load_wan_causal
+
+    return load_wan_causal(cfg, weights_dir)
+
+
+def wan_weight_files(cfg: dict[str, Any], weights_dir: Path) -> tuple[WeightFile, ...]:
+    from harness.models.wan_causal.loader import component_files
+
+    return component_files(cfg, weights_dir)
+
+
+TOY = Backend(_cached(load_toy_model), toy_weight_files)
+WAN_CAUSAL = Backend(_cached(load_wan_model), wan_weight_files)

@@ -163,8 +163,9 @@ class Block(nn.Module):
         b, n, _ = t.shape
         return t.view(b, n, self.heads, -1).transpose(1, 2)
 
-    def forward(self, h, temb, tokens_per_frame, text, text_mask, context=None, attn_mask=None):
-        """h (B, N, D); temb (B, F, D) per-frame time features; context: cached (k, v) or None.
+    def forward(self, h, temb, tokens_per_frame, text, text_mask, context=None, attn_mask=None, repeat=1):
+        """h (B, N, D); temb (B, F, D) per-frame time features; context: cached (k, v) or None, each
+        of its rows serving `repeat` consecutive rows of h (candidates share their video's history).
 
         Returns the new h and this chunk's (k, v) so that commit can store them.
         """
@@ -172,7 +173,11 @@ class Block(nn.Module):
         shift1, scale1, gate1, shift2, scale2, gate2 = modulation.chunk(6, dim=-1)
         q, k, v = self.qkv(self.norm1(h) * (1 + scale1) + shift1).chunk(3, dim=-1)
         q, k, v = self._split(q), self._split(k), self._split(v)
-        keys, values = (k, v) if context is None else (torch.cat([context[0], k], 2), torch.cat([context[1], v], 2))
+        if context is None:
+            keys, values = k, v
+        else:
+            keys = torch.cat([context[0].repeat_interleave(repeat, 0) if repeat > 1 else context[0], k], 2)
+            values = torch.cat([context[1].repeat_interleave(repeat, 0) if repeat > 1 else context[1], v], 2)
         a = F.scaled_dot_product_attention(q, keys, values, attn_mask=attn_mask)
         h = h + gate1 * self.proj(a.transpose(1, 2).flatten(2))
         ck, cv = self.cross_kv(text).chunk(2, dim=-1)
@@ -215,11 +220,11 @@ class CausalDenoiser(nn.Module):
         t = t.view(t.shape[0], frames, g, g, cfg.latent_channels, p, p).permute(0, 1, 4, 2, 5, 3, 6)
         return t.reshape(t.shape[0], frames, cfg.latent_channels, cfg.latent_size, cfg.latent_size)
 
-    def forward(self, x, sigma, text, text_mask, start_frame=0, contexts=None, attn_mask=None):
+    def forward(self, x, sigma, text, text_mask, start_frame=0, contexts=None, attn_mask=None, repeat=1):
         """Velocity for latents x (B, F, C, h, w) at per-frame noise levels sigma (B, F).
 
-        contexts: per-layer cached (k, v) of the frames before `start_frame`, or None.
-        Returns (velocity, per-layer (k, v) of these frames).
+        contexts: per-layer (k, v) to attend to besides x (the cached frames before `start_frame`),
+        each row serving `repeat` rows of x; or None. Returns (velocity, per-layer (k, v) of x).
         """
         b, f = x.shape[:2]
         n = self.cfg.tokens_per_frame
@@ -230,7 +235,7 @@ class CausalDenoiser(nn.Module):
         temb = self.time_mlp(sigma_embedding(sigma, self.cfg.dim)) + pooled[:, None]  # (B, F, D)
         kvs = []
         for i, block in enumerate(self.blocks):
-            h, kv = block(h, temb, n, text, text_mask, None if contexts is None else contexts[i], attn_mask)
+            h, kv = block(h, temb, n, text, text_mask, None if contexts is None else contexts[i], attn_mask, repeat)
             kvs.append(kv)
         shift, scale = self.out_modulation(temb).repeat_interleave(n, 1).chunk(2, dim=-1)
         out = self.patch_out(self.norm_out(h) * (1 + scale) + shift)
@@ -280,20 +285,22 @@ class ToyVideoModel(nn.Module):
         return view
 
     # -- contract ------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.denoiser.patch_out.weight.device
+
+    def validate_prompts(self, prompts: list[str]) -> None:
+        for prompt in prompts:
+            if prompt:
+                parse(prompt)  # a word outside the world's vocabulary or grammar is named
+
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> Cond:
         ids, mask = tokenize(prompts)
         return Cond(self.text(ids, mask), mask, tuple(prompts))
 
-    def new_cache(self, batch: int) -> KVCache:
-        return KVCache(batch=batch)
-
-    def _expanded_context(self, cache: KVCache, k: int):
-        if cache.frames == 0:
-            return None
-        if k == 1:
-            return cache.layers
-        return [(a.repeat_interleave(k, 0), b.repeat_interleave(k, 0)) for a, b in cache.layers]
+    def new_cache(self, batch: int, start: int = 0) -> KVCache:
+        return KVCache(batch=batch, frames=start)
 
     def _check_batch(self, x: torch.Tensor, cache: KVCache) -> int:
         if x.shape[0] % cache.batch:
@@ -304,8 +311,8 @@ class ToyVideoModel(nn.Module):
         """The raw velocity prediction for a chunk; differentiable (training uses it)."""
         k = self._check_batch(x, cache)
         cond = cond.repeat(x.shape[0] // cond.tokens.shape[0])
-        sig = torch.as_tensor(sigma, dtype=torch.float32).reshape(-1, 1).expand(x.shape[0], x.shape[1])
-        v, _ = self.denoiser(x, sig, cond.tokens, cond.mask, cache.frames, self._expanded_context(cache, k))
+        sig = torch.as_tensor(float(sigma), dtype=torch.float32).reshape(-1, 1).expand(x.shape[0], x.shape[1])
+        v, _ = self.denoiser(x, sig, cond.tokens, cond.mask, cache.frames, cache.layers or None, repeat=k)
         return v
 
     @torch.no_grad()
@@ -316,7 +323,7 @@ class ToyVideoModel(nn.Module):
     def commit(self, x0: torch.Tensor, cond: Cond, cache: KVCache) -> None:
         self._check_batch(x0, cache)
         sig = torch.zeros(x0.shape[0], x0.shape[1])
-        _, kvs = self.denoiser(x0, sig, cond.tokens, cond.mask, cache.frames, self._expanded_context(cache, 1))
+        _, kvs = self.denoiser(x0, sig, cond.tokens, cond.mask, cache.frames, cache.layers or None)
         if cache.frames:
             kvs = [(torch.cat([a, k], 2), torch.cat([b, v], 2)) for (a, b), (k, v) in zip(cache.layers, kvs)]
         keep = self.cfg.context_chunks * self.cfg.frames_per_chunk * self.cfg.tokens_per_frame
@@ -327,6 +334,11 @@ class ToyVideoModel(nn.Module):
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         b, f = latents.shape[:2]
         return self.vae.decode(latents.flatten(0, 1)).view(b, f, 3, self.cfg.frame_size, self.cfg.frame_size)
+
+    @torch.no_grad()
+    def decode_next(self, latents: torch.Tensor, state: None) -> tuple[torch.Tensor, None]:
+        """The autoencoder decodes frame by frame: a chunk needs no state of the chunks before it."""
+        return self.decode(latents), None
 
     @torch.no_grad()
     def encode_video(self, video: torch.Tensor) -> torch.Tensor:
@@ -355,6 +367,54 @@ class ToyVideoModel(nn.Module):
     def describe(self) -> dict[str, Any]:
         return {"backend": "toy", "config": asdict(self.cfg), "num_chunks": self.num_chunks, "source": self.source,
                 "parameters": sum(p.numel() for p in self.parameters())}
+
+
+    # -- training (harness.models.base.TrainableBackend) -------------------------------------------
+    @property
+    def trainable(self) -> nn.Module:
+        return self.denoiser
+
+    output_head = "patch_out"
+
+    def lora_targets(self, module: nn.Module) -> list[str]:
+        """Every linear layer of the denoiser."""
+        return [name for name, m in module.named_modules() if isinstance(m, nn.Linear)]
+
+    def with_trainable(self, module: nn.Module) -> "ToyVideoModel":
+        view = copy.copy(self)
+        view._modules = dict(self._modules, denoiser=module)
+        return view
+
+    def chunk_forward(self, x: torch.Tensor, timesteps: torch.Tensor, cond: Cond, cache: KVCache,
+                      extra: list[tuple[torch.Tensor, torch.Tensor]] | None = None):
+        k = self._check_batch(x, cache)
+        cond = cond.repeat(x.shape[0] // cond.tokens.shape[0])
+        context, repeat = cache.layers or None, k
+        if extra is not None:  # per-row tokens: the history joins them per row
+            context = extra if context is None else [
+                (torch.cat([a.repeat_interleave(k, 0), ea], 2), torch.cat([b.repeat_interleave(k, 0), eb], 2))
+                for (a, b), (ea, eb) in zip(context, extra)]
+            repeat = 1
+        return self.denoiser(x, (timesteps / 1000.0).float(), cond.tokens, cond.mask, cache.frames, context,
+                             repeat=repeat)
+
+    def dmd_scores(self, weights_dir: Path) -> tuple["ToyClipScore", "ToyClipScore"]:
+        """The toy's own denoiser as the real score, over whole clips (block-causal, as diffusion
+        forcing trained it); the fake score starts as a copy of it."""
+        return ToyClipScore(self.denoiser, self.cfg), ToyClipScore(copy.deepcopy(self.denoiser), self.cfg)
+
+
+class ToyClipScore:
+    """A toy denoiser scoring whole clips at one noise level per video (harness.models.base.ScoreNet)."""
+
+    def __init__(self, module: nn.Module, cfg: ToyConfig):
+        self.module, self.cfg = module, cfg
+
+    def velocity(self, x_t: torch.Tensor, sigma: torch.Tensor, cond: Cond) -> torch.Tensor:
+        frames = x_t.shape[1]
+        v, _ = self.module(x_t, sigma[:, None].expand(-1, frames).float(), cond.tokens, cond.mask, 0, None,
+                           block_causal_mask(frames, self.cfg))
+        return v
 
 
 # ----------------------------------------------------------------------------------------------

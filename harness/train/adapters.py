@@ -1,29 +1,36 @@
-"""LoRA adapters on a backend's denoiser, the noise-refiner network built from them, and the base
-class of methods whose weights are trained.
+"""LoRA adapters on a backend's trainable module, the noise-refiner network built from them, and the
+base class of methods whose weights are trained.
 
-A trainable backend exposes `denoiser`, the torch module whose nn.Linear layers take LoRA, with the
-toy's call signature denoiser(x, sigma (B, F), text tokens, text mask, start frame, per-layer (k, v)
-context) -> (output, per-layer (k, v) of x). LoRA is peft's, on every linear layer, with peft's init
-(A random from a fixed seed, B zero): an untrained adapter adds exactly 0.0, so the adapted model is
-the base model bit for bit.
+Everything here goes through the trainable-backend protocol (harness.models.base.TrainableBackend):
+the module that takes LoRA (`trainable`), its adapter targets (`lora_targets`), its output head
+(`output_head`), a view of the model running another module (`with_trainable`), and the chunk
+forward with explicit noise levels and extra keys and values (`chunk_forward`). Nothing here knows
+which backend it adapts.
 
-NoiseRefiner (AutoRefiner Sec. 3.4, after HyperNoise's zero-initialised output layer): a copy of the
-base model whose output layer has weight and bias set to zero (and frozen), LoRA on every linear layer
-including that one. Its output is then the output layer's LoRA branch alone, exactly zero until
-training moves B: Δε = 0 and the refined noise is the base noise, bit for bit. One call refines one
-chunk's noise; its reflective KV cache is the attention context of that call:
+Adapters are deltas on the one base: `shared_copy` copies the module's structure but not its
+tensors, so an adapted module shares every base weight (the base model, its text encoder and VAE
+are never copied), and peft's LoRA layers add their low-rank products on the fly. LoRA is peft's,
+with peft's init (A random from a fixed seed, B zero): an untrained adapter adds exactly 0.0, so the
+adapted model is the base model bit for bit.
+
+NoiseRefiner (AutoRefiner Sec. 3.4, after HyperNoise's zero-initialised output layer): the base
+network with LoRA on its adapter targets and, in place of its output head, a head of its own whose
+weight and bias are zero (and frozen) with LoRA on it. Its output is then that head's LoRA branch
+alone, exactly zero until training moves B: Δε = 0 and the refined noise is the base noise, bit for
+bit. One call refines one chunk's noise; its reflective KV cache is the attention context of that call:
   - history: K/V of the clean past chunks in the refiner's own cache (its adapters change K/V), filled
     at every commit and evicted like the base model's (local attention);
-  - previous output: one clean pass (sigma 0) of the previous step's denoised x0 at the chunk's frame
-    positions gives its K/V;
-  - the noise itself at those same frame positions (the same positional encoding as x0), at the noise
-    level it will be mixed at.
+  - previous output: one clean pass (timestep 0) of the previous step's denoised x0 at the chunk's
+    frame positions gives its K/V;
+  - the noise itself at those same frame positions, at the noise level it will be mixed at.
 A switch that is off removes its input from the context and skips the pass that computes it. The K/V
 of history and previous output come from passes without gradient: no gradient reaches them (Sec. 3.4).
 """
 from __future__ import annotations
 
 import copy
+import itertools
+import threading
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -33,61 +40,45 @@ from torch import nn
 from harness.errors import UsageError
 from harness.ledger import Ledger
 from harness.method import Method
-from harness.models.base import Cond, KVCache, ModelSpec, VideoModel
-from harness.rollout import Context, Sampler
+from harness.models.base import Cond, KVCache, ModelSpec, TrainableBackend, VideoModel, timestep_of
+from harness.rollout import Context, RolloutResult, Sampler
 from harness.train.checkpoints import AdapterFile, load_adapter
 
 LORA_INIT_SEED = 0  # A's init; B is zero, so the seed never changes an untrained adapter's output
 DEFAULT_RANK = 8  # the toy's dim 128 over Wan's 1536 puts the paper's ranks 16..128 at about 1..11
 
 
-def denoiser_of(model: VideoModel) -> nn.Module:
-    denoiser = getattr(model, "denoiser", None)
-    if not isinstance(denoiser, nn.Module):
-        raise UsageError(f"model {model.spec.name!r} exposes no `denoiser` module to adapt; trained methods "
-                         "need a backend that does (the toy does)")
-    return denoiser
+def trainable_backend(model: VideoModel) -> TrainableBackend:
+    missing = [a for a in ("trainable", "output_head", "lora_targets", "with_trainable", "chunk_forward")
+               if not hasattr(model, a)]
+    if missing:
+        raise UsageError(f"model {model.spec.name!r} is not a trainable backend (it lacks {', '.join(missing)}); "
+                         "trained methods need one (the toy and wan_causal backends are)")
+    return model
 
 
-def add_lora(module: nn.Module, rank: int, alpha: float) -> nn.Module:
-    """LoRA on every nn.Linear of `module`, in place; afterwards only the adapters are trainable."""
+def shared_copy(module: nn.Module) -> nn.Module:
+    """A copy of `module`'s modules that shares every parameter and buffer with it: adapters then go
+    on the copy, and the base module, its weights and their digest stay as they are."""
+    memo = {id(t): t for t in itertools.chain(module.parameters(), module.buffers())}
+    return copy.deepcopy(module, memo)
+
+
+def add_lora(module: nn.Module, targets: list[str], rank: int, alpha: float) -> nn.Module:
+    """LoRA on the named linear layers of `module`, in place; afterwards only the adapters are trainable."""
     from peft import LoraConfig, inject_adapter_in_model
 
-    targets = [name for name, m in module.named_modules() if isinstance(m, nn.Linear)]
     config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, lora_dropout=0.0)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(LORA_INIT_SEED)
         return inject_adapter_in_model(config, module)
 
 
-def merged_lora(module: nn.Module) -> nn.Module:
-    """A copy of `module` with its LoRA adapters merged into the weights and removed (peft's
-    merge-and-unload): plain layers, without the adapters' extra products and dispatch. Values equal
-    the adapted module's within float rounding, and exactly while B is zero."""
-    from peft.tuners.lora import LoraLayer
-
-    merged = copy.deepcopy(module)
-    for name, layer in list(merged.named_modules()):
-        if isinstance(layer, LoraLayer):
-            layer.merge()
-            parent, _, child = name.rpartition(".")
-            setattr(merged.get_submodule(parent), child, layer.get_base_layer())
-    return merged
-
-
-class MergedCopy:
-    """The merged copy (merged_lora) of a LoRA-adapted module, made again whenever its parameters
-    have changed: an optimizer step or a checkpoint load updates them in place, which bumps their versions."""
-
-    def __init__(self, adapted: nn.Module):
-        self.adapted = adapted
-        self._copy: tuple[tuple[int, ...], nn.Module] | None = None
-
-    def get(self) -> nn.Module:
-        versions = tuple(p._version for p in self.adapted.parameters())
-        if self._copy is None or self._copy[0] != versions:
-            self._copy = (versions, merged_lora(self.adapted))
-        return self._copy[1]
+def adapted_copy(model: VideoModel, rank: int, alpha: float) -> nn.Module:
+    """The model's trainable module with LoRA on its adapter targets, sharing the base's weights."""
+    backend = trainable_backend(model)
+    module = shared_copy(backend.trainable)
+    return add_lora(module, backend.lora_targets(module), rank, alpha)
 
 
 def check_rank(rank: object, alpha: object) -> None:
@@ -104,57 +95,49 @@ def check_switch(name: str, value: object) -> None:
                          "(null: the checkpoint's)")
 
 
-def _joined(parts: list[list[tuple[torch.Tensor, torch.Tensor]]]) -> list[tuple[torch.Tensor, ...]] | None:
-    """Per-layer (k, v) of several contexts, concatenated along the tokens; None when there are none."""
-    if not parts:
-        return None
-    return [tuple(torch.cat(t, dim=2) for t in zip(*layer)) for layer in zip(*parts)]
-
-
 class NoiseRefiner:
     """The refiner network T_φ (module docstring)."""
 
     def __init__(self, model: VideoModel, rank: int, alpha: float, history: bool, previous: bool):
-        denoiser_of(model)
-        self.net = copy.deepcopy(model).requires_grad_(False)  # the toy: 2 M parameters
-        output = [m for m in self.net.denoiser.modules() if isinstance(m, nn.Linear)][-1]
-        nn.init.zeros_(output.weight)
-        nn.init.zeros_(output.bias)
-        self.module = add_lora(self.net.denoiser, rank, alpha)
+        backend = trainable_backend(model)
+        module = shared_copy(backend.trainable)
+        head = module.get_submodule(backend.output_head)
+        zero = nn.Linear(head.in_features, head.out_features, device=head.weight.device, dtype=head.weight.dtype)
+        nn.init.zeros_(zero.weight)
+        nn.init.zeros_(zero.bias)
+        module.set_submodule(backend.output_head, zero.requires_grad_(False))
+        self.module = add_lora(module, [*backend.lora_targets(module), backend.output_head], rank, alpha)
+        self.net = backend.with_trainable(self.module)
         self.history, self.previous = history, previous
-        self.cache: KVCache | None = None
-        # sampling runs the adapters merged into the weights, at the base network's cost per call
-        self.merged = MergedCopy(self.net)
-        self.active = self.net
 
-    def begin(self, batch: int, training: bool) -> None:
-        """Start a rollout: with the trainable adapters when training, else with their merged copy."""
-        self.active = self.net if training else self.merged.get()
-        self.cache = self.active.new_cache(batch)
+    def new_cache(self, batch: int) -> KVCache:
+        """The refiner's own history of one rollout (kept in its context's state)."""
+        return self.net.new_cache(batch)
 
-    def commit(self, x0: torch.Tensor, cond: Cond, ledger: Ledger) -> None:
+    def commit(self, x0: torch.Tensor, cond: Cond, cache: KVCache, ledger: Ledger) -> None:
         """Append a clean chunk to the refiner's own history (a no_grad pass of the backend's commit)."""
         if self.history:
             ledger.cache_passes += x0.shape[0]
-            self.active.commit(x0, cond, self.cache)
+            self.net.commit(x0, cond, cache)
 
-    def __call__(self, eps: torch.Tensor, sigma: float, cond: Cond, frame: int, previous: torch.Tensor | None,
-                 ledger: Ledger) -> torch.Tensor:
+    def __call__(self, eps: torch.Tensor, sigma: float, cond: Cond, history: KVCache, frame: int,
+                 previous: torch.Tensor | None, ledger: Ledger) -> torch.Tensor:
         """Δε for the noise `eps` (B, F, C, H, W) of the chunk starting at latent frame `frame`, to be
-        mixed at level `sigma`, given the previous step's denoised output (None: there is none)."""
+        mixed at level `sigma`, given the refiner's history cache and the previous step's denoised
+        output (None: there is none)."""
         b, f = eps.shape[:2]
-        history = self.cache.layers if self.history and self.cache.frames else None
-        context = [history] if history else []
+        cache = history if self.history else self.net.new_cache(b, start=frame)
+        extra = None
         if self.previous and previous is not None:
             ledger.cache_passes += b
             with torch.no_grad():
-                _, kv = self.active.denoiser(previous, eps.new_zeros(b, f), cond.tokens, cond.mask, frame, history)
-            context.append(kv)
+                clean = torch.zeros(b, f, dtype=torch.float64, device=eps.device)
+                _, extra = self.net.chunk_forward(previous, clean, cond, cache)
         ledger.refiner_calls += b
         ledger.nfe += b  # the paper's units: a refiner call is one NFE
-        delta, _ = self.active.denoiser(eps, eps.new_full((b, f), sigma), cond.tokens, cond.mask, frame,
-                                        _joined(context))
-        return delta
+        level = torch.full((b, f), timestep_of(sigma), dtype=torch.float64, device=eps.device)
+        delta, _ = self.net.chunk_forward(eps, level, cond, cache, extra)
+        return delta.to(eps.dtype)
 
 
 class TrainedMethod(Method):
@@ -189,7 +172,7 @@ class TrainedMethod(Method):
         self.arch = completed
         self.check(spec, sampler)
         self._bound: tuple[VideoModel, VideoModel] | None = None
-        self.penalties: list[torch.Tensor] = []
+        self._binding = threading.Lock()
 
     def complete(self, given: dict[str, Any], sampler: Sampler) -> dict[str, Any]:
         """Fill unset architecture settings with the defaults (alpha defaults to the rank)."""
@@ -208,8 +191,12 @@ class TrainedMethod(Method):
 
     # -- the weights ---------------------------------------------------------------------------
     def bind(self, model: VideoModel, training: bool = False) -> VideoModel:
-        if self._bound is not None and self._bound[0] is model:
+        with self._binding:  # rollouts that share this instance build its adapters once
+            if self._bound is None or self._bound[0] is not model:
+                self._bound = (model, self._build_and_load(model))
             return self._bound[1]
+
+    def _build_and_load(self, model: VideoModel) -> VideoModel:
         if self.adapter is not None and self.adapter.base_digest != model.digest():
             raise UsageError(f"checkpoint {self.adapter.path} was trained for {self.adapter.base_model!r} weights "
                              f"with digest {self.adapter.base_digest}, not this model's ({model.digest()}); "
@@ -217,12 +204,11 @@ class TrainedMethod(Method):
         sampling = self.build(model)
         if self.adapter is not None:
             self.load_adapter_state(self.adapter.state, str(self.adapter.path))
-        self._bound = (model, sampling)
         return sampling
 
     def build(self, model: VideoModel) -> VideoModel:
         """Create the adapters for `model` (setting self.adapted, the module that holds them) and
-        return the model that trains (and samples, unless the method samples a merged copy)."""
+        return the model that samples and trains."""
         raise NotImplementedError
 
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -247,14 +233,15 @@ class TrainedMethod(Method):
         return list(range(sampler.steps))
 
     def begin(self, ctx: Context) -> None:
-        self.penalties = []
+        ctx.state["penalties"] = []
         super().begin(ctx)
 
-    def penalise(self, delta: torch.Tensor) -> None:
+    def penalise(self, delta: torch.Tensor, ctx: Context) -> None:
         """Keep ½||Δε||² of a refinement that carries gradient, per video."""
         if delta.requires_grad:
-            self.penalties.append(0.5 * delta.pow(2).flatten(1).sum(1))
+            ctx.state["penalties"].append(0.5 * delta.pow(2).flatten(1).sum(1))
 
-    def regulariser(self) -> torch.Tensor | None:
-        """The last rollout's L2 regulariser: summed over its chunks, averaged over its videos."""
-        return torch.stack(self.penalties).sum(0).mean() if self.penalties else None
+    def regulariser(self, result: RolloutResult) -> torch.Tensor | None:
+        """A rollout's L2 regulariser: summed over its chunks, averaged over its videos."""
+        penalties = result.state.get("penalties")
+        return torch.stack(penalties).sum(0).mean() if penalties else None

@@ -17,16 +17,16 @@ and may keep its own trained state (DMD's fake score), which resumes with the ru
     x0_fake = the fake score, no guidance;
     grad = (x0_fake - x0_real) / mean |x - x0_real| (per video, over frames, channels and pixels), nan -> 0;
     loss = 0.5 * mean((x - sg(x - grad))^2), in float64, so d loss / dx = grad / numel.
-  The fake score is a copy of the base denoiser trained online after every generator step with the flow
-  loss ||v(x_t) - (eps - x)||^2 on the rollout's (detached) samples, `fake_updates` times with fresh
+  The two score networks come from the backend (TrainableBackend.dmd_scores): on Self-Forcing the real
+  score is Wan2.1-T2V-14B and the fake score Wan2.1-T2V-1.3B, bidirectional models from local folders;
+  on the toy, its own denoiser over whole clips (the block-causal pass diffusion forcing trained) and a
+  copy of it. The fake score is trained online after every generator step with the flow loss
+  ||v(x_t) - (eps - x)||^2 on the rollout's (detached) samples, `fake_updates` times with fresh
   (sigma, eps), AdamW with betas (0, 0.999) as Self-Forcing's critic. Self-Forcing draws a fresh rollout
   per critic step; here the critic reuses the generator step's rollout, which halves the cost per step.
-  Both scores see the whole clip at once: the toy's block-causal pass over all frames at one noise
-  level (what diffusion forcing trained it on), standing in for Self-Forcing's bidirectional teacher.
 """
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,12 +34,12 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from harness.errors import UsageError
 from harness.method import build_params
-from harness.models.base import Cond, VideoModel, shift_sigmas
+from harness.models.base import Cond, ScoreNet, VideoModel, shift_sigmas
 from harness.rollout import RolloutResult, Sampler
+from harness.verifiers.base import Verifier
 
 Loss = tuple[torch.Tensor, dict[str, float]]  # the loss to minimise, figures for the training log
 
@@ -83,12 +83,20 @@ class Objective:
 @dataclass(frozen=True)
 class RewardParams:
     verifiers: dict[str, float] = field(default_factory=lambda: {"world_reward": 1.0})  # name: weight
+    image_frames: int | None = None  # frames drawn per video for image rewards (input "frames"); None: all
+    clip_frames: int | None = None  # frames of the clip cut for video rewards (input "video"); None: all
+    clip_interval: int = 1  # frames between a clip's frames
 
     def __post_init__(self) -> None:
         if not isinstance(self.verifiers, dict) or not all(_finite(w) for w in self.verifiers.values()) \
                 or not any(self.verifiers.values()):
             raise UsageError(f"train.objective.params.verifiers={self.verifiers!r} is malformed; give a mapping "
                              "of verifier name to finite weight, at least one non-zero, e.g. {world_reward: 1.0}")
+        for key in ("image_frames", "clip_frames", "clip_interval"):
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise UsageError(f"train.objective.params.{key}={value!r} is out of range; use an integer >= 1"
+                                 f"{'' if key == 'clip_interval' else ' (null: every frame)'}")
 
 
 class RewardObjective(Objective):
@@ -108,11 +116,28 @@ class RewardObjective(Objective):
                                  "from the score to the pixels; choose a differentiable verifier")
             self.verifiers[name] = (cls(weights_dir), float(weight))
 
+    def frames_for(self, verifier: Verifier, videos: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """What a verifier scores (AutoRefiner Appendix B): an image reward `image_frames` frames drawn
+        at random per video, a video reward one clip of `clip_frames` frames `clip_interval` apart at a
+        random start (the interval shrinks to fit a shorter video)."""
+        n, f = videos.shape[:2]
+        p = self.params
+        if verifier.input == "frames" and p.image_frames is not None and p.image_frames < f:
+            index = torch.stack([torch.randperm(f, generator=gen)[: p.image_frames].sort().values for _ in range(n)])
+        elif verifier.input == "video" and p.clip_frames is not None and p.clip_frames < f:
+            step = min(p.clip_interval, (f - 1) // max(p.clip_frames - 1, 1))
+            span = step * (p.clip_frames - 1)
+            starts = torch.randint(f - span, (n,), generator=gen)
+            index = starts[:, None] + step * torch.arange(p.clip_frames)
+        else:
+            return videos
+        return videos[torch.arange(n)[:, None], index.to(videos.device)]
+
     def loss(self, result: RolloutResult, prompts: list[str], gen: torch.Generator) -> Loss:
         total = 0.0
         figures = {}
         for name, (verifier, weight) in self.verifiers.items():
-            score = verifier.score(result.videos, prompts)
+            score = verifier.score(self.frames_for(verifier, result.videos, gen), prompts)
             figures[f"reward.{name}"] = score.mean().item()
             total = total + weight * score
         figures["reward"] = total.mean().item()
@@ -145,21 +170,8 @@ class DmdParams:
                              "use >= 1")
 
 
-def clip_velocity(denoiser: nn.Module, model: VideoModel, x_t: torch.Tensor, sigma: torch.Tensor,
-                  cond: Cond) -> torch.Tensor:
-    """The velocity of a whole clip (B, F, C, H, W) at one noise level per video: the toy's
-    block-causal pass over all frames, as toy_train trains it."""
-    from harness.models.toy import block_causal_mask
-
-    frames = x_t.shape[1]
-    v, _ = denoiser(x_t, sigma[:, None].expand(-1, frames), cond.tokens, cond.mask, 0, None,
-                    block_causal_mask(frames, model.cfg))
-    return v
-
-
-def clip_x0(denoiser: nn.Module, model: VideoModel, x_t: torch.Tensor, sigma: torch.Tensor,
-            cond: Cond) -> torch.Tensor:
-    return x_t - sigma.view(-1, 1, 1, 1, 1) * clip_velocity(denoiser, model, x_t, sigma, cond)
+def x0_of(score: ScoreNet, x_t: torch.Tensor, sigma: torch.Tensor, cond: Cond) -> torch.Tensor:
+    return x_t - sigma.view(-1, 1, 1, 1, 1).to(x_t.dtype) * score.velocity(x_t, sigma, cond).to(x_t.dtype)
 
 
 class DmdObjective(Objective):
@@ -167,26 +179,26 @@ class DmdObjective(Objective):
     Params = DmdParams
 
     def setup(self, model: VideoModel, sampler: Sampler, weights_dir: Path) -> None:
-        from harness.models.toy import ToyVideoModel
-
-        if not isinstance(model, ToyVideoModel):
-            raise UsageError(f"objective 'dmd' scores whole clips with the toy backend's block-causal pass; "
-                             f"model {model.spec.name!r} has none yet")
+        if not callable(getattr(model, "dmd_scores", None)):
+            raise UsageError(f"objective 'dmd' needs the real and fake score networks of a trainable backend; "
+                             f"model {model.spec.name!r} has none")
         if not model.spec.has_uncond:
             raise UsageError(f"objective 'dmd' guides its real score with CFG, and model {model.spec.name!r} "
                              "has no unconditional branch")
         self.model, self.shift = model, sampler.shift
-        self.fake = copy.deepcopy(model.denoiser).requires_grad_(True)
-        self.fake_opt = torch.optim.AdamW(self.fake.parameters(), lr=self.params.fake_lr, betas=(0.0, 0.999),
+        self.real, self.fake = model.dmd_scores(weights_dir)
+        self.fake.module.requires_grad_(True)
+        self.fake_opt = torch.optim.AdamW(self.fake.module.parameters(), lr=self.params.fake_lr, betas=(0.0, 0.999),
                                           weight_decay=0.0)
 
     def noised(self, x: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(x_t, sigma, eps) at a random level per video, as Self-Forcing draws them."""
+        """(x_t, sigma, eps) at a random level per video, as Self-Forcing draws them; drawn on the CPU
+        from the step's generator (the same numbers on every device), then moved to x's."""
         p = self.params
         u = p.min_sigma + (p.max_sigma - p.min_sigma) * torch.rand(x.shape[0], generator=gen)
-        sigma = shift_sigmas(u, self.shift).clamp(p.min_sigma, p.max_sigma)
-        eps = torch.randn(x.shape, generator=gen)
-        s = sigma.view(-1, 1, 1, 1, 1)
+        sigma = shift_sigmas(u, self.shift).clamp(p.min_sigma, p.max_sigma).to(x.device)
+        eps = torch.randn(x.shape, generator=gen).to(device=x.device, dtype=x.dtype)
+        s = sigma.view(-1, 1, 1, 1, 1).to(x.dtype)
         return (1 - s) * x + s * eps, sigma, eps
 
     def loss(self, result: RolloutResult, prompts: list[str], gen: torch.Generator) -> Loss:
@@ -194,9 +206,9 @@ class DmdObjective(Objective):
         with torch.no_grad():
             cond, uncond = self.model.encode(prompts), self.model.encode([""] * len(prompts))
             x_t, sigma, _ = self.noised(x.detach(), gen)
-            x0_fake = clip_x0(self.fake, self.model, x_t, sigma, cond)
-            x0_c = clip_x0(self.model.denoiser, self.model, x_t, sigma, cond)
-            x0_u = clip_x0(self.model.denoiser, self.model, x_t, sigma, uncond)
+            x0_fake = x0_of(self.fake, x_t, sigma, cond)
+            x0_c = x0_of(self.real, x_t, sigma, cond)
+            x0_u = x0_of(self.real, x_t, sigma, uncond)
             x0_real = x0_c + self.params.real_guidance * (x0_c - x0_u)
             norm = (x.detach() - x0_real).abs().mean(dim=(1, 2, 3, 4), keepdim=True)
             grad = torch.nan_to_num((x0_fake - x0_real) / norm)
@@ -209,7 +221,7 @@ class DmdObjective(Objective):
         losses = []
         for _ in range(self.params.fake_updates):
             x_t, sigma, eps = self.noised(x, gen)
-            loss = F.mse_loss(clip_velocity(self.fake, self.model, x_t, sigma, cond), eps - x)
+            loss = F.mse_loss(self.fake.velocity(x_t, sigma, cond).float(), (eps - x).float())
             self.fake_opt.zero_grad(set_to_none=True)
             loss.backward()
             self.fake_opt.step()
@@ -217,8 +229,8 @@ class DmdObjective(Objective):
         return {"fake_loss": sum(losses) / len(losses)}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"fake": self.fake.state_dict(), "fake_opt": self.fake_opt.state_dict()}
+        return {"fake": self.fake.module.state_dict(), "fake_opt": self.fake_opt.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.fake.load_state_dict(state["fake"])
+        self.fake.module.load_state_dict(state["fake"])
         self.fake_opt.load_state_dict(state["fake_opt"])

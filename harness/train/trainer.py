@@ -52,6 +52,7 @@ class TrainSettings:
     seed: int
     checkpoint_every: int
     out: str
+    prompts: str | None  # a prompt file; None: the shapes world's training prompts
     threads: int  # 0: torch's default
 
     def __post_init__(self) -> None:
@@ -125,7 +126,9 @@ def differing(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[st
 
 def resolve_training(cfg: DictConfig) -> Training:
     """Validate a composed training config and build the run; every bad input fails here."""
-    from harness.registry import METHODS, MODELS, OBJECTIVES
+    from harness.pipeline import load_model, sampler_from
+    from harness.registry import METHODS, OBJECTIVES
+    from harness.suites import read_prompt_file
     from harness.world.prompts import train_prompts
 
     if cfg.get("train") is None:
@@ -138,10 +141,11 @@ def resolve_training(cfg: DictConfig) -> Training:
     params = OmegaConf.to_container(cfg.method.get("params") or {}, resolve=True)
     method = method_cls(**{**params, "checkpoint": None})  # training starts from the zero-initialised adapter
     objective = OBJECTIVES.get(settings.objective["name"])(**(settings.objective.get("params") or {}))
-    model = MODELS.get(cfg.model.name).load(OmegaConf.to_container(cfg.model, resolve=True))
-    shift = cfg.sampler.shift if cfg.sampler.shift is not None else cfg.model.default_shift
-    sampler = Sampler(cfg.sampler.kind, cfg.sampler.steps, float(shift))
+    model = load_model(cfg)
+    sampler = sampler_from(cfg)
     weights_dir = Path(cfg.paths.weights)
+    prompts = read_prompt_file(Path(settings.prompts)) if settings.prompts else train_prompts()
+    model.validate_prompts(prompts)
     method.prepare(model.spec, sampler, weights_dir)
     objective.setup(model, sampler, weights_dir)
     model.requires_grad_(False)  # the base model is frozen: only what the method adds is trained
@@ -152,7 +156,7 @@ def resolve_training(cfg: DictConfig) -> Training:
               "method": {"name": method.name, "version": method.version, "arch": method.arch},
               "train": {**asdict(settings), "objective": objective.describe()}}
     return Training(model, method, sampler, objective, settings, checkpoint_path(method.name, settings.out),
-                    config, train_prompts(), method.trainable_parameters())
+                    config, prompts, method.trainable_parameters())
 
 
 def train(cfg: DictConfig, progress: bool = True) -> Path:
@@ -195,7 +199,7 @@ def train_step(t: Training, optimizer: torch.optim.Optimizer, step: int) -> dict
     ledger = Ledger()
     result = rollout(t.model, t.method, prompts, seeds, t.sampler, ledger, exit_step=exit_step)
     loss, figures = t.objective.loss(result, prompts, gen)
-    reg = t.method.regulariser()
+    reg = t.method.regulariser(result)
     total = loss if reg is None else loss + s.reg_weight * reg
     optimizer.zero_grad(set_to_none=True)
     total.backward()

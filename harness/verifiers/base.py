@@ -18,6 +18,7 @@ class Verifier:
     version: ClassVar[str] = "1"
     description: ClassVar[str] = ""
     differentiable: ClassVar[bool] = False  # gradients flow from the score to the pixels
+    input: ClassVar[str] = "video"  # "frames": an image reward, averaged over the frames it is given
     weights: ClassVar[tuple[WeightFile, ...]] = ()
 
     def __init__(self, weights_dir: Path):

@@ -27,18 +27,17 @@ MODEL_NAME = "ViT-B-32-quickgelu"
 CLIP_SCORE_WEIGHT = 2.5  # Hessel et al.'s w
 
 
-def import_open_clip() -> Any:
+def import_open_clip(owner: str = "verifier 'clip_score'") -> Any:
     try:
         import open_clip
     except ImportError:
-        raise UsageError("verifier 'clip_score' needs open_clip, which is not installed; "
-                         "run `pip install open_clip_torch`") from None
+        raise UsageError(f"{owner} needs open_clip, which is not installed; run `pip install open_clip_torch`") from None
     return open_clip
 
 
-def frame_clip_scores(encode_image: Callable[[torch.Tensor], torch.Tensor], text: torch.Tensor,
-                      frames: torch.Tensor, size: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """CLIPScore of every frame against its row's text embedding, averaged over frames.
+def frame_cosines(encode_image: Callable[[torch.Tensor], torch.Tensor], text: torch.Tensor,
+                  frames: torch.Tensor, size: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity (N, F) of every frame's image embedding with its row's text embedding.
 
     frames (N, F, 3, H, W) in [0, 1]; text (N, D). Preprocessing is done in torch (resize, normalise),
     not with open_clip's PIL transforms, so the score stays differentiable in the pixels."""
@@ -46,7 +45,13 @@ def frame_clip_scores(encode_image: Callable[[torch.Tensor], torch.Tensor], text
     images = F.interpolate(frames.flatten(0, 1).float(), size=(size, size), mode="bicubic", align_corners=False)
     images = (images.clamp(0, 1) - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
     image = F.normalize(encode_image(images), dim=-1).view(n, f, -1)
-    cos = (image * F.normalize(text, dim=-1)[:, None]).sum(-1)
+    return (image * F.normalize(text, dim=-1)[:, None]).sum(-1)
+
+
+def frame_clip_scores(encode_image: Callable[[torch.Tensor], torch.Tensor], text: torch.Tensor,
+                      frames: torch.Tensor, size: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """CLIPScore of every frame against its row's text embedding, averaged over frames."""
+    cos = frame_cosines(encode_image, text, frames, size, mean, std)
     return (CLIP_SCORE_WEIGHT * cos.clamp(min=0)).mean(1)
 
 
@@ -55,6 +60,7 @@ class ClipScore(Verifier):
     version = "1"
     description = "frame-level CLIPScore, open_clip ViT-B-32 with OpenAI weights"
     differentiable = True
+    input = "frames"
     weights = (VIT_B_32,)
 
     def __init__(self, weights_dir: Path):

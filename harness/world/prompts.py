@@ -13,8 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.errors import UsageError
-from harness.world.grammar import MOTIONS, Scene, all_scenes, parse
+from harness.world.grammar import MOTIONS, Scene, all_scenes
 
 PROMPT_DIR = Path(__file__).parent / "prompts"
 HELD_OUT_SINGLES_PER_MOTION = 2
@@ -60,12 +59,3 @@ def train_prompts() -> list[str]:
 def eval_prompts() -> list[EvalPrompt]:
     rows = json.loads((PROMPT_DIR / "eval.json").read_text())
     return [EvalPrompt(r["prompt"], tuple(r["tags"])) for r in rows]
-
-
-def resolve_prompts(names_or_prompts: list[str]) -> list[str]:
-    """Validate a suite's prompt list: every entry must parse in the world's grammar."""
-    for p in names_or_prompts:
-        parse(p)
-    if not names_or_prompts:
-        raise UsageError("the suite has no prompts; list some under suite.prompts or use suite=world_eval")
-    return list(names_or_prompts)

@@ -1,0 +1,252 @@
+"""Building a `WanCausalModel` from its model config: from local folders (self_forcing, causvid), or
+at the tiny test size from a fixed seed (wan_tiny).
+
+Folders, all under `paths.weights` and in diffusers' layout:
+- `transformer`: the causal generator, written by `refinery weights convert` from the upstream
+  Self-Forcing / CausVid checkpoint (harness.models.wan_causal.convert);
+- `text_encoder`, `tokenizer`, `vae`: from Wan-AI/Wan2.1-T2V-1.3B-Diffusers.
+Every file is checked before anything loads; a missing one is named with where it comes from.
+Nothing is downloaded: diffusers and transformers are called with `local_files_only`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from harness.errors import UsageError
+from harness.models.wan_causal.model import WanCausalConfig, WanCausalModel
+from harness.models.wan_causal.text import WanTextEncoder, byte_tokenizer
+from harness.weights import WeightFile, check_weights, safetensors_digest
+
+WAN_DIFFUSERS = "https://huggingface.co/Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
+COMPONENTS = ("transformer", "text_encoder", "tokenizer", "vae")
+
+# The transformer architectures the backend knows (diffusers' WanTransformer3DModel arguments).
+ARCHITECTURES: dict[str, dict[str, Any]] = {
+    # Wan2.1-T2V-1.3B, the base of Self-Forcing and CausVid (diffusers' scripts/convert_wan_to_diffusers.py)
+    "wan2.1-t2v-1.3b": dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16,
+                            out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30,
+                            cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024),
+    # the same code at a size that runs on a CPU in seconds (diffusers' own tiny test configuration)
+    "tiny": dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
+                 text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
+                 qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=32),
+}
+TINY_TEXT = dict(vocab_size=262, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                 feed_forward_proj="gated-gelu")  # umT5's shape, 262 = the byte tokenizer's vocabulary
+TINY_VAE = dict(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True])
+
+
+def architecture(name: str) -> dict[str, Any]:
+    from harness.errors import unknown_name
+
+    if name not in ARCHITECTURES:
+        raise unknown_name("model.architecture", name, ARCHITECTURES)
+    return dict(ARCHITECTURES[name])
+
+
+def model_config(cfg: dict[str, Any]) -> WanCausalConfig:
+    known = {f.name for f in fields(WanCausalConfig)}
+    return WanCausalConfig(**{k: v for k, v in cfg.items() if k in known})
+
+
+def _dtype(cfg: dict[str, Any]) -> torch.dtype:
+    name = str(cfg.get("dtype", "float32"))
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise UsageError(f"model.dtype={name!r} is not a floating-point torch dtype; use float32 or bfloat16")
+    return dtype
+
+
+def _device(cfg: dict[str, Any]) -> torch.device:
+    name = str(cfg.get("device", "cpu"))
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"model.device={name!r} is not a torch device; use cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"model.device={name} but this machine has no CUDA device; run where one is, "
+                         "or set model.device=cpu (slow at full size)")
+    return device
+
+
+# ---------------------------------------------------------------------------------------------
+# files
+
+
+def component_files(cfg: dict[str, Any], weights_dir: Path) -> tuple[WeightFile, ...]:
+    """Every file the model's folders must hold, relative to weights_dir, each with its origin."""
+    if cfg.get("build") == "tiny":
+        return ()
+    files: list[WeightFile] = []
+    for part in COMPONENTS:
+        folder, origin = str(cfg[part]), str(cfg.get("origins", {}).get(part, WAN_DIFFUSERS))
+        if part == "tokenizer":
+            names = ["tokenizer_config.json", "tokenizer.json"]
+        elif part == "text_encoder":
+            names = ["config.json", *_safetensors_files(weights_dir / folder, "model")]
+            if names[-1] == "model.safetensors":
+                origin += " (or its sharded model.safetensors.index.json with the shards it names)"
+        else:
+            names = ["config.json", *_safetensors_files(weights_dir / folder, "diffusion_pytorch_model")]
+        files += [WeightFile(f"{folder}/{name}", origin) for name in names]
+    return tuple(files)
+
+
+def _safetensors_files(folder: Path, stem: str) -> list[str]:
+    """A single `<stem>.safetensors`, or a sharded one: its index and the shards the index names."""
+    index = folder / f"{stem}.safetensors.index.json"
+    if not index.is_file():
+        return [f"{stem}.safetensors"]
+    try:
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise UsageError(f"{index} is corrupt; get it again from where the folder came from") from None
+    return [index.name, *shards]
+
+
+def check_files(cfg: dict[str, Any], weights_dir: Path) -> None:
+    """One line per missing file: its expected path and where it comes from; before any compute."""
+    missing = [f for f in component_files(cfg, weights_dir) if not (weights_dir / f.relative_path).is_file()]
+    if missing:
+        lines = "".join(f"\n  {weights_dir / f.relative_path}  <- {f.origin}" for f in missing)
+        raise UsageError(f"model {cfg['name']!r} needs {len(missing)} weight files that are missing under "
+                         f"paths.weights={weights_dir} (README, 'Real models'):{lines}")
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+
+
+def load_wan_causal(cfg: dict[str, Any], weights_dir: Path) -> WanCausalModel:
+    config = model_config(cfg)
+    if cfg.get("build") != "tiny":
+        check_files(cfg, weights_dir)  # the files first: the fix a new user needs before any other
+    dtype, device = _dtype(cfg), _device(cfg)
+    if cfg.get("build") == "tiny":
+        transformer, text, vae = build_tiny(int(cfg.get("seed", 0)), config.max_prompt_tokens)
+        source = {"build": f"tiny, seed {int(cfg.get('seed', 0))}"}
+        digest = module_digest(transformer, text.encoder, vae)
+    else:
+        transformer, text, vae = _from_folders(cfg, weights_dir, config.max_prompt_tokens, dtype)
+        source = {part: str(weights_dir / str(cfg[part])) for part in COMPONENTS}
+        digest = folder_digest(weights_dir, component_files(cfg, weights_dir))
+    model = WanCausalModel(config, transformer, text, vae, digest, source, dict(cfg.get("dmd_scores") or {}))
+    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+def load_scores(name: str, scores: dict[str, Any], weights_dir: Path, dtype: torch.dtype,
+                device: torch.device) -> tuple[nn.Module, nn.Module]:
+    """DMD's real and fake score networks: bidirectional WanTransformer3DModels from the folders
+    `scores` names, or at the tiny size two from seeds (the fake one starting as the real one, as
+    Self-Forcing's critic starts from its teacher's weights when both are 1.3B)."""
+    from diffusers import WanTransformer3DModel
+
+    if not scores:
+        raise UsageError(f"model {name!r} names no DMD score networks (model.dmd_scores); add real and fake folders")
+    if scores.get("build") == "tiny":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(scores.get("seed", 0)))
+            real = WanTransformer3DModel(**ARCHITECTURES["tiny"])
+        fake = WanTransformer3DModel(**ARCHITECTURES["tiny"])
+        fake.load_state_dict(real.state_dict())
+    else:
+        origin = {role: str(scores.get("origins", {}).get(role, WAN_DIFFUSERS)) for role in ("real", "fake")}
+        check_weights(f"model {name!r} (DMD scores)", weights_dir,
+                      [WeightFile(f"{scores[role]}/config.json", origin[role]) for role in ("real", "fake")])
+        real, fake = (pretrained(WanTransformer3DModel, weights_dir / str(scores[role]), f"DMD {role} score",
+                                 name, torch_dtype=dtype) for role in ("real", "fake"))
+    return (real.to(device=device, dtype=dtype).eval().requires_grad_(False),
+            fake.to(device=device, dtype=dtype).eval().requires_grad_(False))
+
+
+def _from_folders(cfg: dict[str, Any], weights_dir: Path, max_tokens: int, dtype: torch.dtype):
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+    from transformers import AutoTokenizer, UMT5EncoderModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    classes = {"transformer": WanTransformer3DModel, "text_encoder": UMT5EncoderModel, "tokenizer": AutoTokenizer,
+               "vae": AutoencoderKLWan}
+    parts = {part: pretrained(cls, weights_dir / str(cfg[part]), part, cfg["name"],
+                              **({} if part == "tokenizer" else {"torch_dtype": dtype}))
+             for part, cls in classes.items()}
+    expected = architecture(str(cfg["architecture"]))
+    got = {k: (tuple(v) if isinstance(v, list) else v) for k, v in parts["transformer"].config.items() if k in expected}
+    wrong = [k for k, v in expected.items() if got.get(k) != (tuple(v) if isinstance(v, list) else v)]
+    if wrong:
+        raise UsageError(f"model {cfg['name']!r}: transformer in {weights_dir / str(cfg['transformer'])} is not "
+                         f"{cfg['architecture']} ({wrong[0]}={got.get(wrong[0])!r}, expected {expected[wrong[0]]!r}); "
+                         "convert the right checkpoint with `refinery weights convert`")
+    return parts["transformer"], WanTextEncoder(parts["text_encoder"], parts["tokenizer"], max_tokens), parts["vae"]
+
+
+def pretrained(cls: Any, folder: Path, part: str, model: str, **kwargs: Any) -> Any:
+    """cls.from_pretrained on a local folder; one that does not load is a UsageError naming it."""
+    try:
+        return cls.from_pretrained(str(folder), local_files_only=True, **kwargs)
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"model {model!r}: the {part} folder {folder} does not load ({reason}); replace it with "
+                         "a complete copy (`refinery weights check model=...` lists the files)") from None
+
+
+def build_tiny(seed: int, max_tokens: int) -> tuple[nn.Module, WanTextEncoder, nn.Module]:
+    """The tiny transformer, text encoder, tokenizer and VAE, each from its own fixed seed. Their
+    zero-initialised-by-design layers get random values too, so every path changes the output."""
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        transformer = WanTransformer3DModel(**ARCHITECTURES["tiny"])
+        torch.manual_seed(seed + 1)
+        encoder = UMT5EncoderModel(UMT5Config(**TINY_TEXT))
+        torch.manual_seed(seed + 2)
+        vae = AutoencoderKLWan(**TINY_VAE)
+    return transformer.eval(), WanTextEncoder(encoder.eval(), byte_tokenizer(max_tokens), max_tokens), vae.eval()
+
+
+def save_tiny(folder: Path, seed: int = 0, max_tokens: int = 64) -> dict[str, str]:
+    """Write the tiny components in the layout of the real folders (for tests of the folder path);
+    returns the model config keys that point at them."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    transformer, text, vae = build_tiny(seed, max_tokens)
+    paths = {part: f"tiny/{part}" for part in COMPONENTS}
+    transformer.save_pretrained(folder / paths["transformer"], safe_serialization=True)
+    text.encoder.save_pretrained(folder / paths["text_encoder"], safe_serialization=True)
+    text.tokenizer.save_pretrained(folder / paths["tokenizer"])
+    vae.save_pretrained(folder / paths["vae"], safe_serialization=True)
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------
+# digests
+
+
+def module_digest(*modules: nn.Module) -> str:
+    h = hashlib.sha256()
+    for module in modules:
+        for name, tensor in sorted(module.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().float().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def folder_digest(weights_dir: Path, files: tuple[WeightFile, ...]) -> str:
+    """A digest of every file's content (safetensors by their tensors and sorted header)."""
+    h = hashlib.sha256()
+    for f in files:  # in component order; names without their folder, so a moved folder keeps its digest
+        path = weights_dir / f.relative_path
+        h.update(path.name.encode())
+        h.update((safetensors_digest(path) if path.suffix == ".safetensors" else
+                  hashlib.sha256(path.read_bytes()).hexdigest()).encode())
+    return h.hexdigest()[:16]
