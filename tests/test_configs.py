@@ -31,8 +31,8 @@ def external_files(tmp_path_factory):
         {"prompt_en": "a red car", "dimension": ["color", "object_class"]}]))
     (tmp / "prompts.txt").write_text("a cat on a sofa\n\nwaves at sunset\n")
     return {("model", "self_forcing"): real, ("model", "causvid"): real,
-            ("suite", "vbench"): ["model=wan_tiny", f"vbench.full_info={tmp / 'VBench_full_info.json'}"],
-            ("suite", "prompt_file"): ["model=wan_tiny", f"suite.path={tmp / 'prompts.txt'}"]}
+            ("suite", "vbench"): ["model=wan_tiny", "metric=real", f"vbench.full_info={tmp / 'VBench_full_info.json'}"],
+            ("suite", "prompt_file"): ["model=wan_tiny", "metric=real", f"suite.path={tmp / 'prompts.txt'}"]}
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS if g != "experiment" for o in options(g)])
