@@ -1,4 +1,5 @@
-"""world_bench throughput: videos per second that WorldBench.score gets through.
+"""world_bench throughput: videos per second that WorldBench.score gets through, and the oracle's
+own reading time per video (`read_video`, which world_alignment and world_bench both call).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_world_bench.py [--seeds 2] [--workers 1] [--repeats 3]
 
@@ -23,6 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness.world.grammar import parse  # noqa: E402
+from harness.world.oracle import read_video  # noqa: E402
 from harness.world.prompts import eval_prompts  # noqa: E402
 from harness.world.render import render  # noqa: E402
 from metrics.base import VideoBatch  # noqa: E402
@@ -67,6 +69,11 @@ def main() -> None:
             done = sum(pool.map(score_slice, shards))
             times.append(time.perf_counter() - start)
     wall = statistics.median(times)
+    read_video(_VIDEOS[0])  # first call off the clock
+    start = time.perf_counter()
+    for video in _VIDEOS[: n // 2]:
+        read_video(video)
+    print(f"oracle: {1000 * (time.perf_counter() - start) / (n // 2):.1f} ms per rendered video (one process)")
     print(f"world_bench: {done} videos ({n // 2} rendered + {n // 2} noisy, 21x32x32) in {wall:.2f} s "
           f"(median of {args.repeats}) with {args.workers} worker(s): {done / wall:.1f} videos/s")
 
