@@ -152,12 +152,12 @@ def lease(path: Path, label: str, timeout: float | None = None,
         if holder.gone():
             if _take_over(path, holder):
                 say(f"{label}: taking over the lock of {holder.describe()} "
-                     f"(last heartbeat {holder.age():.0f} s ago; a lease lasts {LEASE_S:.0f} s)")
+                    f"(last heartbeat {holder.age():.0f} s ago; a lease lasts {LEASE_S:.0f} s)")
                 continue
         elif holder.text != announced:
             announced = holder.text
             say(f"{label}: waiting for {holder.describe()} (last heartbeat {holder.age():.0f} s ago; "
-                 f"taken over if none for {LEASE_S:.0f} s)")
+                f"taken over if none for {LEASE_S:.0f} s)")
         if deadline is not None and time.monotonic() >= deadline:
             raise LockTimeout(f"{path} is held by {holder.describe()}; wait for it to finish, or for its "
                               f"lease to lapse ({LEASE_S:.0f} s without a heartbeat) if it is gone")

@@ -36,6 +36,8 @@ def cluster(tmp_path_factory):
     if missing:
         pytest.skip(f"the SLURM tests need Debian's slurm-wlm and munge (missing: {', '.join(missing)}); "
                     "apt-get install -y --no-install-recommends slurm-wlm munge")
+    if os.geteuid() != 0:
+        pytest.skip("the test cluster runs slurmd as root (SlurmdUser=root), as CI does; run the tests as root")
     cluster = SlurmCluster.start(tmp_path_factory.mktemp("slurm"))
     yield cluster
     cluster.stop()
