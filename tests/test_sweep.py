@@ -22,9 +22,9 @@ CELLS = [o for o in FAST if not o.startswith("batch_size")] + [
 SWEEP = [*CELLS, "sampler.steps=2,3"]
 
 
-def refinery(*args, wait=True):
+def refinery(*args, wait=True, path=str(ROOT)):
     cmd = [sys.executable, "-m", "harness.cli", *args]
-    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1"}
+    env = {"PYTHONPATH": path, "PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1"}
     if not wait:
         return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
@@ -105,9 +105,12 @@ def test_two_joblib_workers_share_one_store_and_write_the_basic_launchers_bytes(
         report_table(tmp_path, sequential).replace(sequential.name, "")
 
 
-# Cells of 8 videos of the full-length toy, one per batch (about 3 s each): a kill at a cell's first
-# video lands well before its last.
-LONG_SWEEP = ["suite=world_smoke", "samples_per_prompt=2", "batch_size=1", "threads=1", "sampler.steps=4,3"]
+# A disk that takes 0.5 s per fsync: the rest of a cell after its first video (3 videos and records)
+# takes seconds, however fast the CPU, so a kill at the first video lands well before the last.
+SLOW_DISK = """import os, time
+_sync = os.fsync
+os.fsync = lambda fd: (time.sleep(0.5), _sync(fd))[1]
+"""
 
 
 def descendants(pid: int) -> list[int]:
@@ -130,8 +133,11 @@ def descendants(pid: int) -> list[int]:
 @pytest.mark.parametrize("launcher", [["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
                                       ["hydra/launcher=submitit_local"]], ids=["joblib", "submitit_local"])
 def test_killing_a_sweep_takes_its_workers_down(tmp_path, launcher):
-    store = tmp_path / "store"
-    proc = refinery("sweep", *LONG_SWEEP, *launcher, f"paths.store={store}", wait=False)
+    store, slow = tmp_path / "store", tmp_path / "slow_disk"
+    slow.mkdir()
+    (slow / "sitecustomize.py").write_text(SLOW_DISK)  # every Python process of the sweep imports it
+    proc = refinery("sweep", *SWEEP, "threads=1", *launcher, f"paths.store={store}", wait=False,
+                    path=f"{slow}:{ROOT}")
     deadline = time.monotonic() + 300
     while not first_record(store) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
