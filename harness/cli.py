@@ -1,4 +1,4 @@
-"""`refinery`: run | sweep | score | report | verify | train | train-world | train-reward | train-probe | vbench | weights | methods | metrics.
+"""`refinery`: run | sweep | score | report | verify | bench | leaderboard | train | train-world | train-reward | train-probe | vbench | weights | methods | metrics.
 
 Every command composes its configuration with Hydra from sweeps/ and takes Hydra overrides
 (`method=base sampler.steps=8 paths.store=/tmp/runs`). Bad input of any kind ends in one line on
@@ -27,7 +27,9 @@ commands:
   run          generate and score one cell          refinery run method=base sampler.steps=8
   sweep        a Hydra multirun over cells          refinery sweep experiment=quickstart [hydra/launcher=joblib]
   score        (re)score stored videos              refinery score experiment=quickstart
-  report       tables and a figure from the store   refinery report experiment=quickstart
+  report       tables, figures, HTML from the store  refinery report experiment=quickstart [report.timing=true]
+  bench        the timing pass (method vs baseline)  refinery bench experiment=training_free
+  leaderboard  rank methods across experiments      refinery leaderboard experiment=training_free,table2_reward
   verify       check every cell's files             refinery verify [experiment=quickstart | paths.store=runs]
   train        train a method's adapter             refinery train [train=reward|dmd] method=autorefiner [train.out=...]
   train-world  retrain the toy model from scratch   refinery train-world [steps=2500 out=path threads=2]
@@ -104,11 +106,13 @@ def sweep_points(overrides: list[str]) -> list[tuple[list[str], DictConfig]]:
 # commands
 
 
-def _labels(points: list[list[str]]) -> list[dict[str, str]]:
-    """The settings that vary across a sweep's cells label its rows."""
-    parsed = [dict(o.partition("=")[::2] for o in point) for point in points]
+def _labels(points: list[tuple[list[str], DictConfig]]) -> list[dict[str, str]]:
+    """The settings that vary across a sweep's cells label its rows; a single cell is labelled by
+    its method (the method option chosen, e.g. base_2x_steps, else the method's name)."""
+    parsed = [dict(o.partition("=")[::2] for o in point) for point, _ in points]
     varying = [k for k in parsed[0] if len({p.get(k) for p in parsed}) > 1]
-    return [{k: p[k] for k in varying} or {"method": "run"} for p in parsed]
+    return [{k: p[k] for k in varying} or {"method": p.get("method", cfg.method.name)}
+            for p, (_, cfg) in zip(parsed, points)]
 
 
 def cmd_run(overrides: list[str]) -> None:
@@ -120,6 +124,7 @@ def _run_cell(cfg: DictConfig, overrides: list[str] | None = None) -> None:
     job, whose overrides (None) Hydra knows."""
     from harness.launchers import follow_sweep
     from harness.pipeline import generate, open_store, resolve_run, score
+    from harness.report import headline_lines
 
     follow_sweep()
     run = resolve_run(cfg)
@@ -129,6 +134,7 @@ def _run_cell(cfg: DictConfig, overrides: list[str] | None = None) -> None:
     scored = score(cell, cfg.metric, Path(cfg.paths.weights))
     print(f"cell {run.key}: {made.videos} videos generated ({made.model_calls} model calls), "
           f"{len(run.items())} stored at {cell.path}; scored: {', '.join(scored) or 'up to date'}")
+    print("\n".join(headline_lines(store, run.key, list(cfg.report.headline), _resampling(cfg))))
 
 
 def _resume_command(overrides: list[str] | None) -> str:
@@ -167,7 +173,7 @@ def _refs(overrides: list[str]):
     from harness.report import CellRef
 
     points = sweep_points(overrides)
-    labels = _labels([p for p, _ in points])
+    labels = _labels(points)
     return points, [CellRef(resolve_run(cfg).key, lab) for (_, cfg), lab in zip(points, labels)]
 
 
@@ -184,11 +190,39 @@ def _baseline_overrides(overrides: list[str], cfg: DictConfig) -> list[str]:
     return [*fixed, *str(cfg.report.baseline).split()]
 
 
-def _baseline(overrides: list[str], cfg: DictConfig) -> str | None:
+def _baseline(overrides: list[str], points: list, refs: list) -> tuple[str, DictConfig] | None:
+    """The report's baseline cell and its config: the one row whose labels match every setting of
+    `report.baseline`, else the cell those settings compose to, which then joins `refs` (first).
+    A baseline that matches several rows is refused with their names."""
     from harness.pipeline import resolve_run
+    from harness.report import CellRef
 
-    baseline = _baseline_cfg(overrides, cfg)
-    return None if baseline is None else resolve_run(baseline).key
+    cfg = points[0][1]
+    selector = cfg.report.get("baseline")
+    if not selector:
+        return None
+    wanted = dict(o.partition("=")[::2] for o in str(selector).split())
+    matches = [(ref, point_cfg) for ref, (_, point_cfg) in zip(refs, points)
+               if all(ref.labels.get(k) == v for k, v in wanted.items())]
+    if len(matches) > 1:
+        names = "; ".join(f"{ref.name()} [{ref.key}]" for ref, _ in matches)
+        example = " ".join(f"{k}={v}" for k, v in matches[0][0].labels.items())
+        raise UsageError(f"report.baseline={selector!r} matches {len(matches)} cells ({names}); name one, "
+                         f"e.g. report.baseline='{example}'")
+    if matches:
+        return matches[0][0].key, matches[0][1]
+    baseline_cfg = _baseline_cfg(overrides, cfg)
+    key = resolve_run(baseline_cfg).key
+    if key not in {r.key for r in refs}:
+        label_keys = list(dict.fromkeys(k for r in refs for k in r.labels))
+        refs.insert(0, CellRef(key, {k: wanted.get(k, "—") for k in label_keys}))
+    return key, baseline_cfg
+
+
+def _resampling(cfg: DictConfig):
+    from harness.stats import Resampling
+
+    return Resampling(**OmegaConf.to_container(cfg.report.stats))
 
 
 def cmd_score(overrides: list[str]) -> None:
@@ -203,23 +237,103 @@ def cmd_score(overrides: list[str]) -> None:
 
 def cmd_report(overrides: list[str]) -> None:
     from harness.pipeline import open_store
-    from harness.report import CellRef, write_report
+    from harness.report import report_folder, write_report
+    from harness.timing import read_timings
 
     points, refs = _refs(overrides)
+    cells = list(zip(refs, (cfg for _, cfg in points)))  # before the baseline may join refs
     cfg = points[0][1]
-    name = cfg.experiment or "adhoc"
-    out = Path(cfg.paths.reports) / name
-    baseline = _baseline(overrides, cfg)
-    if baseline and baseline not in {r.key for r in refs}:
-        refs.insert(0, CellRef(baseline, {k: "baseline" for k in refs[0].labels}))
-    hacking = cfg.report.get("reward_hacking")
     store = open_store(cfg)
+    baseline = _baseline(overrides, points, refs)
     for ref in refs:  # a report never goes on with fewer videos than a cell has
         store.cell(ref.key).refuse_damage()
-    paths = write_report(store, refs, out, title=f"Refinery report: {name}",
-                         metrics=list(cfg.report.metrics), figure=tuple(cfg.report.figure), baseline=baseline,
-                         hacking=(hacking.reward, list(hacking.held_out)) if hacking else None)
-    print(f"report written to {out.resolve()}/ ({', '.join(p.name for p in paths.values())})")
+    if baseline and cfg.report.timing:
+        _bench(cells, baseline, store)
+    name = cfg.experiment or "adhoc"
+    out = report_folder(Path(cfg.paths.reports), name, overrides)
+    report = cfg.report
+    hacking = report.get("reward_hacking")
+    paths = write_report(
+        store, refs, out, title=f"Refinery report: {name}", metrics=list(report.metrics),
+        headline=list(report.headline), baseline=baseline[0] if baseline else None,
+        hacking=(hacking.reward, list(hacking.held_out)) if hacking else None, resampling=_resampling(cfg),
+        timings=read_timings([store.root], baseline[0], [r.key for r in refs]) if baseline else None,
+        generation_timings=frozenset(report.generation_timings), gallery_prompts=int(report.gallery),
+        latex=OmegaConf.to_container(report.latex) if report.get("latex") else None)
+    print(f"report written to {out.resolve()}/ ({', '.join(p.name for p in paths.values())})\n"
+          f"open {paths['report.html'].resolve()}")
+
+
+def cmd_bench(overrides: list[str]) -> None:
+    """The timing pass: every cell of the report against its baseline, interleaved in this process."""
+    from harness.pipeline import open_store
+
+    points, refs = _refs(overrides)
+    cells = list(zip(refs, (cfg for _, cfg in points)))
+    baseline = _baseline(overrides, points, refs)
+    if baseline is None:
+        raise UsageError("refinery bench times cells against report.baseline, which is not set; "
+                         "set it, e.g. report.baseline=method=base")
+    _bench(cells, baseline, open_store(points[0][1]))
+
+
+def _bench(cells: list, baseline: tuple[str, DictConfig], store) -> None:
+    from harness.pipeline import resolve_run
+    from harness.timing import time_against, write_timing
+
+    options = baseline[1].report.bench
+    if options.threads:  # e.g. 1 on a shared machine: no thread of the pass waits on a descheduled sibling
+        import torch
+
+        torch.set_num_threads(int(options.threads))
+    base = resolve_run(baseline[1])
+    timed = [(ref, cfg) for ref, cfg in cells if ref.key != baseline[0]]
+    print(f"timing pass: {len(timed)} cells against {baseline[0]}, {options.repeats} repeats of "
+          f"{options.batch} videos each, after {options.warmup} warm-up run(s)")
+    for ref, cfg in timed:
+        timing = time_against(resolve_run(cfg), base, options.batch, options.repeats, options.warmup)
+        write_timing(store.root, timing)
+        load = f"; LOADED: load {max(timing.load)} on {timing.cores} cores" if timing.loaded else ""
+        print(f"  {ref.name()}: {timing.fps:.1f} FPS, base {timing.base_fps:.1f} FPS, "
+              f"FPS ÷ base {timing.ratio:.3f} (pairwise {timing.ratio_low:.3f}–{timing.ratio_high:.3f}; "
+              f"CPU time {timing.cpu_ratio:.3f}{load})")
+
+
+def cmd_leaderboard(overrides: list[str]) -> None:
+    """`leaderboard experiment=a,b [...]`: the cells of every named experiment (each composed with the
+    other overrides), read from paths.store and report.leaderboard.stores, ranked on one frozen suite."""
+    from harness.leaderboard import Stores, write_leaderboard
+    from harness.report import report_folder
+    from harness.store import Store
+    from harness.timing import read_timings
+
+    named = [o.partition("=")[2] for o in overrides if o.partition("=")[0] == "experiment"]
+    rest = [o for o in overrides if o.partition("=")[0] != "experiment"]
+    experiments = [e for value in named for e in value.split(",") if e]
+    if not experiments:
+        raise UsageError("name the experiments to rank, e.g. refinery leaderboard experiment=training_free,table2_reward")
+    points, refs = [], []
+    for experiment in experiments:
+        for point, ref in zip(*_refs([f"experiment={experiment}", *rest])):
+            known = next((r for r in refs if r.key == ref.key), None)
+            if known is None:
+                points.append(point)
+                refs.append(ref)
+            else:  # a cell of two experiments (their shared baseline): one row, both labels
+                known.labels = {**ref.labels, **known.labels}
+    first = [f"experiment={experiments[0]}", *rest]
+    cfg = points[0][1]
+    baseline = _baseline(first, points, refs)
+    if baseline is None:
+        raise UsageError("a leaderboard ranks against report.baseline, which is not set; set it, e.g. "
+                         "report.baseline=method=base")
+    stores = Stores([Store(Path(p)) for p in [cfg.paths.store, *cfg.report.leaderboard.stores]])
+    out = report_folder(Path(cfg.paths.reports), "leaderboard_" + "+".join(experiments), rest)
+    paths = write_leaderboard(stores, refs, out, f"Refinery leaderboard: {', '.join(experiments)}",
+                              list(cfg.report.leaderboard.metrics or cfg.report.headline), baseline[0],
+                              resampling=_resampling(cfg), timings=read_timings(stores.roots, baseline[0], [r.key for r in refs]),
+                              generation_timings=frozenset(cfg.report.generation_timings))
+    print(f"leaderboard written to {out.resolve()}/ ({', '.join(p.name for p in paths.values())})")
 
 
 def cmd_verify(overrides: list[str]) -> None:
@@ -436,7 +550,8 @@ def cmd_list(kind: str) -> None:
 
 
 COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "score": cmd_score, "report": cmd_report,
-            "verify": cmd_verify, "train": cmd_train, "train-world": cmd_train_world, "train-reward": cmd_train_reward,
+            "verify": cmd_verify, "bench": cmd_bench, "leaderboard": cmd_leaderboard,
+            "train": cmd_train, "train-world": cmd_train_world, "train-reward": cmd_train_reward,
             "train-probe": cmd_train_probe, "weights": cmd_weights,
             "vbench": cmd_vbench}
 

@@ -30,8 +30,8 @@ def summary(tmp_path_factory, request):
         score(store.cell(run.key), cfg.metric, Path(cfg.paths.weights))
         refs.append(CellRef(run.key, {"method": method}))
     paths = write_report(store, refs, tmp / "report", "table 2", metrics=["overhead", "compute"],
-                         figure=None, baseline=refs[0].key)
-    return pd.read_csv(paths["csv"]).set_index(["method", "metric"])["mean"]
+                         baseline=refs[0].key)
+    return pd.read_csv(paths["report.csv"]).set_index(["method", "metric"])["mean"]
 
 
 @pytest.mark.parametrize("method", sorted(TABLE_2))

@@ -126,8 +126,8 @@ def test_table_2_compute_columns_through_the_report(tmp_path, backend):
         score(store.cell(run.key), OmegaConf.create({"compute": {}}), Path(cfg.paths.weights))
         refs.append(CellRef(run.key, {"method": method}))
     paths = write_report(store, refs, tmp_path / "report", "table 2", metrics=["overhead", "compute"],
-                         figure=None, baseline=refs[0].key)
-    summary = pd.read_csv(paths["csv"]).set_index(["method", "metric"])["mean"]
+                         baseline=refs[0].key)
+    summary = pd.read_csv(paths["report.csv"]).set_index(["method", "metric"])["mean"]
     for method, delta_nfe in TABLE_2.items():
         assert summary[(method, "overhead.delta_nfe")] == delta_nfe
         assert summary[(method, "overhead.verify")] == 0 and summary[(method, "overhead.delta_vae")] == 0
