@@ -1,4 +1,4 @@
-"""`refinery`: run | sweep | score | report | bench | leaderboard | train | train-world | train-reward | train-probe | vbench | weights | methods | metrics.
+"""`refinery`: run | sweep | score | report | verify | bench | leaderboard | train | train-world | train-reward | train-probe | vbench | weights | methods | metrics.
 
 Every command composes its configuration with Hydra from sweeps/ and takes Hydra overrides
 (`method=base sampler.steps=8 paths.store=/tmp/runs`). Bad input of any kind ends in one line on
@@ -6,13 +6,18 @@ stderr naming the problem and the fix, and exit code 2, before anything is writt
 """
 from __future__ import annotations
 
+import shlex
 import sys
 from dataclasses import fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf
 
 from harness.errors import UsageError, unknown_name
+
+if TYPE_CHECKING:
+    from harness.store import Cell, Damage
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "sweeps"
 GROUPS = ("model", "sampler", "method", "suite", "metric", "experiment")
@@ -25,6 +30,7 @@ commands:
   report       tables, figures, HTML from the store  refinery report experiment=quickstart [report.timing=true]
   bench        the timing pass (method vs baseline)  refinery bench experiment=training_free
   leaderboard  rank methods across experiments      refinery leaderboard experiment=training_free,table2_reward
+  verify       check every cell's files             refinery verify [experiment=quickstart | paths.store=runs]
   train        train a method's adapter             refinery train [train=reward|dmd] method=autorefiner [train.out=...]
   train-world  retrain the toy model from scratch   refinery train-world [steps=2500 out=path threads=2]
   train-reward retrain the world reward verifier    refinery train-reward [steps=1200 out=path]
@@ -110,17 +116,20 @@ def _labels(points: list[tuple[list[str], DictConfig]]) -> list[dict[str, str]]:
 
 
 def cmd_run(overrides: list[str]) -> None:
-    _run_cell(compose(overrides))
+    _run_cell(compose(overrides), overrides)
 
 
-def _run_cell(cfg: DictConfig) -> None:
-    """One cell: generate what is missing, score what is stale. Also the body of every sweep job."""
+def _run_cell(cfg: DictConfig, overrides: list[str] | None = None) -> None:
+    """One cell: generate what is missing or damaged, score what is stale. Also the body of every sweep
+    job, whose overrides (None) Hydra knows."""
+    from harness.launchers import follow_sweep
     from harness.pipeline import generate, open_store, resolve_run, score
     from harness.report import headline_lines
 
+    follow_sweep()
     run = resolve_run(cfg)
     store = open_store(cfg)
-    made = generate(run, store)
+    made = generate(run, store, resume=_resume_command(overrides))
     cell = store.cell(run.key)
     scored = score(cell, cfg.metric, Path(cfg.paths.weights))
     print(f"cell {run.key}: {made.videos} videos generated ({made.model_calls} model calls), "
@@ -128,9 +137,19 @@ def _run_cell(cfg: DictConfig) -> None:
     print("\n".join(headline_lines(store, run.key, list(cfg.report.headline), _resampling(cfg))))
 
 
+def _resume_command(overrides: list[str] | None) -> str:
+    """The `refinery run` that finishes this cell: the given overrides, or a sweep job's own."""
+    if overrides is None:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    return shlex.join(["refinery", "run", *overrides])
+
+
 def cmd_sweep(overrides: list[str]) -> None:
     import hydra
 
+    from harness.launchers import check_launcher, mark_sweep
     from harness.pipeline import open_store, resolve_run
 
     points = sweep_points(overrides)
@@ -138,12 +157,14 @@ def cmd_sweep(overrides: list[str]) -> None:
     baseline = _baseline_cfg(overrides, points[0][1])
     if baseline is not None and resolve_run(baseline).key in keys:
         baseline = None  # the sweep runs it anyway
+    check_launcher(compose(points[0][0], with_hydra=True).hydra.launcher, Path(points[0][1].paths.store))
     for _, cfg in points:
         open_store(cfg)
+    mark_sweep()
     sys.argv = [sys.argv[0], "--multirun", *overrides]
     hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base=None)(_run_cell)()
     if baseline is not None:  # the cell the report's overheads are relative to
-        _run_cell(baseline)
+        _run_cell(baseline, _baseline_overrides(overrides, baseline))
     print(f"sweep done: {len(points) + (baseline is not None)} cells in {Path(points[0][1].paths.store).resolve()}")
 
 
@@ -161,8 +182,12 @@ def _baseline_cfg(overrides: list[str], cfg: DictConfig) -> DictConfig | None:
     `report.baseline` (e.g. method=base), without the experiment's swept settings."""
     if not cfg.report.get("baseline"):
         return None
+    return compose(_baseline_overrides(overrides, cfg))
+
+
+def _baseline_overrides(overrides: list[str], cfg: DictConfig) -> list[str]:
     fixed = [o.input_line for o in _parse(overrides) if not o.is_sweep_override()]
-    return compose([*fixed, *str(cfg.report.baseline).split()])
+    return [*fixed, *str(cfg.report.baseline).split()]
 
 
 def _baseline(overrides: list[str], points: list, refs: list) -> tuple[str, DictConfig] | None:
@@ -220,6 +245,8 @@ def cmd_report(overrides: list[str]) -> None:
     cfg = points[0][1]
     store = open_store(cfg)
     baseline = _baseline(overrides, points, refs)
+    for ref in refs:  # a report never goes on with fewer videos than a cell has
+        store.cell(ref.key).refuse_damage()
     if baseline and cfg.report.timing:
         _bench(cells, baseline, store)
     name = cfg.experiment or "adhoc"
@@ -307,6 +334,44 @@ def cmd_leaderboard(overrides: list[str]) -> None:
                               resampling=_resampling(cfg), timings=read_timings(stores.roots, baseline[0], [r.key for r in refs]),
                               generation_timings=frozenset(cfg.report.generation_timings))
     print(f"leaderboard written to {out.resolve()}/ ({', '.join(p.name for p in paths.values())})")
+
+
+def cmd_verify(overrides: list[str]) -> None:
+    """`verify [experiment=... | key=value ...]`: the cells of that sweep, or with no setting but
+    paths.*, every cell of the store; each damaged or missing file on a line with its cell."""
+    from harness.store import Store
+
+    sweep = [o for o in overrides if not o.lstrip("+~").startswith("paths.")]
+    store = Store(Path(compose(overrides).paths.store))  # checking a whole store needs no model (nor torch)
+    cells = [store.cell(ref.key) for ref in _refs(overrides)[1]] if sweep else store.cells()
+    found = [_print_damage(cell, listed=bool(sweep)) for cell in cells]
+    damaged = [len(damage) for damage, _ in found if damage]
+    states = [state for _, state in found]
+    print(f"{_count(len(cells), 'cell')} checked in {store.root.resolve()}: {_count(sum(damaged), 'damaged file')}"
+          f", {states.count('interrupted')} interrupted, {states.count('missing')} not run")
+    if damaged:
+        raise UsageError(f"{_count(sum(damaged), 'file')} of {_count(len(damaged), 'cell')} damaged or missing "
+                         "(listed above); run each cell's command shown there: it regenerates exactly those files")
+
+
+def _count(n: int, thing: str) -> str:
+    return f"{n} {thing}{'' if n == 1 else 's'}"
+
+
+def _print_damage(cell: Cell, listed: bool) -> tuple[list[Damage], str]:
+    """Print what is wrong with one cell for `verify`; returns its damage and state."""
+    damage, state = cell.damage(), cell.state()
+    for d in damage:
+        print(f"cell {cell.key}: {d.file} {d.problem}")
+    for fix in dict.fromkeys(cell.fix(d.file) for d in damage):
+        print(f"cell {cell.key}: to repair, {fix}")
+    if state == "interrupted":
+        status = cell.status()
+        print(f"cell {cell.key}: interrupted (its writer, {status['host']} pid {status['pid']}, is gone); "
+              f"resume it with `{cell.resume_command()}`")
+    elif state == "missing" and listed:
+        print(f"cell {cell.key}: missing (not run yet)")
+    return damage, state
 
 
 def _options(command: str, overrides: list[str], known: list[str]) -> dict[str, str]:
@@ -485,7 +550,7 @@ def cmd_list(kind: str) -> None:
 
 
 COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "score": cmd_score, "report": cmd_report,
-            "bench": cmd_bench, "leaderboard": cmd_leaderboard,
+            "verify": cmd_verify, "bench": cmd_bench, "leaderboard": cmd_leaderboard,
             "train": cmd_train, "train-world": cmd_train_world, "train-reward": cmd_train_reward,
             "train-probe": cmd_train_probe, "weights": cmd_weights,
             "vbench": cmd_vbench}

@@ -85,8 +85,7 @@ def label_keys_of(refs: list[CellRef]) -> list[str]:
 
 
 def _state(cell: Cell) -> str:
-    status = cell.status()
-    return status.get("state", "missing") if status else "missing"
+    return cell.state()  # running, or interrupted when its writer is gone
 
 
 def _score_rows(cell: Cell) -> list[dict]:

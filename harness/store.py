@@ -1,18 +1,24 @@
-"""The results store: one directory per cell, atomic writes, resumable runs.
+"""The results store: one directory per cell, atomic writes, leases, manifests, resumable runs.
 
 Layout under the root folder::
 
-    cells/<key>/spec.json             frozen run spec, written once when the cell is created
-    cells/<key>/status.json           state (running | complete | failed), host, pid, time, error
+    cells/<key>/spec.json             frozen run spec, written once; its canonical JSON hashes to <key>
+    cells/<key>/status.json           state (running | complete | failed), host, pid, SLURM job, time,
+                                      error, and the command that resumes the cell
     cells/<key>/videos/<i:05d>.npy    uint8 (F, H, W, 3)
     cells/<key>/records/<i:05d>.json  per-video record, written after its video: its presence
                                       means the video is complete
     cells/<key>/scores/<metric>.json  per-video values of one metric, in video-index order
-    cells/<key>/.lock                 exclusive lock (see Cell.lock)
+    cells/<key>/manifest.json         sha256 and size of every video, record and score file, written
+                                      last when the cell completes and again when a score file is
+                                      written: a complete cell can always be checked (Cell.damage)
+    cells/<key>/.lock                 lease of the process writing the cell (harness/lease.py)
 
 Every file is written to a temp file in its own directory and renamed over the target, so a
 process killed at any moment leaves either the old file or the new one, never half of one, and
 many processes (joblib workers, SLURM array jobs on a shared file system) can share one store.
+Every write into a cell happens under its lease; the next holder removes the temp files that a
+killed writer left behind.
 """
 from __future__ import annotations
 
@@ -20,13 +26,12 @@ import hashlib
 import io
 import json
 import os
-import random
 import re
+import shlex
 import socket
-import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -34,19 +39,19 @@ from typing import Any
 import numpy as np
 
 from harness.errors import UsageError
+from harness.lease import Lease, LockTimeout, lease, read_holder, say, slurm_job
 
-STATES = ("running", "complete", "failed")
+__all__ = ["LockTimeout", "Store", "Cell", "Damage", "canonical_json", "cell_key", "atomic_write_bytes",
+           "atomic_write_json", "atomic_save_npy", "read_json", "read_npy"]
+
+STATES = ("running", "complete", "failed")  # what status.json says; Cell.state() adds the rest
 _SCORE_KEYS = ("metric", "version", "higher_is_better", "values", "videos")
 _KEY_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
 _INDEX_RE = re.compile(r"(\d+)\.json")
-_POLL_S = 0.2
-# A lock file is created empty and then filled; one still unreadable after this long belongs to
-# a writer that died in between.
-_UNREADABLE_LOCK_GRACE_S = 30.0
-
-
-class LockTimeout(UsageError):
-    """Cell.lock(timeout=...) gave up waiting for another holder."""
+_TEMP_RE = re.compile(r"\..+\.\d+\.[0-9a-f]{8}\.tmp")  # atomic_write_bytes' temp files
+_WRITTEN = ("", "videos", "records", "scores")  # the cell's folders that writers write into
+_RERUN = "rerun the `refinery run` or `sweep` that made the cell to regenerate it"
+_RESCORE = "rerun `refinery score` (or the sweep) with the cell's settings to rewrite it"
 
 
 def canonical_json(obj: Any) -> str:
@@ -79,8 +84,12 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode()
+
+
 def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(path, _json_bytes(obj))
 
 
 def atomic_save_npy(path: str | Path, array: np.ndarray) -> None:
@@ -89,21 +98,26 @@ def atomic_save_npy(path: str | Path, array: np.ndarray) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def read_json(path: str | Path) -> Any:
-    """Load a JSON file; a corrupt one is a UsageError naming it rather than a parser traceback."""
+def read_json(path: str | Path, fix: str = "rerun the command that wrote it") -> Any:
+    """Load a JSON file; a corrupt one is a UsageError naming it and the fix, not a parser traceback."""
     path = Path(path)
     try:
         return json.loads(path.read_bytes())
     except ValueError as e:
-        raise UsageError(f"{path} is corrupt ({e}); delete it and rerun to rewrite it") from e
+        raise UsageError(f"{path} is corrupt ({e}); {fix}") from e
 
 
-def read_npy(path: str | Path) -> np.ndarray:
+def read_npy(path: str | Path, fix: str = "rerun the command that wrote it") -> np.ndarray:
     path = Path(path)
     try:
         return np.load(path, allow_pickle=False)
     except (ValueError, EOFError) as e:
-        raise UsageError(f"{path} is corrupt ({e}); delete it and rerun to rewrite it") from e
+        raise UsageError(f"{path} is corrupt ({e}); {fix}") from e
+
+
+def file_digest(data: bytes) -> dict[str, Any]:
+    """A manifest entry: the sha256 and size of a file's bytes."""
+    return {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
 
 
 class Store:
@@ -133,8 +147,19 @@ def _check_writable(root: Path) -> None:
         raise UsageError(f"store folder {root} is not writable ({reason}); {fix}") from e
 
 
+@dataclass(frozen=True)
+class Damage:
+    """One unusable file of a cell: its path relative to the cell's folder and what is wrong with it
+    (a predicate: "is missing", "differs from the manifest (sha256)")."""
+
+    cell: str
+    file: str
+    problem: str
+
+
 class Cell:
-    """One run of one configuration over a prompt suite and seeds. Files appear lazily."""
+    """One run of one configuration over a prompt suite and seeds. Files appear lazily; every write
+    into the cell happens under its lease (Cell.lock)."""
 
     def __init__(self, key: str, path: Path):
         self.key = key
@@ -146,61 +171,121 @@ class Cell:
     # -- spec and status ------------------------------------------------------------------------
 
     def spec(self) -> dict | None:
+        """The frozen spec, None before it is written; an unreadable one is a UsageError with the fix
+        (damage() also checks that it hashes to the cell's key)."""
         path = self.path / "spec.json"
-        return read_json(path) if path.exists() else None
+        return read_json(path, fix=self.fix("spec.json")) if path.exists() else None
+
+    def _spec_problem(self) -> str | None:
+        try:
+            spec = json.loads((self.path / "spec.json").read_bytes())
+        except FileNotFoundError:
+            return "is missing"
+        except ValueError as e:
+            return f"is not JSON ({e})"
+        try:
+            if isinstance(spec, dict) and cell_key(spec) == self.key:
+                return None
+        except UsageError:  # NaN or infinity: never written by write_spec
+            pass
+        return "is not this cell's spec (its hash is not the cell's key)"
 
     def write_spec(self, spec: dict) -> None:
-        """Freeze the spec; repeating the same spec is a no-op, a different one is refused."""
-        old = self.spec()
-        if old is None:
-            atomic_write_json(self.path / "spec.json", spec)
-        elif canonical_json(old) != canonical_json(spec):
+        """Freeze the spec; repeating it is a no-op, a different one is refused, a damaged one (one that
+        does not hash to the cell's key, which spec does) is rewritten."""
+        try:
+            old = read_json(self.path / "spec.json")
+        except (FileNotFoundError, UsageError):
+            old = None
+        if old is not None and canonical_json(old) == canonical_json(spec):
+            return
+        if old is not None and not (cell_key(spec) == self.key != _key_or_none(old)):
             raise UsageError(f"cell {self.path} already holds a different spec; "
                              "delete that folder if its results are no longer wanted")
+        atomic_write_json(self.path / "spec.json", spec)
 
     def status(self) -> dict | None:
+        """status.json, None before it is written; a damaged one is a UsageError with the fix."""
         path = self.path / "status.json"
-        return read_json(path) if path.exists() else None
+        if not path.exists():
+            return None
+        status = read_json(path, fix=self.fix("status.json"))
+        problem = _status_problem(status)
+        if problem:
+            raise self._damaged("status.json", problem)
+        return status
 
-    def set_status(self, state: str, error: str | None = None) -> None:
+    def _status_quietly(self) -> dict | None:
+        try:
+            return self.status()
+        except UsageError:
+            return None
+
+    def set_status(self, state: str, error: str | None = None, resume: str | None = None) -> None:
+        """resume: the command that finishes this cell if its process dies."""
         if state not in STATES:
             raise ValueError(f"state must be one of {STATES}, not {state!r}")
         atomic_write_json(self.path / "status.json", {
-            "state": state, "host": socket.gethostname(), "pid": os.getpid(),
-            "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"), "error": error,
+            "state": state, "host": socket.gethostname(), "pid": os.getpid(), "job": slurm_job(),
+            "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"), "error": error, "resume": resume,
         })
 
     def is_complete(self) -> bool:
-        status = self.status()
-        return status is not None and status.get("state") == "complete"
+        status = self._status_quietly()
+        return status is not None and status["state"] == "complete"
+
+    def state(self) -> str:
+        """missing | running | interrupted (its holder is gone) | failed | complete | damaged."""
+        status = self._status_quietly()
+        if status is None:
+            return "damaged" if (self.path / "status.json").exists() else "missing"
+        if status["state"] == "running":
+            holder = read_holder(self.path / ".lock")
+            if holder is None or holder.gone():
+                return "interrupted"
+        return status["state"]
+
+    def resume_command(self) -> str | None:
+        """The command that finishes or repairs this cell: its last writer's, pointed at the store the cell
+        is in now (stores get moved and copied)."""
+        resume = (self._status_quietly() or {}).get("resume")
+        if not resume:
+            return None
+        words = [w for w in shlex.split(resume) if not w.startswith("paths.store=")]
+        return shlex.join([*words, f"paths.store={self.path.parent.parent}"])
 
     # -- videos and records ---------------------------------------------------------------------
 
     def video_path(self, i: int) -> Path:
-        return self.path / "videos" / f"{i:05d}.npy"
-
-    def _record_path(self, i: int) -> Path:
-        return self.path / "records" / f"{i:05d}.json"
+        return self.path / _video_file(i)
 
     def has_record(self, i: int) -> bool:
-        return self._record_path(i).exists()
+        return (self.path / _record_file(i)).exists()
 
-    def write_video(self, i: int, video: np.ndarray, record: dict) -> None:
-        """Store video i, then its record: a record is the mark that its video is complete."""
+    def write_video(self, i: int, video: np.ndarray, record: dict | None = None) -> None:
+        """Store video i, then its record (when given): a record is the mark that its video is complete."""
         if video.dtype != np.uint8 or video.ndim != 4 or video.shape[-1] != 3:
             raise ValueError(f"video must be uint8 (F, H, W, 3), got {video.dtype} {video.shape}")
         atomic_save_npy(self.video_path(i), video)
-        atomic_write_json(self._record_path(i), record)
+        if record is not None:
+            self.write_record(i, record)
+
+    def write_record(self, i: int, record: dict) -> None:
+        atomic_write_json(self.path / _record_file(i), record)
 
     def read_video(self, i: int) -> np.ndarray:
-        if not self.has_record(i):
-            raise UsageError(f"cell {self.path} has no complete video {i}; rerun the cell")
-        return read_npy(self.video_path(i))
+        self._check_recorded(i)
+        if not self.video_path(i).exists():
+            raise self._damaged(_video_file(i), "is missing")
+        return read_npy(self.video_path(i), fix=self.fix(_video_file(i)))
 
     def read_record(self, i: int) -> dict:
+        self._check_recorded(i)
+        return read_json(self.path / _record_file(i), fix=self.fix(_record_file(i)))
+
+    def _check_recorded(self, i: int) -> None:
         if not self.has_record(i):
             raise UsageError(f"cell {self.path} has no complete video {i}; rerun the cell")
-        return read_json(self._record_path(i))
 
     def video_indices(self) -> list[int]:
         """Indices of complete videos (those with a record), ascending."""
@@ -217,7 +302,8 @@ class Cell:
 
     def write_scores(self, name: str, payload: dict) -> None:
         """payload: metric, version, higher_is_better {output: bool}, values {output: [float]}
-        (one per video, in video-index order) and videos (their count)."""
+        (one per video, in video-index order) and videos (their count). The manifest of a complete
+        cell vouches for the new file at once."""
         if not _KEY_RE.fullmatch(name):
             raise ValueError(f"bad metric name {name!r}")
         missing = [k for k in _SCORE_KEYS if k not in payload]
@@ -227,110 +313,176 @@ class Cell:
             if len(values) != payload["videos"]:
                 raise ValueError(f"{name}.{output} has {len(values)} values for "
                                  f"{payload['videos']} videos")
-        atomic_write_json(self.path / "scores" / f"{name}.json", payload)
+        data, file = _json_bytes(payload), f"scores/{name}.json"
+        with self.lock():
+            atomic_write_bytes(self.path / file, data)
+            manifest = self.manifest()
+            if manifest is not None:
+                manifest["files"][file] = file_digest(data)
+                atomic_write_json(self.path / "manifest.json", manifest)
 
     def read_scores(self) -> dict[str, dict]:
-        folder = self.path / "scores"
-        if not folder.is_dir():
-            return {}
-        return {p.stem: read_json(p) for p in sorted(folder.glob("*.json"))
-                if not p.name.startswith(".")}
+        """The score files the manifest vouches for and that are intact; the others are stale (see
+        write_manifest) or damaged, and `score` computes them again. A cell without a manifest (written
+        before manifests, or by hand) has every score file read, as it is."""
+        manifest = self.manifest()
+        if manifest is None:
+            folder = self.path / "scores"
+            files = sorted(f"scores/{p.name}" for p in folder.glob("*.json")) if folder.is_dir() else []
+            return {Path(f).stem: read_json(self.path / f, fix=self.fix(f)) for f in files
+                    if not Path(f).name.startswith(".")}
+        return {Path(f).stem: read_json(self.path / f) for f, digest in sorted(manifest["files"].items())
+                if f.startswith("scores/") and not self._file_problem(f, digest)}
+
+    # -- manifest and damage --------------------------------------------------------------------
+
+    def manifest(self) -> dict | None:
+        """manifest.json, None when absent or unreadable (damage() says which)."""
+        try:
+            manifest = json.loads((self.path / "manifest.json").read_bytes())
+        except (FileNotFoundError, ValueError):
+            return None
+        ok = isinstance(manifest, dict) and isinstance(manifest.get("files"), dict)
+        return manifest if ok and isinstance(manifest.get("videos"), int) else None
+
+    def write_manifest(self, videos: int) -> None:
+        """Record the digests of videos 0 .. videos - 1 and their records: the last write of a cell.
+
+        Score files stay vouched for only when no video or record changed: a repair that reproduced
+        every byte keeps its scores; one that rewrote a record (whose ledger times are measured anew)
+        leaves them stale, to be recomputed by `score`."""
+        old = (self.manifest() or {"files": {}})["files"]
+        files = {f: file_digest((self.path / f).read_bytes())
+                 for i in range(videos) for f in (_video_file(i), _record_file(i))}
+        changed = [f for f, digest in files.items() if f in old and old[f] != digest]
+        for f in changed:
+            if f.startswith("videos/"):
+                say(f"cell {self.key}: {f} was regenerated with other bytes than before (another torch build "
+                    "or CPU kind than the original's?); the cell's scores will be recomputed")
+        if not changed:
+            files.update({f: d for f, d in old.items() if f.startswith("scores/") and not self._file_problem(f, d)})
+        atomic_write_json(self.path / "manifest.json", {"videos": videos, "files": files})
+
+    def damage(self) -> list[Damage]:
+        """Every damaged or missing file of the cell. A cell still being written is checked for its spec
+        and status only: its videos are checked when it completes."""
+        if not self.path.is_dir():
+            return []
+        has_manifest = (self.path / "manifest.json").exists()
+        problems = {"spec.json": self._spec_problem()}
+        if problems["spec.json"] == "is missing" and not (has_manifest or (self.path / "status.json").exists()):
+            problems["spec.json"] = None  # a cell whose first writer has not got that far
+        problems["status.json"] = self._status_file_problem()
+        manifest = self.manifest()
+        if manifest is not None:
+            files = manifest["files"]
+            expected = [f for i in range(manifest["videos"]) for f in (_video_file(i), _record_file(i))]
+            problems.update({f: "is not in the manifest" for f in expected if f not in files})
+            problems.update({f: self._file_problem(f, digest) for f, digest in sorted(files.items())})
+        elif has_manifest:
+            problems["manifest.json"] = "is not a manifest (not JSON, or without files)"
+        elif self.is_complete():
+            problems["manifest.json"] = "is missing, though the cell is complete"
+        return [Damage(self.key, f, p) for f, p in problems.items() if p]
+
+    def refuse_damage(self, scores: bool = True) -> None:
+        """A UsageError naming the first damaged file (a score file too, when scores) and its fix."""
+        found = [d for d in self.damage() if scores or not d.file.startswith("scores/")]
+        if found:
+            more = f" (and {len(found) - 1} more: `refinery verify` lists them)" if len(found) > 1 else ""
+            raise self._damaged(found[0].file, found[0].problem + more)
+
+    def unusable(self, indices: list[int]) -> dict[int, set[str]]:
+        """Which files of each video ("video", "record") must be (re)written: missing, unlike the
+        manifest, or, where the manifest has no entry (a cell still being written), not parsing."""
+        files = (self.manifest() or {"files": {}})["files"]
+        found = {}
+        for i in indices:
+            parts = {part for part, f in (("video", _video_file(i)), ("record", _record_file(i)))
+                     if self._file_problem(f, files.get(f))}
+            if parts:
+                found[i] = parts
+        return found
+
+    def fix(self, file: str) -> str:
+        """How to repair a damaged file of this cell."""
+        if file.startswith("scores/"):
+            return _RESCORE
+        resume = self.resume_command() if file != "status.json" else None
+        return f"rerun `{resume}` to regenerate it" if resume else _RERUN
+
+    def _damaged(self, file: str, problem: str) -> UsageError:
+        return UsageError(f"{self.path / file} {problem}; {self.fix(file)}")
+
+    def _status_file_problem(self) -> str | None:
+        try:
+            return _status_problem(json.loads((self.path / "status.json").read_bytes()))
+        except FileNotFoundError:
+            return None
+        except ValueError as e:
+            return f"is not JSON ({e})"
+
+    def _file_problem(self, file: str, entry: dict | None) -> str | None:
+        """Why a video, record or score file is unusable, or None. Against its manifest entry when it has
+        one (size, then sha256), else it must parse."""
+        try:
+            data = (self.path / file).read_bytes()
+        except FileNotFoundError:
+            return "is missing"
+        if entry is None:
+            return _parse_problem(file, data)
+        if len(data) != entry.get("size"):
+            return f"has {len(data)} bytes where the manifest says {entry.get('size')}"
+        if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+            return "differs from the manifest (sha256)"
+        return None
 
     # -- locking --------------------------------------------------------------------------------
 
-    @contextmanager
-    def lock(self, timeout: float | None = None) -> Iterator[None]:
-        """Exclusive access to this cell across processes, also on a shared file system.
+    def lock(self, timeout: float | None = None) -> AbstractContextManager[Lease]:
+        """Exclusive access to this cell across processes and hosts: a lease (harness/lease.py) that
+        is taken over when its holder is gone. Re-entrant within one process. The new holder first
+        removes the temp files a killed writer left in the cell."""
+        return lease(self.path / ".lock", f"cell {self.key}", timeout, on_acquire=self._remove_temp_files)
 
-        Not re-entrant. A lock left by a killed process is broken only when that process ran on
-        this host (its pid can be checked); one left on another host must be deleted by hand.
-        """
-        path = self.path / ".lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not _try_create(path):
-            stale = _stale_content(path)
-            if stale is not None and _break(path, stale):
+    def _remove_temp_files(self) -> None:
+        for folder in _WRITTEN:
+            try:
+                names = os.listdir(self.path / folder)
+            except FileNotFoundError:
                 continue
-            if deadline is not None and time.monotonic() >= deadline:
-                raise LockTimeout(f"{path} is held by {_holder(path)}; if that process is gone, "
-                                  "delete the file and rerun")
-            # jitter keeps waiters from polling in lockstep
-            time.sleep(_POLL_S * random.uniform(0.5, 1.5))
-        try:
-            yield
-        finally:
-            path.unlink(missing_ok=True)
+            for name in names:
+                if _TEMP_RE.fullmatch(name):
+                    (self.path / folder / name).unlink(missing_ok=True)
 
 
-def _owner() -> str:
-    return json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                       "token": uuid.uuid4().hex, "since": time.time()})
+def _video_file(i: int) -> str:
+    return f"videos/{i:05d}.npy"
 
 
-def _try_create(path: Path) -> bool:
+def _record_file(i: int) -> str:
+    return f"records/{i:05d}.json"
+
+
+def _key_or_none(spec: Any) -> str | None:
     try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-        return False
-    with os.fdopen(fd, "w") as f:
-        f.write(_owner())
-        f.flush()
-        os.fsync(f.fileno())
-    return True
-
-
-def _holder(path: Path) -> str:
-    try:
-        return path.read_text() or "a writer that has not named itself yet"
-    except OSError:
-        return "nobody now"
-
-
-def _stale_content(path: Path) -> str | None:
-    """The lock's content if its holder is provably gone, else None."""
-    try:
-        text, age = path.read_text(), time.time() - path.stat().st_mtime
-    except FileNotFoundError:
+        return cell_key(spec) if isinstance(spec, dict) else None
+    except UsageError:
         return None
+
+
+def _status_problem(status: Any) -> str | None:
+    if isinstance(status, dict) and status.get("state") in STATES:
+        return None
+    return f"is not a status object (a dict whose state is one of {', '.join(STATES)})"
+
+
+def _parse_problem(file: str, data: bytes) -> str | None:
     try:
-        holder = json.loads(text)
-    except ValueError:
-        return text if age > _UNREADABLE_LOCK_GRACE_S else None
-    if holder.get("host") == socket.gethostname() and not _pid_alive(int(holder["pid"])):
-        return text
+        if file.endswith(".npy"):
+            np.load(io.BytesIO(data), allow_pickle=False)
+        else:
+            json.loads(data)
+    except (ValueError, EOFError, OSError) as e:
+        return f"is not readable ({e})"
     return None
-
-
-def _break(path: Path, stale: str) -> bool:
-    """Remove a stale lock; False when another breaker is at work, so the caller waits a poll."""
-    # Two waiters may both find the lock stale; if one broke it and took a fresh lock before the
-    # other acted, a plain unlink would delete the fresh one. Breakers therefore take turns under
-    # a guard file and only delete the lock if it still holds the stale content.
-    guard = path.with_name(path.name + ".break")
-    if not _try_create(guard):
-        if _stale_content(guard) is not None:
-            guard.unlink(missing_ok=True)
-        return False
-    try:
-        if path.read_text() == stale:
-            path.unlink()
-        return True
-    except FileNotFoundError:
-        return True
-    finally:
-        guard.unlink(missing_ok=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A killed child stays a zombie until its parent reaps it; it holds nothing.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True

@@ -162,8 +162,11 @@ def test_dynamics_blocks_do_not_change_values(monkeypatch: pytest.MonkeyPatch, f
     blocks = list(Dynamics(interval=2)._blocks(videos))
     assert len(blocks) == (3 if frames_per_block == 7 else 9)  # 5 pairs: runs of 2, 2, 1
     chunked = Dynamics(interval=2).score(batch_of(videos))
-    for key in whole:
-        np.testing.assert_allclose(chunked[key], whole[key], rtol=0, atol=1e-12)
+    # PSNR sums squared 8-bit differences, exact in float32: equal. SSIM's window means are float32
+    # matrix products whose blocking follows the matrix shapes, which the blocks change: equal to float32
+    # rounding (measured 1.3e-10 on values of about 1e-2; float32 resolves 6e-8 at 1).
+    np.testing.assert_array_equal(chunked["psnr"], whole["psnr"])
+    np.testing.assert_allclose(chunked["ssim"], whole["ssim"], rtol=0, atol=1e-6)
 
 
 def test_temporal_flicker_extremes_and_hand_value() -> None:

@@ -1,4 +1,5 @@
 """The rollout loop: determinism, keyed noise, sampler semantics, the ledger, the hooks."""
+import os
 import subprocess
 import sys
 
@@ -8,6 +9,7 @@ from conftest import ROOT
 from harness.ledger import Ledger
 from harness.method import Method
 from harness.noise import NoiseSource
+from harness.pipeline import cpu_threads
 from harness.rollout import Sampler, renoise, rollout
 from methods.base import Base
 
@@ -27,20 +29,25 @@ def test_same_seed_same_video_and_other_seed_other_video(toy):
     assert not torch.equal(a.videos, c.videos)
 
 
-def test_bit_identical_across_processes(toy, tmp_path):
+def test_bit_identical_across_processes_whatever_their_threads_environment(toy, tmp_path):
+    """The same spec gives the same bits in any process: generation computes with the spec's thread count
+    (cpu_threads), whatever OMP_NUM_THREADS says. Float32 matrix products split their sums by thread
+    count, so without it 1 and 2 threads give other bits at some batch sizes (batch 2 here, on AMD EPYC)."""
     script = (
         "import sys, torch; sys.path.insert(0, '.');"
         "from harness.models.toy import load_toy; from harness.rollout import rollout, Sampler;"
-        "from methods.base import Base;"
-        f"r = rollout(load_toy().with_chunks(2), Base(), {PROMPTS!r}, {SEEDS!r}, Sampler());"
+        "from harness.pipeline import cpu_threads; from methods.base import Base\n"
+        f"with cpu_threads(2): r = rollout(load_toy().with_chunks(2), Base(), {PROMPTS!r}, {SEEDS!r}, Sampler())\n"
         "torch.save(r.videos, sys.argv[1])"
     )
     outs = []
-    for i in range(2):
-        path = tmp_path / f"v{i}.pt"
-        subprocess.run([sys.executable, "-c", script, str(path)], check=True, cwd=ROOT)
+    for threads in ("1", "2"):
+        path = tmp_path / f"v{threads}.pt"
+        subprocess.run([sys.executable, "-c", script, str(path)], check=True, cwd=ROOT,
+                       env={**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads})
         outs.append(torch.load(path, weights_only=True))
-    here = rollout(small(toy), Base(), PROMPTS, SEEDS, Sampler()).videos
+    with cpu_threads(2):  # conftest runs this process with one thread
+        here = rollout(small(toy), Base(), PROMPTS, SEEDS, Sampler()).videos
     assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], here)
 
 

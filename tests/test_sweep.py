@@ -1,12 +1,20 @@
-"""The store under sweeps: a rerun costs nothing, a SIGKILLed sweep resumes to the same table, and
-two joblib workers writing one store corrupt nothing."""
+"""The store under sweeps: a rerun costs nothing, a SIGKILLed sweep resumes to the same table, two
+joblib workers writing one store corrupt nothing and write the bytes the basic launcher writes, and
+killing a sweep takes its workers down with it."""
+import json
 import re
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+import pytest
 
 from conftest import FAST, ROOT
+from harness.lease import pid_alive
+from harness.store import Store
+from stores import contents, leftovers
 
 # two batches per cell, so that a kill can land between the batches of one cell
 CELLS = [o for o in FAST if not o.startswith("batch_size")] + [
@@ -14,9 +22,9 @@ CELLS = [o for o in FAST if not o.startswith("batch_size")] + [
 SWEEP = [*CELLS, "sampler.steps=2,3"]
 
 
-def refinery(*args, wait=True):
+def refinery(*args, wait=True, path=str(ROOT)):
     cmd = [sys.executable, "-m", "harness.cli", *args]
-    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1"}
+    env = {"PYTHONPATH": path, "PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1"}
     if not wait:
         return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
@@ -83,13 +91,65 @@ def test_sigkilled_sweep_resumes_to_the_same_table(tmp_path):
     assert interrupted >= 2  # the kills really landed inside cells
 
 
-def test_two_joblib_workers_share_one_store(tmp_path):
+def test_two_joblib_workers_share_one_store_and_write_the_basic_launchers_bytes(tmp_path):
     store = tmp_path / "store"
-    # every cell twice, two workers: the same cell is written by two processes at once
+    # every cell twice, two workers: the same cell is written by two processes at once. A joblib worker
+    # is limited to one thread (OMP_NUM_THREADS=1) while the basic launcher has two cores: the cells
+    # compute with the spec's threads all the same (at batch 2 one thread gives other bits)
     refinery("sweep", *CELLS, "sampler.steps=2,3,2,3", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
              f"paths.store={store}")
-    assert not list(store.rglob("*.tmp*")) and not list(store.rglob(".lock"))
+    assert not leftovers(store)
     sequential = tmp_path / "sequential"
     refinery("sweep", *SWEEP, f"paths.store={sequential}")
+    assert contents(store) == contents(sequential)
     assert report_table(tmp_path, store).replace(store.name, "") == \
         report_table(tmp_path, sequential).replace(sequential.name, "")
+
+
+# A disk that takes 0.5 s per fsync: the rest of a cell after its first video (3 videos and records)
+# takes seconds, however fast the CPU, so a kill at the first video lands well before the last.
+SLOW_DISK = """import os, time
+_sync = os.fsync
+os.fsync = lambda fd: (time.sleep(0.5), _sync(fd))[1]
+"""
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below pid."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            child, parent = int(stat.parent.name), int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(child)
+    found, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return [p for p in found if pid_alive(p)]
+
+
+@pytest.mark.parametrize("launcher", [["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+                                      ["hydra/launcher=submitit_local"]], ids=["joblib", "submitit_local"])
+def test_killing_a_sweep_takes_its_workers_down(tmp_path, launcher):
+    store, slow = tmp_path / "store", tmp_path / "slow_disk"
+    slow.mkdir()
+    (slow / "sitecustomize.py").write_text(SLOW_DISK)  # every Python process of the sweep imports it
+    proc = refinery("sweep", *SWEEP, "threads=1", *launcher, f"paths.store={store}", wait=False,
+                    path=f"{slow}:{ROOT}")
+    deadline = time.monotonic() + 300
+    while not first_record(store) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    workers = descendants(proc.pid)
+    assert workers and proc.poll() is None  # the sweep is running cells in processes of its own
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 60
+    while any(pid_alive(p) for p in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [p for p in workers if pid_alive(p)], "workers outlived their sweep"
+    states = [cell.state() for cell in Store(store).cells()]
+    assert "interrupted" in states  # they stopped inside a cell rather than finishing it
+    assert "running" not in states

@@ -1,0 +1,237 @@
+"""Leases: exclusive locks that also work across the hosts of a shared file system.
+
+A lease is a lock file created exclusively (O_EXCL, atomic on local file systems and on NFS v3+)
+holding its holder's host, PID, SLURM job (when there is one), a random token and the time it was
+taken. Its heartbeat is the file's modification time, which a thread of the holder sets every
+HEARTBEAT_S. Touching never replaces the file, so a holder that lost its lease can never overwrite
+its successor's lock file.
+
+A waiter takes a lease over when its heartbeat is older than LEASE_S, wherever the holder ran (it
+died, or its node did), or at once when the holder ran on this host and its PID is gone. It prints
+one line when it does, and one line naming the holder it waits for. Heartbeat ages compare the
+file's time with this host's clock: the hosts of a cluster must agree on the time to well within
+LEASE_S (NTP gives milliseconds).
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from harness.errors import UsageError
+
+LEASE_S = 60.0
+HEARTBEAT_S = 10.0  # six heartbeats per lease: a holder stalled by load or a slow file server keeps it
+_POLL_S = 0.2
+
+
+class LockTimeout(UsageError):
+    """lease(timeout=...) gave up waiting for another holder."""
+
+
+class LeaseLost(RuntimeError):
+    """The holder's heartbeat lapsed and another process took its lease over."""
+
+
+def iso(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class Holder:
+    """What a lock file says about its holder, read in one open (NFS revalidates on open)."""
+
+    text: str
+    info: dict
+    heartbeat: float  # the file's modification time
+
+    @property
+    def token(self) -> str | None:
+        return self.info.get("token")
+
+    def age(self) -> float:
+        return time.time() - self.heartbeat
+
+    def gone(self) -> bool:
+        """Provably not holding any more: heartbeat older than the lease, or a dead PID of this host."""
+        if self.age() > LEASE_S:
+            return True
+        pid = self.info.get("pid")
+        return self.info.get("host") == socket.gethostname() and isinstance(pid, int) and not pid_alive(pid)
+
+    def describe(self) -> str:
+        if not self.info:
+            return "a holder that has not named itself yet"
+        job = f" (SLURM job {self.info['job']})" if self.info.get("job") else ""
+        since = self.info.get("since")
+        return (f"{self.info.get('host')} pid {self.info.get('pid')}{job}"
+                f"{f', holding it since {iso(since)}' if isinstance(since, (int, float)) else ''}")
+
+
+def read_holder(path: Path) -> Holder | None:
+    try:
+        with open(path, "rb") as f:
+            text, mtime = f.read().decode(errors="replace"), os.fstat(f.fileno()).st_mtime
+    except FileNotFoundError:
+        return None
+    try:
+        info = json.loads(text)
+    except ValueError:  # created but not yet filled (microseconds), or damaged by hand
+        info = {}
+    return Holder(text, info if isinstance(info, dict) else {}, mtime)
+
+
+class Lease:
+    """The holder's side: a daemon thread keeps the heartbeat fresh until release()."""
+
+    def __init__(self, path: Path, owner: dict):
+        self.path, self.owner = path, owner
+        self.lost_to: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True, name=f"heartbeat {path}")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            holder = read_holder(self.path)
+            if holder is None or holder.token != self.owner["token"]:
+                self.lost_to = holder.describe() if holder else "a process that removed the lock"
+                return
+            try:
+                os.utime(self.path)
+            except FileNotFoundError:
+                pass  # released or taken over in between; the next beat finds out which
+
+    def check(self) -> None:
+        """Raise LeaseLost when another process took this lease over; call before every write."""
+        if self.lost_to is not None:
+            raise LeaseLost(f"{self.path}: this process's heartbeat lapsed for over {LEASE_S:.0f} s and "
+                            f"{self.lost_to} took the lease over; this process stopped writing")
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        holder = read_holder(self.path)
+        if holder is not None and holder.token == self.owner["token"]:
+            self.path.unlink(missing_ok=True)
+
+
+_HELD: dict[Path, Lease] = {}  # leases this process holds: taking one again is a no-op (re-entrant)
+
+
+@contextmanager
+def lease(path: Path, label: str, timeout: float | None = None,
+          on_acquire: Callable[[], None] | None = None) -> Iterator[Lease]:
+    """Hold the lock file `path` (label names it in messages). on_acquire runs once the lease is
+    held, before its heartbeat starts."""
+    if path in _HELD:
+        yield _HELD[path]
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    owner = _owner()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    announced = None  # the holder last named in a waiting line
+    while not _try_create(path, owner):
+        holder = read_holder(path)
+        if holder is None:
+            continue  # released between our attempt and the read
+        if holder.gone():
+            if _take_over(path, holder):
+                say(f"{label}: taking over the lock of {holder.describe()} "
+                    f"(last heartbeat {holder.age():.0f} s ago; a lease lasts {LEASE_S:.0f} s)")
+                continue
+        elif holder.text != announced:
+            announced = holder.text
+            say(f"{label}: waiting for {holder.describe()} (last heartbeat {holder.age():.0f} s ago; "
+                f"taken over if none for {LEASE_S:.0f} s)")
+        if deadline is not None and time.monotonic() >= deadline:
+            raise LockTimeout(f"{path} is held by {holder.describe()}; wait for it to finish, or for its "
+                              f"lease to lapse ({LEASE_S:.0f} s without a heartbeat) if it is gone")
+        time.sleep(_POLL_S * random.uniform(0.5, 1.5))  # jitter keeps waiters from polling in lockstep
+    held = Lease(path, owner)
+    try:
+        if on_acquire is not None:
+            on_acquire()
+        held.start()
+        _HELD[path] = held
+        yield held
+    finally:
+        _HELD.pop(path, None)
+        held.release()
+
+
+def say(line: str) -> None:
+    """One line for the user on stderr: what the store is waiting for or doing, not a result."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def slurm_job() -> str | None:
+    """This process's SLURM job as scancel names it: ARRAY_TASK for an array task, else the job id."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID")
+
+
+def _owner() -> dict:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "job": slurm_job(), "token": uuid.uuid4().hex,
+            "since": time.time()}
+
+
+def _try_create(path: Path, owner: dict) -> bool:
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(owner))
+        f.flush()
+        os.fsync(f.fileno())
+    return True
+
+
+def _take_over(path: Path, stale: Holder) -> bool:
+    """Remove a lock whose holder is gone; False when another process got there first."""
+    # Two waiters may both find the lock stale; if one removed it and took a fresh lease before the
+    # other acted, a plain unlink would delete the fresh one. Breakers therefore take turns under a
+    # guard file, and remove the lock only if it still holds the stale holder, still gone.
+    guard = path.with_name(path.name + ".break")
+    if not _try_create(guard, _owner()):
+        other = read_holder(guard)
+        if other is not None and other.gone():  # a breaker killed in these few lines
+            guard.unlink(missing_ok=True)
+        return False
+    try:
+        current = read_holder(path)
+        if current is None or current.text != stale.text or not current.gone():
+            return False
+        path.unlink()
+        return True
+    finally:
+        guard.unlink(missing_ok=True)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A killed child stays a zombie until its parent reaps it; it holds nothing.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
