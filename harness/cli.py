@@ -1,377 +1,81 @@
-"""`refinery`: run | sweep | score | report | verify | bench | leaderboard | train | train-world | train-reward | train-probe | vbench | weights | methods | metrics.
+"""`refinery COMMAND [key=value ...]`: a thin router over the Python API (harness.api, `import refinery`).
 
 Every command composes its configuration with Hydra from sweeps/ and takes Hydra overrides
-(`method=base sampler.steps=8 paths.store=/tmp/runs`). Bad input of any kind ends in one line on
-stderr naming the problem and the fix, and exit code 2, before anything is written.
+(`method=base sampler.steps=8 paths.store=/tmp/runs`); `refinery COMMAND --help` lists a command's
+options, config groups and their choices. Bad input of any kind ends in one line on stderr naming the
+problem and the fix, and exit code 2, before anything is written.
 """
 from __future__ import annotations
 
-import shlex
+import argparse
 import sys
-from dataclasses import fields
+from collections.abc import Callable
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from harness.errors import UsageError, unknown_name
+from harness.experiment import CONFIG_DIR, GROUPS, compose, group_choices, options_described
 
-if TYPE_CHECKING:
-    from harness.store import Cell, Damage
+VERSION = "0.1.0"
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "sweeps"
-GROUPS = ("model", "sampler", "method", "suite", "metric", "experiment")
-USAGE = """usage: refinery COMMAND [key=value ...]
 
-commands:
-  run          generate and score one cell          refinery run method=base sampler.steps=8
-  sweep        a Hydra multirun over cells          refinery sweep experiment=quickstart [hydra/launcher=joblib]
-  score        (re)score stored videos              refinery score experiment=quickstart
-  report       tables, figures, HTML from the store  refinery report experiment=quickstart [report.timing=true]
-  bench        the timing pass (method vs baseline)  refinery bench experiment=training_free
-  leaderboard  rank methods across experiments      refinery leaderboard experiment=training_free,table2_reward
-  verify       check every cell's files             refinery verify [experiment=quickstart | paths.store=runs]
-  train        train a method's adapter             refinery train [train=reward|dmd] method=autorefiner [train.out=...]
-  train-world  retrain the toy model from scratch   refinery train-world [steps=2500 out=path threads=2]
-  train-reward retrain the world reward verifier    refinery train-reward [steps=1200 out=path]
-  train-probe  retrain the world probe (features)   refinery train-probe [steps=1500 out=path]
-  weights      check or convert weight files        refinery weights check model=self_forcing
-                                                    refinery weights convert model=self_forcing checkpoint=PATH
-  vbench       VBench via its official package      refinery vbench export|evaluate|aggregate|ingest ...
-  methods      list registered methods
-  metrics      list registered metrics
-"""
+class _Parser(argparse.ArgumentParser):
+    """argparse's errors as the one-line UsageError every command ends in."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message}; see `{self.prog} --help`")
 
 
 # ---------------------------------------------------------------------------------------------
-# composition
-
-
-def _check_group_choices(overrides: list[str]) -> None:
-    """Unknown config-group options get a did-you-mean line instead of Hydra's traceback."""
-    for override in overrides:
-        key, _, value = override.lstrip("+~").partition("=")
-        if key not in GROUPS or not value or value == "null":
-            continue
-        known = sorted(p.stem for p in (CONFIG_DIR / key).glob("*.yaml"))
-        for choice in value.split(","):
-            if choice not in known:
-                raise unknown_name(key, choice, known)
-
-
-def compose(overrides: list[str], with_hydra: bool = False) -> DictConfig:
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    _check_group_choices(overrides)
-    try:
-        with initialize_config_dir(str(CONFIG_DIR), version_base=None, job_name="refinery"):
-            return hydra_compose("config", overrides=overrides, return_hydra_config=with_hydra)
-    except (HydraException, OmegaConfBaseException) as exc:
-        raise UsageError(" ".join(str(exc).split()) + " (see `refinery --help` and sweeps/)") from None
-
-
-def _parse(overrides: list[str]) -> list:
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
-    _check_group_choices(overrides)
-    try:
-        return OverridesParser.create().parse_overrides(overrides)
-    except HydraException as exc:
-        raise UsageError(" ".join(str(exc).split())) from None
-
-
-def sweep_points(overrides: list[str]) -> list[tuple[list[str], DictConfig]]:
-    """Every cell of a sweep: the experiment's sweeper params and the command line's sweeps, expanded
-    as Hydra's basic sweeper expands them; each with its composed config."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    given = _parse(overrides)
-    fixed = [o.input_line for o in given if not o.is_sweep_override()]
-    params = compose(fixed, with_hydra=True).hydra.sweeper.params
-    params = OmegaConf.to_container(params) if params else {}
-    # the command line's overrides win over the experiment's sweep of the same key
-    keys = {o.get_key_element() for o in given}
-    swept = [f"{k}={v}" for k, v in params.items() if k not in keys] + overrides
-    parsed = OverridesParser.create().parse_overrides(swept)
-    points = BasicSweeper.split_arguments(parsed, None)[0]
-    return [(point, compose(point)) for point in points]
-
-
-# ---------------------------------------------------------------------------------------------
-# commands
-
-
-def _labels(points: list[tuple[list[str], DictConfig]]) -> list[dict[str, str]]:
-    """The settings that vary across a sweep's cells label its rows; a single cell is labelled by
-    its method (the method option chosen, e.g. base_2x_steps, else the method's name)."""
-    parsed = [dict(o.partition("=")[::2] for o in point) for point, _ in points]
-    varying = [k for k in parsed[0] if len({p.get(k) for p in parsed}) > 1]
-    return [{k: p[k] for k in varying} or {"method": p.get("method", cfg.method.name)}
-            for p, (_, cfg) in zip(parsed, points)]
+# commands: each takes the words after its name
 
 
 def cmd_run(overrides: list[str]) -> None:
-    _run_cell(compose(overrides), overrides)
+    from harness.api import run
 
-
-def _run_cell(cfg: DictConfig, overrides: list[str] | None = None) -> None:
-    """One cell: generate what is missing or damaged, score what is stale. Also the body of every sweep
-    job, whose overrides (None) Hydra knows."""
-    from harness.launchers import follow_sweep
-    from harness.pipeline import generate, open_store, resolve_run, score
-    from harness.report import headline_lines
-
-    follow_sweep()
-    run = resolve_run(cfg)
-    store = open_store(cfg)
-    made = generate(run, store, resume=_resume_command(overrides))
-    cell = store.cell(run.key)
-    scored = score(cell, cfg.metric, Path(cfg.paths.weights))
-    print(f"cell {run.key}: {made.videos} videos generated ({made.model_calls} model calls), "
-          f"{len(run.items())} stored at {cell.path}; scored: {', '.join(scored) or 'up to date'}")
-    print("\n".join(headline_lines(store, run.key, list(cfg.report.headline), _resampling(cfg))))
-
-
-def _resume_command(overrides: list[str] | None) -> str:
-    """The `refinery run` that finishes this cell: the given overrides, or a sweep job's own."""
-    if overrides is None:
-        from hydra.core.hydra_config import HydraConfig
-
-        overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-    return shlex.join(["refinery", "run", *overrides])
+    run(overrides)
 
 
 def cmd_sweep(overrides: list[str]) -> None:
-    import hydra
+    from harness.api import sweep
 
-    from harness.launchers import check_launcher, mark_sweep
-    from harness.pipeline import open_store, resolve_run
-
-    points = sweep_points(overrides)
-    keys = {resolve_run(cfg).key for _, cfg in points}  # validate every cell before writing anything
-    baseline = _baseline_cfg(overrides, points[0][1])
-    if baseline is not None and resolve_run(baseline).key in keys:
-        baseline = None  # the sweep runs it anyway
-    check_launcher(compose(points[0][0], with_hydra=True).hydra.launcher, Path(points[0][1].paths.store))
-    for _, cfg in points:
-        open_store(cfg)
-    mark_sweep()
-    sys.argv = [sys.argv[0], "--multirun", *overrides]
-    hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base=None)(_run_cell)()
-    if baseline is not None:  # the cell the report's overheads are relative to
-        _run_cell(baseline, _baseline_overrides(overrides, baseline))
-    print(f"sweep done: {len(points) + (baseline is not None)} cells in {Path(points[0][1].paths.store).resolve()}")
-
-
-def _refs(overrides: list[str]):
-    from harness.pipeline import resolve_run
-    from harness.report import CellRef
-
-    points = sweep_points(overrides)
-    labels = _labels(points)
-    return points, [CellRef(resolve_run(cfg).key, lab) for (_, cfg), lab in zip(points, labels)]
-
-
-def _baseline_cfg(overrides: list[str], cfg: DictConfig) -> DictConfig | None:
-    """The cell that compute overheads are measured against: the command line's fixed settings plus
-    `report.baseline` (e.g. method=base), without the experiment's swept settings."""
-    if not cfg.report.get("baseline"):
-        return None
-    return compose(_baseline_overrides(overrides, cfg))
-
-
-def _baseline_overrides(overrides: list[str], cfg: DictConfig) -> list[str]:
-    fixed = [o.input_line for o in _parse(overrides) if not o.is_sweep_override()]
-    return [*fixed, *str(cfg.report.baseline).split()]
-
-
-def _baseline(overrides: list[str], points: list, refs: list) -> tuple[str, DictConfig] | None:
-    """The report's baseline cell and its config: the one row whose labels match every setting of
-    `report.baseline`, else the cell those settings compose to, which then joins `refs` (first).
-    A baseline that matches several rows is refused with their names."""
-    from harness.pipeline import resolve_run
-    from harness.report import CellRef
-
-    cfg = points[0][1]
-    selector = cfg.report.get("baseline")
-    if not selector:
-        return None
-    wanted = dict(o.partition("=")[::2] for o in str(selector).split())
-    matches = [(ref, point_cfg) for ref, (_, point_cfg) in zip(refs, points)
-               if all(ref.labels.get(k) == v for k, v in wanted.items())]
-    if len(matches) > 1:
-        names = "; ".join(f"{ref.name()} [{ref.key}]" for ref, _ in matches)
-        example = " ".join(f"{k}={v}" for k, v in matches[0][0].labels.items())
-        raise UsageError(f"report.baseline={selector!r} matches {len(matches)} cells ({names}); name one, "
-                         f"e.g. report.baseline='{example}'")
-    if matches:
-        return matches[0][0].key, matches[0][1]
-    baseline_cfg = _baseline_cfg(overrides, cfg)
-    key = resolve_run(baseline_cfg).key
-    if key not in {r.key for r in refs}:
-        label_keys = list(dict.fromkeys(k for r in refs for k in r.labels))
-        refs.insert(0, CellRef(key, {k: wanted.get(k, "—") for k in label_keys}))
-    return key, baseline_cfg
-
-
-def _resampling(cfg: DictConfig):
-    from harness.stats import Resampling
-
-    return Resampling(**OmegaConf.to_container(cfg.report.stats))
+    sweep(overrides)
 
 
 def cmd_score(overrides: list[str]) -> None:
-    from harness.pipeline import open_store, score
+    from harness.api import score
 
-    points, refs = _refs(overrides)
-    store = open_store(points[0][1])
-    for (_, cfg), ref in zip(points, refs):
-        computed = score(store.cell(ref.key), cfg.metric, Path(cfg.paths.weights), force=True)
-        print(f"cell {ref.key}: scored {', '.join(computed)}")
+    score(overrides)
 
 
 def cmd_report(overrides: list[str]) -> None:
-    from harness.pipeline import open_store
-    from harness.report import report_folder, write_report
-    from harness.timing import read_timings
+    from harness.api import report
 
-    points, refs = _refs(overrides)
-    cells = list(zip(refs, (cfg for _, cfg in points)))  # before the baseline may join refs
-    cfg = points[0][1]
-    store = open_store(cfg)
-    baseline = _baseline(overrides, points, refs)
-    for ref in refs:  # a report never goes on with fewer videos than a cell has
-        store.cell(ref.key).refuse_damage()
-    if baseline and cfg.report.timing:
-        _bench(cells, baseline, store)
-    name = cfg.experiment or "adhoc"
-    out = report_folder(Path(cfg.paths.reports), name, overrides)
-    report = cfg.report
-    hacking = report.get("reward_hacking")
-    paths = write_report(
-        store, refs, out, title=f"Refinery report: {name}", metrics=list(report.metrics),
-        headline=list(report.headline), baseline=baseline[0] if baseline else None,
-        hacking=(hacking.reward, list(hacking.held_out)) if hacking else None, resampling=_resampling(cfg),
-        timings=read_timings([store.root], baseline[0], [r.key for r in refs]) if baseline else None,
-        generation_timings=frozenset(report.generation_timings), gallery_prompts=int(report.gallery),
-        latex=OmegaConf.to_container(report.latex) if report.get("latex") else None)
-    print(f"report written to {out.resolve()}/ ({', '.join(p.name for p in paths.values())})\n"
-          f"open {paths['report.html'].resolve()}")
+    report(overrides)
 
 
 def cmd_bench(overrides: list[str]) -> None:
-    """The timing pass: every cell of the report against its baseline, interleaved in this process."""
-    from harness.pipeline import open_store
+    from harness.api import bench
 
-    points, refs = _refs(overrides)
-    cells = list(zip(refs, (cfg for _, cfg in points)))
-    baseline = _baseline(overrides, points, refs)
-    if baseline is None:
-        raise UsageError("refinery bench times cells against report.baseline, which is not set; "
-                         "set it, e.g. report.baseline=method=base")
-    _bench(cells, baseline, open_store(points[0][1]))
-
-
-def _bench(cells: list, baseline: tuple[str, DictConfig], store) -> None:
-    from harness.pipeline import resolve_run
-    from harness.timing import time_against, write_timing
-
-    options = baseline[1].report.bench
-    if options.threads:  # e.g. 1 on a shared machine: no thread of the pass waits on a descheduled sibling
-        import torch
-
-        torch.set_num_threads(int(options.threads))
-    base = resolve_run(baseline[1])
-    timed = [(ref, cfg) for ref, cfg in cells if ref.key != baseline[0]]
-    print(f"timing pass: {len(timed)} cells against {baseline[0]}, {options.repeats} repeats of "
-          f"{options.batch} videos each, after {options.warmup} warm-up run(s)")
-    for ref, cfg in timed:
-        timing = time_against(resolve_run(cfg), base, options.batch, options.repeats, options.warmup)
-        write_timing(store.root, timing)
-        load = f"; LOADED: load {max(timing.load)} on {timing.cores} cores" if timing.loaded else ""
-        print(f"  {ref.name()}: {timing.fps:.1f} FPS, base {timing.base_fps:.1f} FPS, "
-              f"FPS ÷ base {timing.ratio:.3f} (pairwise {timing.ratio_low:.3f}–{timing.ratio_high:.3f}; "
-              f"CPU time {timing.cpu_ratio:.3f}{load})")
+    bench(overrides)
 
 
 def cmd_leaderboard(overrides: list[str]) -> None:
-    """`leaderboard experiment=a,b [...]`: the cells of every named experiment (each composed with the
-    other overrides), read from paths.store and report.leaderboard.stores, ranked on one frozen suite."""
-    from harness.leaderboard import Stores, write_leaderboard
-    from harness.report import report_folder
-    from harness.store import Store
-    from harness.timing import read_timings
+    from harness.api import leaderboard
 
-    named = [o.partition("=")[2] for o in overrides if o.partition("=")[0] == "experiment"]
-    rest = [o for o in overrides if o.partition("=")[0] != "experiment"]
-    experiments = [e for value in named for e in value.split(",") if e]
-    if not experiments:
-        raise UsageError("name the experiments to rank, e.g. refinery leaderboard experiment=training_free,table2_reward")
-    points, refs = [], []
-    for experiment in experiments:
-        for point, ref in zip(*_refs([f"experiment={experiment}", *rest])):
-            known = next((r for r in refs if r.key == ref.key), None)
-            if known is None:
-                points.append(point)
-                refs.append(ref)
-            else:  # a cell of two experiments (their shared baseline): one row, both labels
-                known.labels = {**ref.labels, **known.labels}
-    first = [f"experiment={experiments[0]}", *rest]
-    cfg = points[0][1]
-    baseline = _baseline(first, points, refs)
-    if baseline is None:
-        raise UsageError("a leaderboard ranks against report.baseline, which is not set; set it, e.g. "
-                         "report.baseline=method=base")
-    stores = Stores([Store(Path(p)) for p in [cfg.paths.store, *cfg.report.leaderboard.stores]])
-    out = report_folder(Path(cfg.paths.reports), "leaderboard_" + "+".join(experiments), rest)
-    paths = write_leaderboard(stores, refs, out, f"Refinery leaderboard: {', '.join(experiments)}",
-                              list(cfg.report.leaderboard.metrics or cfg.report.headline), baseline[0],
-                              resampling=_resampling(cfg), timings=read_timings(stores.roots, baseline[0], [r.key for r in refs]),
-                              generation_timings=frozenset(cfg.report.generation_timings))
-    print(f"leaderboard written to {out.resolve()}/ ({', '.join(p.name for p in paths.values())})")
+    leaderboard(overrides)
 
 
 def cmd_verify(overrides: list[str]) -> None:
-    """`verify [experiment=... | key=value ...]`: the cells of that sweep, or with no setting but
-    paths.*, every cell of the store; each damaged or missing file on a line with its cell."""
-    from harness.store import Store
+    from harness.api import count, verify
 
-    sweep = [o for o in overrides if not o.lstrip("+~").startswith("paths.")]
-    store = Store(Path(compose(overrides).paths.store))  # checking a whole store needs no model (nor torch)
-    cells = [store.cell(ref.key) for ref in _refs(overrides)[1]] if sweep else store.cells()
-    found = [_print_damage(cell, listed=bool(sweep)) for cell in cells]
-    damaged = [len(damage) for damage, _ in found if damage]
-    states = [state for _, state in found]
-    print(f"{_count(len(cells), 'cell')} checked in {store.root.resolve()}: {_count(sum(damaged), 'damaged file')}"
-          f", {states.count('interrupted')} interrupted, {states.count('missing')} not run")
-    if damaged:
-        raise UsageError(f"{_count(sum(damaged), 'file')} of {_count(len(damaged), 'cell')} damaged or missing "
-                         "(listed above); run each cell's command shown there: it regenerates exactly those files")
-
-
-def _count(n: int, thing: str) -> str:
-    return f"{n} {thing}{'' if n == 1 else 's'}"
-
-
-def _print_damage(cell: Cell, listed: bool) -> tuple[list[Damage], str]:
-    """Print what is wrong with one cell for `verify`; returns its damage and state."""
-    damage, state = cell.damage(), cell.state()
-    for d in damage:
-        print(f"cell {cell.key}: {d.file} {d.problem}")
-    for fix in dict.fromkeys(cell.fix(d.file) for d in damage):
-        print(f"cell {cell.key}: to repair, {fix}")
-    if state == "interrupted":
-        status = cell.status()
-        print(f"cell {cell.key}: interrupted (its writer, {status['host']} pid {status['pid']}, is gone); "
-              f"resume it with `{cell.resume_command()}`")
-    elif state == "missing" and listed:
-        print(f"cell {cell.key}: missing (not run yet)")
-    return damage, state
+    damaged = verify(overrides)
+    if len(damaged):
+        raise UsageError(f"{count(len(damaged), 'file')} of {count(damaged.cell.nunique(), 'cell')} damaged or "
+                         "missing (listed above); run each cell's command shown there: it regenerates exactly "
+                         "those files")
 
 
 def _options(command: str, overrides: list[str], known: list[str]) -> dict[str, str]:
@@ -394,12 +98,12 @@ def cmd_train_world(overrides: list[str]) -> None:
 
 
 def cmd_train(overrides: list[str]) -> None:
-    """`train [train=reward|dmd] [key=value ...]`: the train group is not in the root config's
-    defaults (sampling never reads it), so the chosen option is appended to them."""
+    """The train group is not in the root config's defaults (sampling never reads it), so the chosen
+    option is appended to them."""
     from harness.train.checkpoints import log_path
     from harness.train.trainer import train
 
-    known = sorted(p.stem for p in (CONFIG_DIR / "train").glob("*.yaml"))
+    known = group_choices("train", overrides)
     chosen = [o.partition("=")[2] for o in overrides if o.partition("=")[0].lstrip("+") == "train"]
     name = chosen[-1] if chosen else "reward"
     if name not in known:
@@ -409,17 +113,20 @@ def cmd_train(overrides: list[str]) -> None:
     print(f"adapter checkpoint at {path} (training log {log_path(path)})")
 
 
+_SCRIPT_OPTIONS = ["out", "steps", "seed", "threads"]
+
+
 def cmd_train_reward(overrides: list[str]) -> None:
     from harness.verifiers import train_reward
 
-    options = _options("train-reward", overrides, ["out", "steps", "seed", "threads"])
+    options = _options("train-reward", overrides, _SCRIPT_OPTIONS)
     train_reward.main([arg for key, value in options.items() for arg in (f"--{key}", value)])
 
 
 def cmd_train_probe(overrides: list[str]) -> None:
     from harness.world import probe_train
 
-    options = _options("train-probe", overrides, ["out", "steps", "seed", "threads"])
+    options = _options("train-probe", overrides, _SCRIPT_OPTIONS)
     probe_train.main([arg for key, value in options.items() for arg in (f"--{key}", value)])
 
 
@@ -488,17 +195,17 @@ def cmd_vbench(args: list[str]) -> None:
 
 
 def _vbench_export(args: list[str]) -> None:
-    from harness.pipeline import open_store
+    from harness.experiment import experiment
     from harness.vbench.export import export_cell, vbench_cli
     from harness.vbench.scores import dimensions_for
 
     (out,), overrides = _positionals(args, "vbench export OUT [key=value ...]", 1)
-    points, refs = _refs(overrides)
-    v = points[0][1].vbench
+    exp = experiment(overrides)
+    v = exp.cfg.vbench
     full_info = Path(v.full_info) if v.full_info else None
     dims = dimensions_for(v.mode, list(v.dimensions) if v.dimensions else None)
-    store = open_store(points[0][1])
-    for ref in refs:
+    store = exp.store
+    for ref in exp.refs():
         export = export_cell(store.cell(ref.key), Path(out), v.mode, v.fps, v.crf, full_info)
         print(f"cell {ref.key}: {len(set(export.videos.values()))} videos ({v.mode}) in {export.video_dir}\n"
               f"  evaluate: refinery vbench evaluate {export.path}\n"
@@ -541,37 +248,195 @@ def _vbench_ingest(args: list[str]) -> None:
           f"{cell.path / 'scores'}; report them with report.metrics=[{payload['metric']}]")
 
 
-def cmd_list(kind: str) -> None:
-    from harness.registry import METHODS, METRICS
-
-    registry = METHODS if kind == "methods" else METRICS
-    for name in registry.names():
-        print(f"{name:20s} {registry.get(name).description}")
+# ---------------------------------------------------------------------------------------------
+# refinery list
 
 
-COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "score": cmd_score, "report": cmd_report,
-            "verify": cmd_verify, "bench": cmd_bench, "leaderboard": cmd_leaderboard,
-            "train": cmd_train, "train-world": cmd_train_world, "train-reward": cmd_train_reward,
-            "train-probe": cmd_train_probe, "weights": cmd_weights,
-            "vbench": cmd_vbench}
+def cmd_list(args: list[str]) -> None:
+    """`list experiments | methods | metrics | models | cells [key=value ...]`."""
+    kinds = {"experiments": _list_experiments, "methods": _list_registry("METHODS"),
+             "metrics": _list_registry("METRICS"), "models": _list_models, "cells": _list_cells}
+    if not args or args[0] not in kinds:
+        raise unknown_name("list", args[0] if args else "", kinds)
+    kinds[args[0]](args[1:])
+
+
+def _table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)] if rows else []
+    for row in rows:
+        print("  ".join([*(c.ljust(w) for c, w in zip(row, widths)), row[-1]]).rstrip())
+
+
+def _list_experiments(overrides: list[str]) -> None:
+    _table([(name, about) for name, about in options_described("experiment", overrides)])
+
+
+def _list_registry(name: str) -> Callable[[list[str]], None]:
+    def listing(overrides: list[str]) -> None:
+        import harness.registry as registry
+        from harness.experiment import plugin_folders
+        from harness.plugins import load_folder
+
+        for folder in plugin_folders(overrides):  # their entries register on import
+            load_folder(folder)
+        entries = getattr(registry, name)
+        _table([(n, entries.origin(n), entries.get(n).description) for n in entries.names()])
+    return listing
+
+
+def _list_models(overrides: list[str]) -> None:
+    import yaml
+
+    rows = []
+    for option, about in options_described("model", overrides):
+        path = next(d / "model" / f"{option}.yaml" for d in _config_dirs(overrides)
+                    if (d / "model" / f"{option}.yaml").is_file())
+        rows.append((option, f"backend {yaml.safe_load(path.read_text()).get('backend', '?')}", about))
+    _table(rows)
+
+
+def _config_dirs(overrides: list[str]) -> list[Path]:
+    from harness.experiment import config_dirs
+
+    return config_dirs(overrides)
+
+
+def _list_cells(overrides: list[str]) -> None:
+    """Every cell of the store: key, state, videos, method, model, suite; read from its files only."""
+    from harness.store import Store
+
+    root = Path(compose(overrides).paths.store)
+    if not (root / "cells").is_dir():
+        print(f"no store at {root.resolve()} (paths.store); `refinery run` or `sweep` makes one")
+        return
+    store = Store(root)
+    rows = []
+    for cell in store.cells():
+        spec = cell.spec() if cell.path.joinpath("spec.json").is_file() else None
+        what = (f"{spec['method']['name']} on {spec['model']['name']}, suite {spec['suite']['name']}"
+                if isinstance(spec, dict) else "no spec")
+        rows.append((cell.key, cell.state(), f"{len(cell.video_indices())} videos", what))
+    _table(rows)
+    print(f"{len(rows)} cells in {store.root.resolve()}")
+
+
+# ---------------------------------------------------------------------------------------------
+# the router
+
+
+@dataclass(frozen=True)
+class Command:
+    run: Callable[[list[str]], None]
+    summary: str
+    example: str
+    takes: str = "config"  # config: Hydra overrides; options: the command's own key=value; words: sub-commands
+
+
+COMMANDS = {
+    "run": Command(cmd_run, "generate and score one cell", "refinery run method=bon sampler.steps=8"),
+    "sweep": Command(cmd_sweep, "a Hydra multirun over the cells of an experiment",
+                     "refinery sweep experiment=quickstart [hydra/launcher=joblib|slurm]"),
+    "score": Command(cmd_score, "(re)score stored videos", "refinery score experiment=quickstart"),
+    "report": Command(cmd_report, "tables, figures, HTML from the store",
+                      "refinery report experiment=quickstart [report.timing=true]"),
+    "bench": Command(cmd_bench, "the timing pass (each cell against its baseline)",
+                     "refinery bench experiment=training_free"),
+    "leaderboard": Command(cmd_leaderboard, "rank methods across experiments",
+                           "refinery leaderboard experiment=training_free,table2_reward"),
+    "verify": Command(cmd_verify, "check every cell's files", "refinery verify [experiment=quickstart | paths.store=runs]"),
+    "list": Command(cmd_list, "list experiments, methods, metrics, models or cells",
+                    "refinery list experiments|methods|metrics|models|cells", takes="words"),
+    "train": Command(cmd_train, "train a method's adapter",
+                     "refinery train [train=reward|dmd] method=autorefiner [train.out=...]"),
+    "train-world": Command(cmd_train_world, "retrain the toy model from scratch",
+                           "refinery train-world [steps=2500 out=path threads=2]", takes="options"),
+    "train-reward": Command(cmd_train_reward, "retrain the world reward verifier",
+                            "refinery train-reward [steps=1200 out=path]", takes="options"),
+    "train-probe": Command(cmd_train_probe, "retrain the world probe (features)",
+                           "refinery train-probe [steps=1500 out=path]", takes="options"),
+    "weights": Command(cmd_weights, "check or convert weight files",
+                       "refinery weights check model=self_forcing | weights convert model=self_forcing checkpoint=PATH",
+                       takes="words"),
+    "vbench": Command(cmd_vbench, "VBench via its official package",
+                      "refinery vbench export|evaluate|aggregate|ingest ...", takes="words"),
+}
+ALIASES = {"methods": ["list", "methods"], "metrics": ["list", "metrics"]}
+
+
+def _root_settings() -> list[tuple[str, str]]:
+    """The root config's own settings, each with its default or, for a section, its keys; for --help."""
+    root = OmegaConf.load(CONFIG_DIR / "config.yaml")
+    settings = []
+    for key in root:
+        if key in ("defaults", "hydra"):
+            continue
+        node = root._get_node(key)
+        value = node._value()
+        shown = f"({', '.join(map(str, root[key].keys()))})" if OmegaConf.is_dict(node) else \
+            "null" if value is None else str(value)
+        settings.append((str(key), shown))
+    return settings
+
+
+def _epilog(name: str, command: Command) -> str:
+    lines = [f"example: {command.example}", ""]
+    if command.takes == "config":
+        lines.append("config groups (GROUP=OPTION; OPTION,OPTION sweeps):")
+        lines += [f"  {group:11s} {', '.join(group_choices(group))}" for group in GROUPS]
+        if name == "train":
+            lines.append(f"  {'train':11s} {', '.join(group_choices('train'))}")
+        lines += ["", "settings (KEY=VALUE; nested keys with dots, e.g. sampler.steps=8, method.params.n=3):"]
+        lines += [f"  {k:18s} {v}" for k, v in _root_settings()]
+        lines.append("  plugins            [DIR,...]: folders of plug-in methods, metrics, models (README)")
+    elif command.takes == "options":
+        lines.append("options (KEY=VALUE):")
+        lines += [f"  {n}" for n in _own_options(name)]
+    return "\n".join(lines)
+
+
+def _own_options(name: str) -> list[str]:
+    if name == "train-world":
+        from harness.models.toy_train import TrainWorldConfig
+
+        return [f"{f.name}={'' if f.default is MISSING else f.default}" for f in fields(TrainWorldConfig)]
+    return _SCRIPT_OPTIONS
+
+
+def parser() -> argparse.ArgumentParser:
+    top = _Parser(prog="refinery", description="Compare inference-time methods on autoregressive video "
+                  "diffusion models.", formatter_class=argparse.RawDescriptionHelpFormatter,
+                  epilog="`refinery COMMAND --help` lists a command's options; the Python API is `import refinery`.")
+    top.add_argument("--version", action="version", version=f"refinery {VERSION}")
+    sub = top.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, command in COMMANDS.items():
+        p = sub.add_parser(name, help=command.summary, description=command.summary,
+                           epilog=_epilog(name, command), formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("args", nargs="*", metavar="key=value" if command.takes != "words" else "ARG",
+                       help={"config": "Hydra overrides: GROUP=OPTION, KEY=VALUE, ~KEY (remove), a,b (sweep)",
+                             "options": "the command's options (below)", "words": "sub-command and its arguments"}
+                       [command.takes])
+    return top
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if not args or args[0] in ("-h", "--help", "help"):
-        print(USAGE)
-        return 0
-    command, rest = args[0], args[1:]
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        if command in ("methods", "metrics"):
-            cmd_list(command)
-        elif command in COMMANDS:
-            COMMANDS[command](rest)
-        else:
-            raise unknown_name("command", command, [*COMMANDS, "methods", "metrics"])
+        if not args or args[0] in ("help",):
+            parser().print_help()
+            return 0
+        if args[0] in ALIASES:
+            args = [*ALIASES[args[0]], *args[1:]]
+        if not args[0].startswith("-") and args[0] not in COMMANDS:
+            raise unknown_name("command", args[0], [*COMMANDS, *ALIASES])
+        parsed = parser().parse_args(args)
+        if parsed.command is None:
+            raise UsageError("name a command; see `refinery --help`")
+        COMMANDS[parsed.command].run(parsed.args)
     except UsageError as exc:
         print(f"refinery: error: {exc}", file=sys.stderr)
         return 2
+    except SystemExit as exc:  # --help and --version end here
+        return int(exc.code or 0)
     return 0
 
 

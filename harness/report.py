@@ -28,7 +28,8 @@ from harness.stats import Resampling, clustered_mean, holm, paired_difference
 from harness.store import Cell, Store, atomic_write_bytes, canonical_json
 from harness.timing import Timing
 
-_COLUMNS = ("cell", "state", "video", "prompt", "seed", "metric", "value", "higher_is_better")
+# the long form of scores, one row per (cell, video, metric output); a label may not take these names
+SCORE_COLUMNS = ("cell", "state", "video", "prompt", "seed", "metric", "value", "higher_is_better")
 _SUMMARY = ("higher_is_better", "mean", "ci_low", "ci_high", "n", "prompts")
 _PAIRED = ("baseline_cell", "delta", "ci_low", "ci_high", "p_value", "p_holm", "n_pairs")
 _COMPARED = ("suite", "seeds")
@@ -66,7 +67,7 @@ def collect(store: Store, refs: list[CellRef]) -> pd.DataFrame:
         state = _state(cell)
         found = _score_rows(cell) if state == "complete" else []
         rows += [{**base, "state": state, **row} for row in found or [{}]]
-    df = pd.DataFrame(rows, columns=["cell", *label_keys, *_COLUMNS[1:]])
+    df = pd.DataFrame(rows, columns=["cell", *label_keys, *SCORE_COLUMNS[1:]])
     df["video"] = df["video"].astype("Int64")
     df["value"] = df["value"].astype(float)
     return df
@@ -78,7 +79,7 @@ def label_keys_of(refs: list[CellRef]) -> list[str]:
     if twice:
         raise UsageError(f"cell {twice[0]} is listed twice in the report; list each cell once")
     labels = list(dict.fromkeys(k for r in refs for k in r.labels))
-    clash = [k for k in labels if k in _COLUMNS or k in _SUMMARY or k in _PAIRED]
+    clash = [k for k in labels if k in SCORE_COLUMNS or k in _SUMMARY or k in _PAIRED]
     if clash:
         raise UsageError(f"label {clash[0]!r} clashes with a report column; rename that label")
     return labels
@@ -156,7 +157,7 @@ def summarize(df: pd.DataFrame, resampling: Resampling = Resampling(),
               without_ci: frozenset[str] = frozenset()) -> pd.DataFrame:
     """One row per cell × metric: mean, prompt-clustered bootstrap CI, n (non-NaN values) and the
     number of prompts. Metrics in `without_ci` (timings taken during generation) get no CI."""
-    keys = [c for c in df.columns if c not in _COLUMNS[2:]] + ["metric"]
+    keys = [c for c in df.columns if c not in SCORE_COLUMNS[2:]] + ["metric"]
     rows = []
     for key, group in df.groupby(keys, sort=False, dropna=False):
         values = group["value"].to_numpy(dtype=float)

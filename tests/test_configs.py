@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from conftest import ROOT
-from harness.cli import CONFIG_DIR, GROUPS, compose, sweep_points
+from harness.experiment import CONFIG_DIR, GROUPS, compose, experiment
 from harness.pipeline import resolve_run
 from harness.registry import METHODS, METRICS, MODELS
 
@@ -47,12 +47,12 @@ def test_every_group_option_composes_and_resolves(group, option, external_files)
         assert run.prompts == ["a cat on a sofa", "waves at sunset"]
 
 
-@pytest.mark.parametrize("experiment", options("experiment"))
-def test_every_experiment_expands_into_valid_cells(experiment):
-    points = sweep_points([f"experiment={experiment}"])
-    keys = {resolve_run(cfg).key for _, cfg in points}
-    assert len(keys) == len(points)  # every swept setting is a distinct cell
-    assert all(cfg.experiment == experiment for _, cfg in points)
+@pytest.mark.parametrize("name", options("experiment"))
+def test_every_experiment_expands_into_valid_cells(name):
+    plans = experiment([f"experiment={name}"]).plans
+    keys = {resolve_run(plan.cfg).key for plan in plans}
+    assert len(keys) == len(plans)  # every swept setting is a distinct cell
+    assert all(plan.cfg.experiment == name for plan in plans)
 
 
 @pytest.mark.parametrize("registry", [MODELS, METHODS, METRICS], ids=lambda r: r.kind)
@@ -62,6 +62,6 @@ def test_every_registry_entry_resolves(registry):
 
 
 def test_importing_the_harness_does_not_import_torch():
-    code = "import sys, harness.registry, harness.errors, harness.cli; print('torch' in sys.modules)"
+    code = "import sys, harness.registry, harness.errors, harness.cli, refinery; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -1,0 +1,353 @@
+"""Refinery's Python API: what every `refinery` command does, callable from a notebook or a package.
+
+Each function takes the command line's Hydra overrides as a list of strings and returns pandas
+DataFrames; bad input raises `harness.errors.UsageError` (one line naming the problem and the fix),
+before anything is written. Imported as `refinery`:
+
+    import refinery
+    scores = refinery.run(["method=bon", "suite=world_smoke", "paths.store=/tmp/runs"])
+    summary = refinery.report(["experiment=quickstart"])
+
+Scores come in long form, one row per (cell, video, metric output): cell, the cell's labels, state,
+video, prompt, seed, metric, value, higher_is_better.
+"""
+from __future__ import annotations
+
+import shlex
+import sys
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
+
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from harness.errors import UsageError
+from harness.experiment import (CONFIG_DIR, CellPlan, Experiment, compose, experiment, load_plugins, record,
+                                searchpath_overrides)
+
+if TYPE_CHECKING:
+    from harness.report import CellRef
+    from harness.store import Cell, Damage, Store
+
+__all__ = ["run", "sweep", "score", "report", "bench", "leaderboard", "verify", "plans", "scores"]
+
+
+def plans(overrides: Sequence[str] = ()) -> list[CellPlan]:
+    """The cells `overrides` expand to (an experiment's sweep, the command line's sweeps), with
+    their composed configs and row labels; no model is loaded."""
+    return experiment(list(overrides)).plans
+
+
+def scores(overrides: Sequence[str] = ()) -> pd.DataFrame:
+    """The stored scores of every cell of `overrides`, read from the store (nothing is computed)."""
+    exp = experiment(list(overrides))
+    return _collect(exp.store, exp.refs())
+
+
+def _collect(store: Store, refs: list[CellRef]) -> pd.DataFrame:
+    """The long form of the cells' scores, each cell once (a sweep may list a point twice); a label
+    that is already a column (seed) is that column."""
+    from harness.report import SCORE_COLUMNS, CellRef, collect
+
+    unique: dict[str, CellRef] = {}
+    for ref in refs:
+        unique.setdefault(ref.key, ref)
+    return collect(store, [CellRef(r.key, {k: v for k, v in r.labels.items() if k not in SCORE_COLUMNS})
+                           for r in unique.values()])
+
+
+# ---------------------------------------------------------------------------------------------
+# generation
+
+
+def run(overrides: Sequence[str] = ()) -> pd.DataFrame:
+    """Generate one cell (what is missing or damaged) and score what is stale; its scores."""
+    from harness.report import CellRef
+
+    cfg = compose(list(overrides))
+    key = run_cell(cfg, list(overrides))
+    return _collect(_store(cfg), [CellRef(key)])
+
+
+def run_cell(cfg: DictConfig, overrides: list[str] | None = None) -> str:
+    """One cell: generate, score, print its headline; the body of every sweep job too, whose
+    overrides (None) Hydra knows. Returns the cell's key."""
+    from harness.launchers import follow_sweep
+    from harness.pipeline import generate, resolve_run
+    from harness.pipeline import score as score_cell
+    from harness.report import headline_lines
+
+    follow_sweep()
+    load_plugins(cfg)
+    overrides = _job_overrides() if overrides is None else overrides
+    resolved = resolve_run(cfg)
+    store = _store(cfg)
+    made = generate(resolved, store, resume=shlex.join(["refinery", "run", *overrides]))
+    record(CellPlan(overrides, cfg), resolved, store)
+    cell = store.cell(resolved.key)
+    scored = score_cell(cell, cfg.metric, Path(cfg.paths.weights))
+    print(f"cell {resolved.key}: {made.videos} videos generated ({made.model_calls} model calls), "
+          f"{len(resolved.items())} stored at {cell.path}; scored: {', '.join(scored) or 'up to date'}")
+    print("\n".join(headline_lines(store, resolved.key, list(cfg.report.headline), resampling_of(cfg))))
+    return resolved.key
+
+
+def _job_overrides() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def _sweep_job(cfg: DictConfig) -> None:
+    run_cell(cfg)
+
+
+def sweep(overrides: Sequence[str] = ()) -> pd.DataFrame:
+    """Every cell of an experiment through the configured Hydra launcher (basic, joblib, SLURM), then
+    the report's baseline cell when the sweep does not hold it; the scores of all of them."""
+    import hydra
+
+    from harness.launchers import check_launcher, mark_sweep
+    from harness.pipeline import resolve_run
+    from harness.report import CellRef
+
+    overrides = list(overrides)
+    exp = experiment(overrides)
+    keys = {resolve_run(plan.cfg).key for plan in exp.plans}  # every cell valid before anything is written
+    baseline = exp.baseline_plan()
+    if baseline is not None and resolve_run(baseline.cfg).key in keys:
+        baseline = None  # the sweep runs it anyway
+    check_launcher(compose(exp.plans[0].overrides, with_hydra=True).hydra.launcher, Path(exp.cfg.paths.store))
+    store = exp.store
+    for plan in exp.plans:  # every cell's store writable before the first job starts
+        _store(plan.cfg)
+    mark_sweep()
+    with _argv(["--multirun", *_forced(overrides), *searchpath_overrides(overrides)]):  # hydra.main is Hydra's public entry to its launchers
+        hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base=None)(_sweep_job)()
+    refs = exp.refs()
+    if baseline is not None:  # the cell the report's overheads are relative to
+        refs.insert(0, CellRef(run_cell(baseline.cfg, baseline.overrides), {}))
+    print(f"sweep done: {len(refs)} cells in {store.root.resolve()}")
+    return _collect(store, refs)
+
+
+def _forced(overrides: list[str]) -> list[str]:
+    """The overrides as Hydra's multirun takes them: it composes one config with the default group
+    options before the jobs, where a setting such as method.params.n=2 (for method=bon,sop) may not
+    exist; `++` lets that composition add it. Every point was composed as given before, so no
+    misspelled key gets through."""
+    def nested_setting(o: str) -> bool:  # not a group choice (method=bon), not hydra's own
+        key = o.partition("=")[0]
+        return "." in key and not key.startswith(("+", "~", "hydra.")) and "/" not in key
+    return [f"++{o}" if nested_setting(o) else o for o in overrides]
+
+
+@contextmanager
+def _argv(args: list[str]) -> Iterator[None]:
+    before = sys.argv
+    sys.argv = [before[0] if before else "refinery", *args]
+    try:
+        yield
+    finally:
+        sys.argv = before
+
+
+def _store(cfg: DictConfig) -> Store:
+    from harness.store import Store
+
+    return Store(Path(cfg.paths.store))
+
+
+def resampling_of(cfg: DictConfig):
+    from harness.stats import Resampling
+
+    return Resampling(**OmegaConf.to_container(cfg.report.stats))
+
+
+# ---------------------------------------------------------------------------------------------
+# scoring and reading
+
+
+def score(overrides: Sequence[str] = ()) -> pd.DataFrame:
+    """Rescore every stored cell of `overrides` with its metric config; the scores."""
+    from harness.pipeline import score as score_cell
+
+    exp = experiment(list(overrides))
+    store, refs = exp.store, exp.refs()
+    for plan, ref in zip(exp.plans, refs):
+        computed = score_cell(store.cell(ref.key), plan.cfg.metric, Path(plan.cfg.paths.weights), force=True)
+        print(f"cell {ref.key}: scored {', '.join(computed)}")
+    return _collect(store, refs)
+
+
+@dataclass
+class _Reportable:
+    exp: Experiment
+    refs: list[CellRef]
+    cells: list[tuple[CellRef, DictConfig]]
+    baseline: tuple[str, DictConfig] | None
+
+
+def _reportable(overrides: list[str]) -> _Reportable:
+    exp = experiment(overrides)
+    refs = exp.refs()
+    cells = list(zip(refs, (plan.cfg for plan in exp.plans)))  # before the baseline may join refs
+    baseline = exp.baseline(refs)
+    return _Reportable(exp, refs, cells, baseline)
+
+
+def report(overrides: Sequence[str] = ()) -> pd.DataFrame:
+    """Write the experiment's report (Markdown, CSV, LaTeX, HTML, figures) from the store; its
+    summary, one row per cell x metric (report.csv), with the written files in `.attrs["files"]`."""
+    from harness.report import report_folder, write_report
+    from harness.timing import read_timings
+
+    overrides = list(overrides)
+    r = _reportable(overrides)
+    cfg, store = r.exp.cfg, r.exp.store
+    for ref in r.refs:  # a report never goes on with fewer videos than a cell has
+        store.cell(ref.key).refuse_damage()
+    if r.baseline and cfg.report.timing:
+        _bench(r.cells, r.baseline, store)
+    out = report_folder(Path(cfg.paths.reports), r.exp.name, overrides)
+    hacking = cfg.report.get("reward_hacking")
+    paths = write_report(
+        store, r.refs, out, title=f"Refinery report: {r.exp.name}", metrics=list(cfg.report.metrics),
+        headline=list(cfg.report.headline), baseline=r.baseline[0] if r.baseline else None,
+        hacking=(hacking.reward, list(hacking.held_out)) if hacking else None, resampling=resampling_of(cfg),
+        timings=read_timings([store.root], r.baseline[0], [x.key for x in r.refs]) if r.baseline else None,
+        generation_timings=frozenset(cfg.report.generation_timings), gallery_prompts=int(cfg.report.gallery),
+        latex=OmegaConf.to_container(cfg.report.latex) if cfg.report.get("latex") else None)
+    print(f"report written to {out.resolve()}/ ({', '.join(p.name for p in paths.values())})\n"
+          f"open {paths['report.html'].resolve()}")
+    return _with_files(pd.read_csv(paths["report.csv"]), paths)
+
+
+def _with_files(frame: pd.DataFrame, paths: dict[str, Path]) -> pd.DataFrame:
+    frame.attrs["files"] = {name: str(p.resolve()) for name, p in paths.items()}
+    return frame
+
+
+def bench(overrides: Sequence[str] = ()) -> pd.DataFrame:
+    """The timing pass: every cell against the report's baseline, interleaved in this process; one
+    row per timed cell (fps, base_fps, ratio and its pairwise range, cpu_ratio, loaded)."""
+    r = _reportable(list(overrides))
+    if r.baseline is None:
+        raise UsageError("refinery bench times cells against report.baseline, which is not set; "
+                         "set it, e.g. report.baseline='method=base'")
+    return _bench(r.cells, r.baseline, r.exp.store)
+
+
+def _bench(cells: list, baseline: tuple[str, DictConfig], store: Store) -> pd.DataFrame:
+    from harness.pipeline import resolve_run
+    from harness.timing import time_against, write_timing
+
+    options = baseline[1].report.bench
+    if options.threads:  # e.g. 1 on a shared machine: no thread of the pass waits on a descheduled sibling
+        import torch
+
+        torch.set_num_threads(int(options.threads))
+    base = resolve_run(baseline[1])
+    timed = [(ref, cfg) for ref, cfg in cells if ref.key != baseline[0]]
+    print(f"timing pass: {len(timed)} cells against {baseline[0]}, {options.repeats} repeats of "
+          f"{options.batch} videos each, after {options.warmup} warm-up run(s)")
+    rows = []
+    for ref, cfg in timed:
+        timing = time_against(resolve_run(cfg), base, options.batch, options.repeats, options.warmup)
+        write_timing(store.root, timing)
+        load = f"; LOADED: load {max(timing.load)} on {timing.cores} cores" if timing.loaded else ""
+        print(f"  {ref.name()}: {timing.fps:.1f} FPS, base {timing.base_fps:.1f} FPS, "
+              f"FPS ÷ base {timing.ratio:.3f} (pairwise {timing.ratio_low:.3f}–{timing.ratio_high:.3f}; "
+              f"CPU time {timing.cpu_ratio:.3f}{load})")
+        rows.append({"cell": ref.key, **ref.labels, "fps": timing.fps, "base_fps": timing.base_fps,
+                     "ratio": timing.ratio, "ratio_low": timing.ratio_low, "ratio_high": timing.ratio_high,
+                     "cpu_ratio": timing.cpu_ratio, "loaded": timing.loaded})
+    return pd.DataFrame(rows)
+
+
+def leaderboard(overrides: Sequence[str] = ()) -> pd.DataFrame:
+    """`experiment=a,b [...]`: the cells of every named experiment (each composed with the other
+    overrides), read from paths.store and report.leaderboard.stores, ranked on one frozen suite;
+    the leaderboard's table (leaderboard.csv), with the written files in `.attrs["files"]`."""
+    from harness.leaderboard import Stores, write_leaderboard
+    from harness.report import report_folder
+    from harness.store import Store
+    from harness.timing import read_timings
+
+    named = [o.partition("=")[2] for o in overrides if o.partition("=")[0] == "experiment"]
+    rest = [o for o in overrides if o.partition("=")[0] != "experiment"]
+    names = [e for value in named for e in value.split(",") if e]
+    if not names:
+        raise UsageError("name the experiments to rank, e.g. refinery leaderboard experiment=training_free,table2_reward")
+    exps = [experiment([f"experiment={name}", *rest]) for name in names]
+    plans, refs = [], []
+    for exp in exps:
+        for plan, ref in zip(exp.plans, exp.refs()):
+            known = next((r for r in refs if r.key == ref.key), None)
+            if known is None:
+                plans.append(plan)
+                refs.append(ref)
+            else:  # a cell of two experiments (their shared baseline): one row, both labels
+                known.labels = {**ref.labels, **known.labels}
+    first = Experiment(exps[0].overrides, plans)
+    baseline = first.baseline(refs)
+    cfg = first.cfg
+    if baseline is None:
+        raise UsageError("a leaderboard ranks against report.baseline, which is not set; set it, e.g. "
+                         "report.baseline='method=base'")
+    stores = Stores([Store(Path(p)) for p in [cfg.paths.store, *cfg.report.leaderboard.stores]])
+    out = report_folder(Path(cfg.paths.reports), "leaderboard_" + "+".join(names), rest)
+    paths = write_leaderboard(stores, refs, out, f"Refinery leaderboard: {', '.join(names)}",
+                              list(cfg.report.leaderboard.metrics or cfg.report.headline), baseline[0],
+                              resampling=resampling_of(cfg),
+                              timings=read_timings(stores.roots, baseline[0], [r.key for r in refs]),
+                              generation_timings=frozenset(cfg.report.generation_timings))
+    print(f"leaderboard written to {out.resolve()}/ ({', '.join(p.name for p in paths.values())})")
+    return _with_files(pd.read_csv(paths["leaderboard.csv"]), paths)
+
+
+# ---------------------------------------------------------------------------------------------
+# integrity
+
+
+def verify(overrides: Sequence[str] = ()) -> pd.DataFrame:
+    """Check the cells of `overrides` (with no setting but paths.*, every cell of the store): one row
+    per damaged or missing file (cell, file, problem, fix), each also printed with its repair.
+    Reading a whole store needs no model (nor torch)."""
+    from harness.store import Store
+
+    overrides = list(overrides)
+    listed = [o for o in overrides if not o.lstrip("+~").startswith("paths.")]
+    store = Store(Path(compose(overrides).paths.store))
+    cells = [store.cell(ref.key) for ref in experiment(overrides).refs()] if listed else store.cells()
+    found = [_print_damage(cell, listed=bool(listed)) for cell in cells]
+    rows = [{"cell": cell.key, "file": d.file, "problem": d.problem, "fix": cell.fix(d.file)}
+            for cell, (damage, _) in zip(cells, found) for d in damage]
+    states = [state for _, state in found]
+    print(f"{count(len(cells), 'cell')} checked in {store.root.resolve()}: {count(len(rows), 'damaged file')}"
+          f", {states.count('interrupted')} interrupted, {states.count('missing')} not run")
+    return pd.DataFrame(rows, columns=["cell", "file", "problem", "fix"])
+
+
+def count(n: int, thing: str) -> str:
+    """'1 cell', '2 cells'."""
+    return f"{n} {thing}{'' if n == 1 else 's'}"
+
+
+def _print_damage(cell: Cell, listed: bool) -> tuple[list[Damage], str]:
+    """Print what is wrong with one cell for `verify`; returns its damage and state."""
+    damage, state = cell.damage(), cell.state()
+    for d in damage:
+        print(f"cell {cell.key}: {d.file} {d.problem}")
+    for fix in dict.fromkeys(cell.fix(d.file) for d in damage):
+        print(f"cell {cell.key}: to repair, {fix}")
+    if state == "interrupted":
+        status = cell.status()
+        print(f"cell {cell.key}: interrupted (its writer, {status['host']} pid {status['pid']}, is gone); "
+              f"resume it with `{cell.resume_command()}`")
+    elif state == "missing" and listed:
+        print(f"cell {cell.key}: missing (not run yet)")
+    return damage, state

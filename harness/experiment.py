@@ -1,0 +1,321 @@
+"""The experiment layer: Hydra overrides -> composed configs -> the cell plans of a sweep.
+
+An experiment (sweeps/experiment/<name>.yaml plus the command line's overrides) expands into
+`CellPlan`s, each a point of the sweep with its composed config and its row labels, without loading
+a model. A plan's cell key is the hash of its resolved run spec, which needs the model's weights
+digest and the method's checkpoints; so when a cell is generated its key is recorded in the store
+under the plan's fingerprint (the config settings that make the spec, the method's version, the
+suite's prompts and the size and mtime of every weight file the run reads), and `score`, `report`,
+`verify`, `leaderboard` and `bench` read keys from there. Only a plan the store has never seen, or
+whose weight files changed since, is resolved again (which loads its model).
+
+Hydra composes through its public API (`hydra.compose`); sweeps are expanded as Hydra's basic
+sweeper expands them (cartesian product of the sweep overrides, a later setting of a key wins),
+with the override parser's public `sweep_string_iterator`.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from harness.errors import UsageError, unknown_name
+from harness.store import Store, atomic_write_json, canonical_json, read_json
+
+if TYPE_CHECKING:
+    from harness.pipeline import Run
+    from harness.report import CellRef
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "sweeps"
+GROUPS = ("model", "sampler", "method", "suite", "metric", "experiment")
+# Settings of the root config that change a video's bits: what a plan's fingerprint covers.
+_SPEC_SETTINGS = ("model", "sampler", "method", "suite", "seed", "samples_per_prompt", "batch_size", "threads")
+_PLANS = ".plans"  # the store's folder of recorded plan -> cell key entries
+
+
+# ---------------------------------------------------------------------------------------------
+# composition
+
+
+def plugin_folders(overrides: list[str]) -> list[Path]:
+    """Include folders of plug-ins: `plugins=[DIR, ...]` on the command line, then REFINERY_PLUGINS."""
+    from harness.plugins import folders_from
+
+    given = [o for o in _parse(overrides, check=False) if o.get_key_element() == "plugins"]
+    values = given[-1].value() if given else []
+    if isinstance(values, str):
+        values = [values]
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise UsageError(f"plugins={given[-1].get_value_element_as_str()} is not a list of folders; "
+                         "give plugins=[DIR,...]")
+    return folders_from(values)
+
+
+def _search_path(overrides: list[str]) -> list[str]:
+    from harness.plugins import search_path
+
+    return search_path(plugin_folders(overrides))
+
+
+def searchpath_overrides(overrides: list[str]) -> list[str]:
+    """The Hydra override that puts the plug-ins' configs on the search path (none without plug-ins);
+    loading the include folders registers their entries in this process."""
+    searched = _search_path(overrides)
+    return [f"hydra.searchpath=[{','.join(searched)}]"] if searched else []
+
+
+def load_plugins(cfg: DictConfig) -> None:
+    """Register the plug-ins a composed config names, e.g. in a sweep job another process runs."""
+    from harness.plugins import folders_from, load_folder
+
+    for folder in folders_from(list(cfg.get("plugins") or [])):
+        load_folder(folder)
+
+
+def config_dirs(overrides: list[str] | None = None) -> list[Path]:
+    """sweeps/ and the config folders of every plug-in, in Hydra's search order."""
+    from harness.plugins import config_dirs as plugin_dirs
+
+    return [CONFIG_DIR, *plugin_dirs(_search_path(overrides or []))]
+
+
+def group_choices(group: str, overrides: list[str] | None = None) -> list[str]:
+    """The options of a config group: its yaml files in sweeps/ and in plug-ins' config folders."""
+    return sorted({p.stem for d in config_dirs(overrides) for p in (d / group).glob("*.yaml")})
+
+
+def _check_group_choices(overrides: list[str]) -> None:
+    """Unknown config-group options get a did-you-mean line instead of Hydra's traceback."""
+    for override in overrides:
+        key, _, value = override.lstrip("+~").partition("=")
+        if key not in GROUPS or not value or value == "null":
+            continue
+        known = group_choices(key, overrides)
+        for choice in value.split(","):
+            if choice not in known:
+                raise unknown_name(key, choice, known)
+
+
+def compose(overrides: list[str], with_hydra: bool = False) -> DictConfig:
+    """The root config (sweeps/config.yaml) with the overrides, plug-ins' configs on the search path."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    _check_group_choices(overrides)
+    try:
+        with initialize_config_dir(str(CONFIG_DIR), version_base=None, job_name="refinery"):
+            return hydra_compose("config", overrides=[*overrides, *searchpath_overrides(overrides)],
+                                 return_hydra_config=with_hydra)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise UsageError(" ".join(str(exc).split()) + " (see `refinery --help` and sweeps/)") from None
+
+
+def _parse(overrides: list[str], check: bool = True) -> list:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    if check:
+        _check_group_choices(overrides)
+    try:
+        return OverridesParser.create().parse_overrides(overrides)
+    except HydraException as exc:
+        raise UsageError(" ".join(str(exc).split())) from None
+
+
+def fixed_overrides(overrides: list[str]) -> list[str]:
+    """The overrides that are not sweeps (`a=1`, not `a=1,2`)."""
+    return [o.input_line for o in _parse(overrides) if not o.is_sweep_override()]
+
+
+def expand(overrides: list[str]) -> list[list[str]]:
+    """Every point of a sweep, as Hydra's basic sweeper makes them: the experiment's sweeper params
+    and the command line's sweeps (which win over the experiment's sweep of the same key), as a
+    cartesian product in the order given; a key set twice keeps its first place and its last value."""
+    given = _parse(overrides)
+    # the experiment's sweep: composed from the group choices alone, since a setting such as
+    # method.params.n=2 may only exist under the swept options (method=bon,sop)
+    choices = [o for o in fixed_overrides(overrides) if o.lstrip("+~").partition("=")[0] in (*GROUPS, "plugins")
+               or "/" in o.partition("=")[0]]
+    params = compose(choices, with_hydra=True).hydra.sweeper.params
+    params = OmegaConf.to_container(params) if params else {}
+    keys = {o.get_key_element() for o in given}
+    parsed = _parse([f"{k}={v}" for k, v in params.items() if k not in keys] + overrides)
+    values: dict[str, list[str]] = {}  # a key keeps its first position, with its last setting
+    for o in parsed:
+        key = o.get_key_element()
+        if not o.is_sweep_override():
+            values[key] = [f"{key}={o.get_value_element_as_str()}"]
+        elif o.is_discrete_sweep():
+            values[key] = [f"{key}={value}" for value in o.sweep_string_iterator()]
+        else:
+            raise UsageError(f"{o.input_line}: a {o.value_type.name.lower()} sweep has no finite list of points; "
+                             f"list the values, e.g. {key}=1,2,4")
+    return [list(point) for point in itertools.product(*values.values())]
+
+
+# ---------------------------------------------------------------------------------------------
+# cell plans
+
+
+@dataclass
+class CellPlan:
+    """One cell of an experiment: its overrides, composed config and row labels; no model loaded."""
+
+    overrides: list[str]
+    cfg: DictConfig
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What makes this plan's run spec, read without building a model (module docstring)."""
+        from harness.pipeline import REFINERY_VERSION
+        from harness.registry import METHODS
+        from harness.suites import read_suite
+        from harness.weights import needed_files
+
+        cfg = self.cfg
+        files = [f.path for f in needed_files(cfg) if not f.owner.startswith("metric ")]
+        return {"refinery": REFINERY_VERSION,
+                "settings": {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k])
+                             else cfg[k] for k in _SPEC_SETTINGS},
+                "weights_dir": str(Path(cfg.paths.weights).resolve()),
+                "method_version": METHODS.get(cfg.method.name).version,
+                "prompts": read_suite(cfg.suite).prompts,
+                "files": [_file_state(p) for p in files]}
+
+    def plan_id(self) -> str:
+        return hashlib.sha256(canonical_json(self.fingerprint()).encode()).hexdigest()[:24]
+
+    def key(self, store: Store) -> str:
+        """The cell key: as recorded in the store when the cell was made, else resolved (read-only
+        commands record nothing; the next run or sweep of the plan records it)."""
+        entry = store.root / _PLANS / f"{self.plan_id()}.json"
+        if entry.is_file():
+            return str(read_json(entry, fix=f"delete {entry}; the next command records it again")["key"])
+        from harness.pipeline import resolve_run
+
+        return resolve_run(self.cfg).key
+
+
+def _file_state(path: Path) -> list:
+    try:
+        stat = path.stat()
+    except OSError:
+        return [str(path), None, None]
+    return [str(path), stat.st_size, stat.st_mtime_ns]
+
+
+def record(plan: CellPlan, run: Run, store: Store) -> None:
+    """Note in the store that this plan's cell key is run.key (a writer resolved it just now, so it
+    replaces what an older version of the code recorded)."""
+    entry = store.root / _PLANS / f"{plan.plan_id()}.json"
+    if not entry.is_file() or read_json(entry).get("key") != run.key:
+        atomic_write_json(entry, {"key": run.key, "overrides": plan.overrides})
+
+
+def label_points(points: list[list[str]], cfgs: list[DictConfig]) -> list[dict[str, str]]:
+    """The settings that vary across a sweep's cells label its rows; a single cell is labelled by
+    its method (the method option chosen, e.g. base_2x_steps, else the method's name)."""
+    parsed = [dict(o.partition("=")[::2] for o in point) for point in points]
+    varying = [k for k in parsed[0] if len({p.get(k) for p in parsed}) > 1]
+    return [{k: p[k] for k in varying} or {"method": p.get("method", cfg.method.name)}
+            for p, cfg in zip(parsed, cfgs)]
+
+
+@dataclass
+class Experiment:
+    """An experiment with the command line's overrides: its cells and its report settings."""
+
+    overrides: list[str]
+    plans: list[CellPlan]
+
+    @property
+    def cfg(self) -> DictConfig:
+        return self.plans[0].cfg
+
+    @property
+    def name(self) -> str:
+        return self.cfg.experiment or "adhoc"
+
+    @property
+    def store(self) -> Store:
+        return Store(Path(self.cfg.paths.store))
+
+    def baseline_plan(self) -> CellPlan | None:
+        """The cell Δ, overheads and timings are measured against: the command line's fixed settings
+        plus `report.baseline` (e.g. method=base), without the experiment's swept settings and
+        without settings inside a config group the baseline chooses anew."""
+        selector = self.cfg.report.get("baseline")
+        if not selector:
+            return None
+        chosen = str(selector).split()
+        groups = {o.partition("=")[0] for o in chosen if o.partition("=")[0] in GROUPS}
+        # settings inside a group the baseline replaces (method.params.n under method=base) do not apply
+        kept = [o for o in fixed_overrides(self.overrides)
+                if o.lstrip("+~").partition("=")[0].partition(".")[0] not in groups
+                or "." not in o.partition("=")[0]]
+        point = [*kept, *chosen]
+        return CellPlan(point, compose(point))
+
+    def refs(self) -> list[CellRef]:
+        """The report's rows: each plan's cell key (from the store) with its labels."""
+        from harness.report import CellRef
+
+        store = self.store
+        return [CellRef(plan.key(store), dict(plan.labels)) for plan in self.plans]
+
+    def baseline(self, refs: list[CellRef]) -> tuple[str, DictConfig] | None:
+        """The report's baseline cell and its config: the one row whose labels match every setting of
+        `report.baseline`, else the cell those settings compose to, which then joins `refs` (first).
+        A baseline that matches several rows is refused with their names."""
+        from harness.report import CellRef
+
+        selector = self.cfg.report.get("baseline")
+        if not selector:
+            return None
+        wanted = dict(o.partition("=")[::2] for o in str(selector).split())
+        matches = [(ref, plan.cfg) for ref, plan in zip(refs, self.plans)
+                   if all(ref.labels.get(k) == v for k, v in wanted.items())]
+        if len(matches) > 1:
+            names = "; ".join(f"{ref.name()} [{ref.key}]" for ref, _ in matches)
+            example = " ".join(f"{k}={v}" for k, v in matches[0][0].labels.items())
+            raise UsageError(f"report.baseline={selector!r} matches {len(matches)} cells ({names}); name one, "
+                             f"e.g. report.baseline='{example}'")
+        if matches:
+            return matches[0][0].key, matches[0][1]
+        plan = self.baseline_plan()
+        key = plan.key(self.store)
+        if key not in {r.key for r in refs}:
+            label_keys = list(dict.fromkeys(k for r in refs for k in r.labels))
+            refs.insert(0, CellRef(key, {k: wanted.get(k, "—") for k in label_keys}))
+        return key, plan.cfg
+
+
+def experiment(overrides: list[str]) -> Experiment:
+    """The cell plans of `overrides` (an experiment and settings, sweeps included)."""
+    points = expand(overrides)
+    cfgs = [compose(point) for point in points]
+    labels = label_points(points, cfgs)
+    return Experiment(list(overrides), [CellPlan(p, c, lab) for p, c, lab in zip(points, cfgs, labels)])
+
+
+def options_described(group: str, overrides: list[str] | None = None) -> list[tuple[str, str]]:
+    """(option, first comment line) of every config of a group, plug-ins' included."""
+    found: dict[str, str] = {}
+    for folder in config_dirs(overrides):
+        for path in sorted((folder / group).glob("*.yaml")):
+            found.setdefault(path.stem, _description(path))
+    return sorted(found.items())
+
+
+def _description(path: Path) -> str:
+    """The first comment of a config file: what the option is."""
+    for line in path.read_text().splitlines():
+        if line.startswith("#") and not line.startswith("# @package"):
+            return line.lstrip("# ").strip()
+    return ""

@@ -1,0 +1,15 @@
+"""Refinery's Python API (harness.api): the `refinery` commands as functions returning DataFrames.
+
+    import refinery
+    scores = refinery.run(["method=bon", "suite=world_smoke"])      # one cell, generated and scored
+    summary = refinery.report(["experiment=quickstart"])             # report.csv as a DataFrame
+
+Every function takes the command line's Hydra overrides; bad input raises refinery.UsageError.
+"""
+from harness.api import bench, leaderboard, plans, report, run, score, scores, sweep, verify
+from harness.errors import UsageError
+from harness.experiment import CellPlan, compose
+
+__version__ = "0.1.0"
+__all__ = ["run", "sweep", "score", "report", "bench", "leaderboard", "verify", "plans", "scores", "compose",
+           "CellPlan", "UsageError", "__version__"]
