@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import shlex
 import sys
-from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -389,11 +388,10 @@ def _options(command: str, overrides: list[str], known: list[str]) -> dict[str, 
 
 
 def cmd_train_world(overrides: list[str]) -> None:
+    from harness.config_schema import command_options
     from harness.models.toy_train import TrainWorldConfig, train_world
 
-    options = _options("train-world", overrides, [f.name for f in fields(TrainWorldConfig)])
-    cfg = OmegaConf.merge(OmegaConf.structured(TrainWorldConfig), OmegaConf.create(options))
-    path = train_world(TrainWorldConfig(**OmegaConf.to_container(cfg)))
+    path = train_world(TrainWorldConfig(**command_options("train-world", TrainWorldConfig, overrides)))
     print(f"toy model written to {path}")
 
 
@@ -414,17 +412,19 @@ def cmd_train(overrides: list[str]) -> None:
 
 
 def cmd_train_reward(overrides: list[str]) -> None:
+    from harness.config_schema import TrainerOptions, command_options
     from harness.verifiers import train_reward
 
-    options = _options("train-reward", overrides, ["out", "steps", "seed", "threads"])
-    train_reward.main([arg for key, value in options.items() for arg in (f"--{key}", value)])
+    options = command_options("train-reward", TrainerOptions, overrides)
+    train_reward.main([arg for key, value in options.items() for arg in (f"--{key}", str(value))])
 
 
 def cmd_train_probe(overrides: list[str]) -> None:
+    from harness.config_schema import TrainerOptions, command_options
     from harness.world import probe_train
 
-    options = _options("train-probe", overrides, ["out", "steps", "seed", "threads"])
-    probe_train.main([arg for key, value in options.items() for arg in (f"--{key}", value)])
+    options = command_options("train-probe", TrainerOptions, overrides)
+    probe_train.main([arg for key, value in options.items() for arg in (f"--{key}", str(value))])
 
 
 def cmd_weights(args: list[str]) -> None:

@@ -10,6 +10,7 @@ against TrainSettings. `override_error` turns Hydra's compose errors into the sa
 from __future__ import annotations
 
 import re
+from pathlib import Path
 import types
 import typing
 from collections.abc import Callable
@@ -203,6 +204,38 @@ class Root:
     metric: dict[str, dict[str, Any] | None] = option()  # name -> options, each metric's Options
     train: dict[str, Any] | None = None  # TrainSettings
     plugins: list[str] | None = None  # plug-in folders (harness.plugins)
+
+
+@dataclass(frozen=True)
+class TrainerOptions:
+    """`refinery train-reward` and `train-probe`; a key left out keeps the command's default."""
+    out: str | None = None
+    steps: int | None = option(None, min=1)
+    seed: int | None = option(None, min=0)
+    threads: int | None = option(None, min=1)
+
+
+def command_options(command: str, schema: type, overrides: list[str]) -> dict[str, Any]:
+    """The key=value options of a command without a Hydra config (train-world, train-reward,
+    train-probe), typed as Hydra types a value and checked against `schema`; an `out` must be
+    writable. Returns the options given."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    from harness.resources import check_creatable
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as exc:
+        raise UsageError(f"{command}: {' '.join(str(exc).split())}; give key=value options") from None
+    values = {o.key_or_group: o.value() for o in parsed}
+    try:
+        check(schema, values, "")
+    except UsageError as exc:
+        raise UsageError(f"{command}: {exc}") from None
+    if values.get("out") is not None:
+        check_creatable(Path(str(values["out"])), f"{command} out")
+    return values
 
 
 def validate(cfg: DictConfig) -> None:

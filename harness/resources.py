@@ -57,6 +57,17 @@ def free_disk(folder: Path) -> int:
     return shutil.disk_usage(existing).free
 
 
+def check_creatable(path: Path, key: str) -> None:
+    """Refuse, before any compute, an output path that cannot be written: one under a plain file, or
+    in a folder this process may not write; nothing is created."""
+    existing = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
+    if existing != path.absolute() and not existing.is_dir():
+        raise UsageError(f"{key}={path} is under {existing}, a plain file, not a folder; choose a path in a folder")
+    folder = existing if existing.is_dir() else existing.parent
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"{key}={path}: folder {folder} is not writable; choose a path in a writable folder")
+
+
 def check_resources(spec: ModelSpec, device: torch.device, dtype: torch.dtype, rows_per_video: int,
                     videos: int, batch_size: int, store: Path) -> None:
     """One UsageError line with the estimate and the limit when the run cannot fit (module docstring)."""
