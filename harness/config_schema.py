@@ -284,7 +284,8 @@ def override_error(exc: Exception, overrides: list[str], compose: Callable[[list
     text = " ".join(str(exc).split())
     misspelled, split = _NOT_IN_CONFIG.search(text), _NO_EQUAL.search(text)
     if misspelled:
-        return _misspelled(misspelled.group(1), overrides, compose) or UsageError(text)
+        advice = re.sub(r" ?To append to your config use \S+", "", text)  # `+key` would add a second key
+        return _misspelled(misspelled.group(1), overrides, compose) or UsageError(advice)
     if split and split.group(1) in overrides:
         return _split_value(overrides, overrides.index(split.group(1)))
     return UsageError(f"{text} (see `refinery --help` and sweeps/)")
