@@ -89,11 +89,10 @@ def _options(command: str, overrides: list[str], known: list[str]) -> dict[str, 
 
 
 def cmd_train_world(overrides: list[str]) -> None:
+    from harness.config_schema import command_options
     from harness.models.toy_train import TrainWorldConfig, train_world
 
-    options = _options("train-world", overrides, [f.name for f in fields(TrainWorldConfig)])
-    cfg = OmegaConf.merge(OmegaConf.structured(TrainWorldConfig), OmegaConf.create(options))
-    path = train_world(TrainWorldConfig(**OmegaConf.to_container(cfg)))
+    path = train_world(TrainWorldConfig(**command_options("train-world", TrainWorldConfig, overrides)))
     print(f"toy model written to {path}")
 
 
@@ -113,21 +112,20 @@ def cmd_train(overrides: list[str]) -> None:
     print(f"adapter checkpoint at {path} (training log {log_path(path)})")
 
 
-_SCRIPT_OPTIONS = ["out", "steps", "seed", "threads"]
-
-
 def cmd_train_reward(overrides: list[str]) -> None:
+    from harness.config_schema import TrainerOptions, command_options
     from harness.verifiers import train_reward
 
-    options = _options("train-reward", overrides, _SCRIPT_OPTIONS)
-    train_reward.main([arg for key, value in options.items() for arg in (f"--{key}", value)])
+    options = command_options("train-reward", TrainerOptions, overrides)
+    train_reward.main([arg for key, value in options.items() for arg in (f"--{key}", str(value))])
 
 
 def cmd_train_probe(overrides: list[str]) -> None:
+    from harness.config_schema import TrainerOptions, command_options
     from harness.world import probe_train
 
-    options = _options("train-probe", overrides, _SCRIPT_OPTIONS)
-    probe_train.main([arg for key, value in options.items() for arg in (f"--{key}", value)])
+    options = command_options("train-probe", TrainerOptions, overrides)
+    probe_train.main([arg for key, value in options.items() for arg in (f"--{key}", str(value))])
 
 
 def cmd_weights(args: list[str]) -> None:
@@ -395,11 +393,13 @@ def _epilog(name: str, command: Command) -> str:
 
 
 def _own_options(name: str) -> list[str]:
-    if name == "train-world":
-        from harness.models.toy_train import TrainWorldConfig
+    """A command's own options with their defaults (null: the command's built-in one)."""
+    from harness.config_schema import TrainerOptions
+    from harness.models.toy_train import TrainWorldConfig
 
-        return [f"{f.name}={'' if f.default is MISSING else f.default}" for f in fields(TrainWorldConfig)]
-    return _SCRIPT_OPTIONS
+    schema = TrainWorldConfig if name == "train-world" else TrainerOptions
+    return [f"{f.name}={'' if f.default is MISSING else 'null' if f.default is None else f.default}"
+            for f in fields(schema)]
 
 
 def parser() -> argparse.ArgumentParser:

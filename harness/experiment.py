@@ -107,25 +107,29 @@ def compose(overrides: list[str], with_hydra: bool = False) -> DictConfig:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from harness.config_schema import override_error
+
     _check_group_choices(overrides)
     try:
         with initialize_config_dir(str(CONFIG_DIR), version_base=None, job_name="refinery"):
             return hydra_compose("config", overrides=[*overrides, *searchpath_overrides(overrides)],
                                  return_hydra_config=with_hydra)
     except (HydraException, OmegaConfBaseException) as exc:
-        raise UsageError(" ".join(str(exc).split()) + " (see `refinery --help` and sweeps/)") from None
+        raise override_error(exc, overrides, compose) from None
 
 
 def _parse(overrides: list[str], check: bool = True) -> list:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
+    from harness.config_schema import override_error
+
     if check:
         _check_group_choices(overrides)
     try:
         return OverridesParser.create().parse_overrides(overrides)
     except HydraException as exc:
-        raise UsageError(" ".join(str(exc).split())) from None
+        raise override_error(exc, overrides, compose) from None
 
 
 def fixed_overrides(overrides: list[str]) -> list[str]:

@@ -5,7 +5,7 @@ what it needs of the model; `check` refuses an impossible combination before any
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -14,6 +14,7 @@ import torch
 from harness.errors import UsageError
 from harness.models.base import ModelSpec, VideoModel
 from harness.rollout import Context, Sampler, sampler_path_noise
+from harness.schema import check
 
 
 @dataclass(frozen=True)
@@ -21,14 +22,10 @@ class NoParams:
     pass
 
 
-def build_params(owner: str, Params: type, params: dict[str, Any]) -> Any:
-    """A plug-in's typed parameters; an unknown name is a one-line UsageError listing the known ones."""
-    known = {f.name for f in fields(Params)}
-    unknown = sorted(set(params) - known)
-    if unknown:
-        raise UsageError(f"{owner} has no parameter {', '.join(unknown)}; "
-                         f"its parameters: {', '.join(sorted(known)) or 'none'}")
-    return Params(**params)
+def build_params(Params: type, params: dict[str, Any], where: str) -> Any:
+    """A plug-in's typed parameters (harness.schema: types, bounds, unknown names), or a one-line
+    UsageError naming the key under `where` and the fix."""
+    return check(Params, params, where)
 
 
 class Method:
@@ -39,10 +36,15 @@ class Method:
     needs_uncond: ClassVar[bool] = False
 
     def __init__(self, **params: Any):
-        self.params = build_params(f"method {self.name!r}", self.Params, params)
+        self.params = build_params(self.Params, params, "method.params")
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "params": asdict(self.params)}
+
+    def rows_per_video(self) -> int:
+        """Rows of the model's batch one video takes (search candidates, guidance branches): what a
+        rollout batch's memory scales with."""
+        return 1
 
     def prepare(self, spec: ModelSpec, sampler: Sampler, weights_dir: Path) -> None:
         """Before any compute: refuse, with a one-line UsageError, a model or sampler this method

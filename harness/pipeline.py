@@ -20,11 +20,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from harness.config_schema import validate
 from harness.errors import UsageError
 from harness.lease import Lease, LeaseLost
 from harness.method import Method
 from harness.models.base import VideoModel
 from harness.registry import METHODS, METRICS, MODELS
+from harness.resources import check_resources
 from harness.rollout import Sampler, rollout
 from harness.store import Cell, Store, cell_key
 from harness.suites import read_suite
@@ -86,10 +88,7 @@ def sampler_from(cfg: DictConfig) -> Sampler:
 
 def resolve_run(cfg: DictConfig) -> Run:
     """Validate a composed config and build its Run; every bad input fails here, before compute."""
-    seed = _positive("seed", cfg.seed, 0)
-    seeds = list(range(seed, seed + _positive("samples_per_prompt", cfg.samples_per_prompt, 1)))
-    batch_size = _positive("batch_size", cfg.batch_size, 1)
-    threads = _positive("threads", cfg.threads, 1)
+    validate(cfg)  # types, ranges, unknown keys, method params and metric options
     check_metric_weights(cfg.metric, Path(cfg.paths.weights))
     params = cfg.method.get("params")
     method = METHODS.get(cfg.method.name)(**(OmegaConf.to_container(params) if params else {}))
@@ -101,6 +100,10 @@ def resolve_run(cfg: DictConfig) -> Run:
         METRICS.get(name).check_prompts(suite.prompts)
     method.prepare(model.spec, sampler, Path(cfg.paths.weights))
     method.bind(model)  # refuses a checkpoint trained for other weights, before anything is written
+    check_resources(model.spec, model.device, getattr(torch, str(cfg.model.get("dtype", "float32"))),
+                    method.rows_per_video(), len(suite.prompts) * cfg.samples_per_prompt, cfg.batch_size,
+                    Path(cfg.paths.store))
+    seeds = list(range(cfg.seed, cfg.seed + cfg.samples_per_prompt))
     spec = {
         "refinery": REFINERY_VERSION,
         "model": {"name": cfg.model.name, "digest": model.digest(), "num_chunks": model.spec.num_chunks,
@@ -109,10 +112,10 @@ def resolve_run(cfg: DictConfig) -> Run:
         "method": method.describe(),
         "suite": {"name": cfg.suite.name, "version": cfg.suite.version, "prompts": suite.prompts},
         "seeds": seeds,
-        "batch_size": batch_size,
-        "threads": threads,
+        "batch_size": cfg.batch_size,
+        "threads": cfg.threads,
     }
-    return Run(model, method, sampler, suite.prompts, suite.tags, seeds, batch_size, threads, spec)
+    return Run(model, method, sampler, suite.prompts, suite.tags, seeds, cfg.batch_size, cfg.threads, spec)
 
 
 def open_store(cfg: DictConfig) -> Store:

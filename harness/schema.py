@@ -15,7 +15,7 @@ import dataclasses
 import math
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal, Union, get_args, get_origin
 
 from harness.errors import UsageError, unknown_name
@@ -24,9 +24,12 @@ _MISSING = dataclasses.MISSING
 
 
 def option(default: Any = _MISSING, *, min: float | None = None, max: float | None = None,
-           choices: tuple[Any, ...] | None = None, default_factory: Any = _MISSING) -> Any:
-    """A dataclass field with bounds: `x: int = option(4, min=1)`."""
-    meta = {k: v for k, v in (("min", min), ("max", max), ("choices", choices)) if v is not None}
+           above: float | None = None, below: float | None = None, choices: tuple[Any, ...] | None = None,
+           default_factory: Any = _MISSING) -> Any:
+    """A dataclass field with bounds: `x: int = option(4, min=1)`; above/below are strict bounds
+    (`level: float = option(0.95, above=0, below=1)`)."""
+    bounds = (("min", min), ("max", max), ("above", above), ("below", below), ("choices", choices))
+    meta = {k: v for k, v in bounds if v is not None}
     if default_factory is not _MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -40,22 +43,29 @@ def check(schema: type, values: Mapping[str, Any] | None, where: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(schema)}
     for key in values:
         if key not in fields:
-            raise _unknown_key(where, str(key), fields)
+            raise unknown_key(where, str(key), fields)
     hints = typing.get_type_hints(schema)
     built = {}
     for name, f in fields.items():
         if name not in values:
             if f.default is _MISSING and f.default_factory is _MISSING:
-                raise UsageError(f"{where}.{name} is missing; set it ({where}.{name}=...)")
+                raise UsageError(f"{dotted(where, name)} is missing; set it ({dotted(where, name)}=...)")
             continue
-        built[name] = _value(hints[name], values[name], f"{where}.{name}", f.metadata)
+        built[name] = _value(hints[name], values[name], dotted(where, name), f.metadata)
     return schema(**built)
 
 
-def _unknown_key(where: str, key: str, fields: Mapping[str, Any]) -> UsageError:
-    error = unknown_name(f"key of {where}", key, fields)
-    return UsageError(f"{where}.{key} is not an option: {str(error).split('; ', 1)[1]} (fix the spelling: "
-                      f"{where}.<key>=value)")
+def dotted(where: str, key: str) -> str:
+    """The config key `key` under `where` ("" is the root)."""
+    return f"{where}.{key}" if where else key
+
+
+def unknown_key(where: str, key: str, known: Iterable[str]) -> UsageError:
+    """A key that is not an option: the closest names and the fix (the spelling, never Hydra's `+key`)."""
+    known = list(known)
+    names = str(unknown_name("key", key, known)).split("; ", 1)[1] if known else f"{where or 'the config'} takes no options"
+    return UsageError(f"{dotted(where, key)} is not an option: {names} (fix the spelling: "
+                      f"{dotted(where, '<key>')}=value)")
 
 
 def _value(kind: Any, value: Any, where: str, meta: Mapping[str, Any]) -> Any:
@@ -128,10 +138,20 @@ def _bounds(value: Any, where: str, meta: Mapping[str, Any]) -> None:
         return
     if "choices" in meta and value not in meta["choices"]:
         raise UsageError(f"{where}={value!r} is not one of {', '.join(map(repr, meta['choices']))}; use one of those")
-    low, high = meta.get("min"), meta.get("max")
-    if (low is not None and value < low) or (high is not None and value > high):
-        span = f">= {low}" if high is None else f"<= {high}" if low is None else f"in [{low}, {high}]"
-        raise UsageError(f"{where}={value!r} is out of range; use a value {span}")
+    low, high = meta.get("min", meta.get("above")), meta.get("max", meta.get("below"))
+    strict_low, strict_high = "above" in meta, "below" in meta
+    too_low = low is not None and (value <= low if strict_low else value < low)
+    too_high = high is not None and (value >= high if strict_high else value > high)
+    if too_low or too_high:
+        raise UsageError(f"{where}={value!r} is out of range; use a value {_span(low, high, strict_low, strict_high)}")
+
+
+def _span(low: Any, high: Any, strict_low: bool, strict_high: bool) -> str:
+    if high is None:
+        return f"{'>' if strict_low else '>='} {low}"
+    if low is None:
+        return f"{'<' if strict_high else '<='} {high}"
+    return f"in {'(' if strict_low else '['}{low}, {high}{')' if strict_high else ']'}"
 
 
 def _name(kind: Any) -> str:

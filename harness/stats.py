@@ -18,13 +18,15 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats as scipy_stats
 
+from harness.schema import option
+
 
 @dataclass(frozen=True)
 class Resampling:
-    draws: int = 2000  # bootstrap draws (prompts resampled with replacement)
-    permutations: int = 9999  # sign-flip permutations of the paired test (exact when 2^prompts is fewer)
-    seed: int = 0
-    level: float = 0.95
+    draws: int = option(2000, min=1)  # bootstrap draws (prompts resampled with replacement)
+    permutations: int = option(9999, min=1)  # sign-flip permutations of the paired test (exact when 2^prompts is fewer)
+    seed: int = option(0, min=0)
+    level: float = option(0.95, above=0, below=1)  # of the confidence intervals
 
     @property
     def alpha(self) -> float:

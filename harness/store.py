@@ -103,8 +103,8 @@ def read_json(path: str | Path, fix: str = "rerun the command that wrote it") ->
     path = Path(path)
     try:
         return json.loads(path.read_bytes())
-    except ValueError as e:
-        raise UsageError(f"{path} is corrupt ({e}); {fix}") from e
+    except (ValueError, RecursionError) as e:  # RecursionError: nesting deeper than the parser's stack
+        raise UsageError(f"{path} is corrupt ({type(e).__name__}: {str(e)[:80]}); {fix}") from None
 
 
 def read_npy(path: str | Path, fix: str = "rerun the command that wrote it") -> np.ndarray:

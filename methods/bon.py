@@ -16,17 +16,17 @@ from typing import Any
 
 import torch
 
-from harness.errors import UsageError
 from harness.method import Method
 from harness.models.base import ModelSpec
 from harness.registry import VERIFIERS
 from harness.rollout import Context, Sampler
+from harness.schema import option
 from harness.verifiers.base import Verifier
 
 
 @dataclass(frozen=True)
 class SearchParams:
-    n: int = 5  # candidates per video
+    n: int = option(5, min=1)  # candidates per video
     verifier: str = "world_reward"  # a harness.registry.VERIFIERS name
 
 
@@ -40,10 +40,11 @@ class BestOfN(Method):
         self.verifier: Verifier | None = None  # set by prepare (tests may put a recording verifier here)
         self.verifier_digest: str | None = None
 
+    def rows_per_video(self) -> int:
+        return self.params.n
+
     def prepare(self, spec: ModelSpec, sampler: Sampler, weights_dir: Path) -> None:
         super().prepare(spec, sampler, weights_dir)
-        if self.params.n < 1:
-            raise UsageError(f"method.params.n={self.params.n} is out of range; use n >= 1")
         self.verifier = VERIFIERS.get(self.params.verifier)(weights_dir)
         self.verifier_digest = self.verifier.digest()
 

@@ -47,6 +47,7 @@ from harness.errors import UsageError
 from harness.method import Method
 from harness.models.base import ModelSpec
 from harness.rollout import Context, Sampler
+from harness.schema import option
 
 
 def guided_velocity(v_c: torch.Tensor, v_u: torch.Tensor, scale: float,
@@ -84,14 +85,10 @@ class CfgParams:
 @dataclass(frozen=True)
 class CfgZeroParams:
     scale: float = 3.0  # w
-    zero_init_steps: int = 0  # steps i < zero_init_steps get v̂ = 0 (module docstring)
+    zero_init_steps: int = option(0, min=0)  # steps i < zero_init_steps get v̂ = 0 (module docstring)
 
     def __post_init__(self) -> None:
         check_scale(self.scale)
-        k = self.zero_init_steps
-        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-            raise UsageError(f"method.params.zero_init_steps={k!r} is out of range; use an integer >= 0 "
-                             "(0 = no zero-init)")
 
 
 class ClassifierFreeGuidance(Method):
@@ -99,6 +96,9 @@ class ClassifierFreeGuidance(Method):
     description = "classifier-free guidance v_u + w (v_c - v_u), the unconditional branch with its own KV cache"
     Params = CfgParams
     needs_uncond = True
+
+    def rows_per_video(self) -> int:
+        return 2  # the conditional and the unconditional branch, each with its cache
 
     def begin(self, ctx: Context) -> None:
         batch = ctx.cache.batch

@@ -53,6 +53,7 @@ from harness.errors import UsageError
 from harness.method import Method
 from harness.models.base import ModelSpec
 from harness.rollout import Context, Sampler, renoise
+from harness.schema import option
 
 MAX_ITERATIONS = 999  # the noise key step * 1000 + k must not reach the next step's keys
 PlanEntry = tuple[int, int, int]
@@ -60,10 +61,6 @@ PlanEntry = tuple[int, int, int]
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _check_plan(plan: object) -> tuple[PlanEntry, ...]:
@@ -80,22 +77,13 @@ def _check_plan(plan: object) -> tuple[PlanEntry, ...]:
 
 @dataclass(frozen=True)
 class PnpParams:
-    tau: float = 0.25  # uncertainty threshold: U < tau is certain
-    iterations: int = 1  # paper form: K_f extra iterations ...
-    fraction: float = 0.5  # ... on the first `fraction` (alpha) of the steps
+    tau: float = option(0.25, min=0)  # uncertainty threshold: U < tau is certain
+    iterations: int = option(1, min=0, max=MAX_ITERATIONS)  # paper form: K_f extra iterations ...
+    fraction: float = option(0.5, min=0, max=1)  # ... on the first `fraction` (alpha) of the steps
     plan: tuple[PlanEntry, ...] | None = None  # code form: [[start, end, iterations], ...]; overrides the above
-    certain_fraction: float = 0.999  # stop a row's iterations once more than this is certain
+    certain_fraction: float = option(0.999, min=0, max=1)  # stop a row's iterations once more than this is certain
 
     def __post_init__(self) -> None:
-        if not _is_number(self.tau) or self.tau < 0:
-            raise UsageError(f"method.params.tau={self.tau!r} is out of range; use a threshold >= 0")
-        if not _is_int(self.iterations) or not 0 <= self.iterations <= MAX_ITERATIONS:
-            raise UsageError(f"method.params.iterations={self.iterations!r} is out of range; use an integer "
-                             f"in 0..{MAX_ITERATIONS}")
-        for name in ("fraction", "certain_fraction"):
-            value = getattr(self, name)
-            if not _is_number(value) or not 0 <= value <= 1:
-                raise UsageError(f"method.params.{name}={value!r} is out of range; use a number in [0, 1]")
         if self.plan is not None:
             object.__setattr__(self, "plan", _check_plan(self.plan))
 

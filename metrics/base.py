@@ -3,16 +3,19 @@
 A metric keeps one value per video for each of its outputs, so reports can put bootstrap
 confidence intervals on every mean. Metadata on the class says which way is better, the version
 (part of a score file's identity: a new version rescores), what inputs it needs and which weight
-files it loads.
+files it loads, and its options as a dataclass (`Options`), checked before any compute: a typo, a
+wrong type or an out-of-range value is one UsageError line.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
+from harness.schema import check
 from harness.weights import WeightFile, check_weights
 
 __all__ = ["Metric", "VideoBatch", "WeightFile", "check_weights"]
@@ -26,6 +29,11 @@ class VideoBatch:
     records: list[dict[str, Any]]
 
 
+@dataclass(frozen=True)
+class NoOptions:
+    pass
+
+
 class Metric:
     name: ClassVar[str]
     version: ClassVar[str]
@@ -33,12 +41,19 @@ class Metric:
     description: ClassVar[str] = ""
     needs: ClassVar[tuple[str, ...]] = ()  # record fields it reads, e.g. ("prompt",)
     weights: ClassVar[tuple[WeightFile, ...]] = ()
+    Options: ClassVar[type] = NoOptions
 
     def __init__(self, weights_dir: str | Path = "weights", **options: Any):
+        self.check_options(options)
         self.weights_dir = Path(weights_dir)
-        self.options = options
+        self.options = options  # as given: a score file stores them so, and they decide its staleness
         check_weights(f"metric {self.name!r}", self.weights_dir, self.required_weights(options))
         self.reset()
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any] | None) -> Any:
+        """The typed options (an `Options` instance); bad ones are a one-line UsageError."""
+        return check(cls.Options, options, f"metric.{cls.name}")
 
     @classmethod
     def check_prompts(cls, prompts: list[str]) -> None:

@@ -21,6 +21,7 @@ Two backbones, named in the output, so that one is never read as the other:
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
@@ -30,10 +31,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.errors import UsageError
+from harness.schema import option
 from harness.world.probe import PROBE_WEIGHTS, load_probe
 from metrics.base import Metric, VideoBatch, WeightFile
 from metrics.dynamics import device_option
-from metrics.perceptual_dynamics import backbone_option
 
 DINO_ARCH = "vit_base_patch16_224.dino"
 DINO_VITB16 = WeightFile(
@@ -117,6 +118,12 @@ def prompts_of(metric: str, batch: VideoBatch) -> list[str]:
         raise UsageError(f"{metric}: every video's record needs its prompt; these records have none") from None
 
 
+@dataclass(frozen=True)
+class DiversityOptions:
+    backbone: str = option("world_probe", choices=tuple(OUTPUTS))
+    device: str = "cpu"
+
+
 class Diversity(Metric):
     name: ClassVar[str] = "dino_diversity"
     version: ClassVar[str] = "1"
@@ -128,13 +135,15 @@ class Diversity(Metric):
     )
     needs: ClassVar[tuple[str, ...]] = ("prompt",)
     weights: ClassVar[tuple[WeightFile, ...]] = (PROBE_WEIGHTS, DINO_VITB16)
+    Options: ClassVar[type] = DiversityOptions
 
-    def __init__(self, **options: Any):
-        self.backbone = backbone_option(self.name, options, OUTPUTS)
+    def __init__(self, weights_dir: str | Path = "weights", **options: Any):
+        typed = self.check_options(options)
+        self.backbone = typed.backbone
         self.output = OUTPUTS[self.backbone]
         self.higher_is_better = {self.output: False}  # what compute() returns, and so what is stored
-        self.device = device_option(self.name, options)
-        super().__init__(**options)  # checks the weight files
+        self.device = device_option(self.name, typed.device)
+        super().__init__(weights_dir, **options)  # checks the weight files
         self.embed: Embedder
         if self.backbone == "dino":
             self.embed = vit_embedder(load_dino(self.weight_path(DINO_VITB16), DINO_ARCH), self.device)
@@ -143,7 +152,7 @@ class Diversity(Metric):
 
     @classmethod
     def required_weights(cls, options: dict[str, Any]) -> tuple[WeightFile, ...]:
-        return (DINO_VITB16,) if backbone_option(cls.name, options, OUTPUTS) == "dino" else (PROBE_WEIGHTS,)
+        return (DINO_VITB16,) if cls.check_options(options).backbone == "dino" else (PROBE_WEIGHTS,)
 
     def reset(self) -> None:
         self._embeddings: list[torch.Tensor] = []

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from harness.errors import UsageError
+from harness.schema import option
 from metrics.base import Metric, VideoBatch
 
 DATA_RANGE = 255.0
@@ -151,12 +154,18 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return _psnr_db(a, b, dims=(1, 2))
 
 
-def device_option(metric: str, options: dict[str, Any]) -> torch.device:
+def device_option(metric: str, device: str) -> torch.device:
     """The `device` option; the caller picks it, CPU by default so scoring never competes with a GPU job."""
     try:
-        return torch.device(options.get("device", "cpu"))
+        return torch.device(device)
     except (RuntimeError, TypeError) as err:
-        raise UsageError(f"{metric}: bad device option {options.get('device')!r}: {err}") from err
+        raise UsageError(f"metric.{metric}.device={device!r} is not a torch device ({err}); use cpu or cuda") from err
+
+
+@dataclass(frozen=True)
+class DynamicsOptions:
+    interval: int = option(5, min=1)  # frames between the compared pairs
+    device: str = "cpu"
 
 
 class Dynamics(Metric):
@@ -168,13 +177,13 @@ class Dynamics(Metric):
         "pairs (f, f+interval), interval 5 by default as in AutoRefiner Table 7; lower = more motion."
     )
 
-    def __init__(self, **options: Any):
-        interval = options.get("interval", 5)
-        if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
-            raise UsageError(f"{self.name}: interval must be a positive integer, got {interval!r}")
-        self.interval = interval
-        self.device = device_option(self.name, options)
-        super().__init__(**options)
+    Options: ClassVar[type] = DynamicsOptions
+
+    def __init__(self, weights_dir: str | Path = "weights", **options: Any):
+        typed = self.check_options(options)
+        self.interval = typed.interval
+        self.device = device_option(self.name, typed.device)
+        super().__init__(weights_dir, **options)
 
     def score(self, batch: VideoBatch) -> dict[str, np.ndarray]:
         shape = self._per_video(batch.videos)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import pickle
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
@@ -26,9 +27,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.errors import UsageError
+from harness.schema import option
 from harness.world.probe import PROBE_WEIGHTS, WorldProbe, load_probe
 from metrics.base import VideoBatch, WeightFile
-from metrics.dynamics import Dynamics
+from metrics.dynamics import Dynamics, DynamicsOptions
 
 ALEXNET = WeightFile(
     "lpips/alexnet-owt-7be5be79.pth",
@@ -55,11 +57,9 @@ def probe_distance(probe: WorldProbe) -> Distance:
     return lambda a, b: lpips_style_distance(probe.layer_features(a), probe.layer_features(b))
 
 
-def backbone_option(metric: str, options: dict[str, Any], choices: dict[str, str]) -> str:
-    backbone = options.get("backbone", next(iter(choices)))
-    if backbone not in choices:
-        raise UsageError(f"{metric}: unknown backbone {backbone!r}; use one of {', '.join(choices)}")
-    return backbone
+@dataclass(frozen=True)
+class PerceptualDynamicsOptions(DynamicsOptions):
+    backbone: str = option("world_probe", choices=tuple(OUTPUTS))
 
 
 def load_lpips_alex(trunk_path: Path) -> nn.Module:
@@ -115,12 +115,13 @@ class PerceptualDynamics(Dynamics):
         "world_probe_lpips_style (default, the world probe's features) or lpips_alex (LPIPS v0.1); higher = more motion."
     )
     weights: ClassVar[tuple[WeightFile, ...]] = (PROBE_WEIGHTS, ALEXNET)
+    Options: ClassVar[type] = PerceptualDynamicsOptions
 
-    def __init__(self, **options: Any):
-        self.backbone = backbone_option(self.name, options, OUTPUTS)
+    def __init__(self, weights_dir: str | Path = "weights", **options: Any):
+        self.backbone = self.check_options(options).backbone
         self.output = OUTPUTS[self.backbone]
         self.higher_is_better = {self.output: True}  # what compute() returns, and so what is stored
-        super().__init__(**options)  # checks the interval, the device and the weight files
+        super().__init__(weights_dir, **options)  # checks the interval, the device and the weight files
         if self.backbone == "lpips":
             self.distance = lpips_distance(load_lpips_alex(self.weight_path(ALEXNET)).to(self.device))
         else:
@@ -128,7 +129,7 @@ class PerceptualDynamics(Dynamics):
 
     @classmethod
     def required_weights(cls, options: dict[str, Any]) -> tuple[WeightFile, ...]:
-        return (ALEXNET,) if backbone_option(cls.name, options, OUTPUTS) == "lpips" else (PROBE_WEIGHTS,)
+        return (ALEXNET,) if cls.check_options(options).backbone == "lpips" else (PROBE_WEIGHTS,)
 
     def score(self, batch: VideoBatch) -> dict[str, np.ndarray]:
         first, later = self._frame_pairs(batch.videos)

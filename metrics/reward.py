@@ -6,6 +6,7 @@ flags it, see `report.reward_hacking`). The verifier scores the whole video at o
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +18,18 @@ from harness.weights import WeightFile
 from metrics.base import Metric, VideoBatch
 
 
+@dataclass(frozen=True)
+class RewardOptions:
+    verifier: str = "world_reward"  # a harness.registry.VERIFIERS name
+
+
 class Reward(Metric):
     name = "reward"
     version = "1"
     higher_is_better = {"world_reward": True}  # replaced per instance by the chosen verifier's name
     description = "a verifier's score of the whole video (option verifier, default world_reward)"
     needs = ("prompt",)
+    Options = RewardOptions
 
     def __init__(self, weights_dir: str | Path = "weights", verifier: str = "world_reward", **options: Any):
         super().__init__(weights_dir, verifier=verifier, **options)
@@ -32,7 +39,7 @@ class Reward(Metric):
 
     @classmethod
     def required_weights(cls, options: dict[str, Any]) -> tuple[WeightFile, ...]:
-        return VERIFIERS.get(options.get("verifier", "world_reward")).weights
+        return VERIFIERS.get(cls.check_options(options).verifier).weights
 
     @torch.no_grad()
     def score(self, batch: VideoBatch) -> dict[str, np.ndarray]:

@@ -40,8 +40,7 @@ The suite is versioned: changing any dimension's definition, constant, Min/Max o
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -401,12 +400,6 @@ class WorldBench(Metric):
     @classmethod
     def check_prompts(cls, prompts: list[str]) -> None:
         check_world_prompts(cls.name, prompts)
-
-    def __init__(self, weights_dir: str | Path = "weights", **options: Any):
-        if options:
-            raise UsageError(f"world_bench takes no options, got {', '.join(sorted(options))}; "
-                             "write `world_bench: {}` in the metric config")
-        super().__init__(weights_dir)
 
     def score(self, batch: VideoBatch) -> dict[str, np.ndarray]:
         videos = batch.videos

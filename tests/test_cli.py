@@ -24,7 +24,7 @@ CASES = {
     "out-of-vocabulary prompt": (["suite=world_smoke", "suite.prompts=[a red dragon flying]"],
                                  "dragon, flying"),
     "missing checkpoint": (["model.checkpoint=/nonexistent/toy.safetensors"], "is missing"),
-    "unknown method parameter": (["+method.params.tau=0.3"], "has no parameter tau"),
+    "unknown method parameter": (["+method.params.tau=0.3"], "method.params.tau is not an option"),
 }
 
 

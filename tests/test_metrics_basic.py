@@ -149,7 +149,7 @@ def test_dynamics_default_interval_is_five_and_short_videos_fail() -> None:
     video = np.zeros((1, 5, 16, 16, 3), dtype=np.uint8)
     with pytest.raises(UsageError, match=r"interval 5.*got 5"):
         Dynamics().score(batch_of(video))
-    with pytest.raises(UsageError, match="positive integer"):
+    with pytest.raises(UsageError, match="metric.dynamics.interval=0 is out of range"):
         Dynamics(interval=0)
 
 

@@ -162,7 +162,7 @@ def test_bad_training_input_is_one_line_before_any_compute(tmp_path, capsys, mon
                         (["method=lora", "train.steps=0"], "train.steps=0"),
                         (["method=lora", "method.params.rank=0"], "rank=0"),
                         (["method=autorefiner", "method.params.timesteps=[900]"], "timesteps [900]"),
-                        (["method=lora", "+train.epochs=3"], "unknown keys epochs"),
+                        (["method=lora", "+train.epochs=3"], "train.epochs is not an option: did you mean 'steps'"),
                         (["method=lora", "train.objective.name=fid"], "unknown objective 'fid'"),
                         (["method=lora", "+train.objective.params.verifiers.frozen=1.0"], "not differentiable"),
                         (["method=lora", "train.objective.params.verifiers.world_reward=0"],

@@ -53,6 +53,7 @@ class ModelSpec:
     frames_per_latent: int = 1  # decoded frames per latent frame
     has_uncond: bool = True  # an unconditional branch exists, so CFG is possible
     fps: int = 8
+    cache_bytes_per_frame: int = 0  # KV cache of one latent frame of one video, every layer (memory estimates)
 
     @property
     def num_latent_frames(self) -> int:

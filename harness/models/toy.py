@@ -273,7 +273,8 @@ class ToyVideoModel(nn.Module):
         return ModelSpec(name="toy", frames_per_chunk=c.frames_per_chunk,
                                                   num_chunks=self.num_chunks,
                          latent_shape=(c.latent_channels, c.latent_size, c.latent_size),
-                         video_shape=(3, c.frame_size, c.frame_size))
+                         video_shape=(3, c.frame_size, c.frame_size),
+                         cache_bytes_per_frame=c.depth * 2 * c.tokens_per_frame * c.dim * 4)
 
     def with_chunks(self, num_chunks: int) -> "ToyVideoModel":
         """A view of the same weights that rolls out `num_chunks` chunks (at most max_frames frames)."""

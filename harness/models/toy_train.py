@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from harness.models.toy import SHIPPED_WEIGHTS, ToyConfig, ToyVideoModel, block_causal_mask, load_toy, tokenize
 from harness.rollout import Sampler
+from harness.schema import option
 from harness.weights import save_safetensors
 from harness.world.grammar import parse
 from harness.world.prompts import train_prompts
@@ -35,26 +36,26 @@ from harness.world.render import render
 @dataclass
 class TrainWorldConfig:
     out: str = str(SHIPPED_WEIGHTS)
-    seed: int = 0
-    videos_per_prompt: int = 8
-    vae_steps: int = 600
-    vae_batch: int = 64
-    vae_lr: float = 2e-3
-    first_chunk_steps: int = 1500  # stage 1: first chunks only
-    steps: int = 2500  # stage 2: windows of `window_chunks` chunks
-    window_chunks: int = 3
-    first_window_prob: float = 0.5  # share of stage-2 windows that start at the first chunk
-    batch: int = 32
-    lr: float = 5e-4
-    warmup: int = 100
-    ema: float = 0.995
-    sampler_sigma_prob: float = 0.5  # share of chunks trained at the default sampler's noise levels
-    noisy_first_prob: float = 0.5  # share of first windows whose first chunk is noisy (no clean prefix)
-    prompt_dropout: float = 0.1
-    threads: int = 0  # torch threads; 0 keeps torch's default (all cores)
+    seed: int = option(0, min=0)
+    videos_per_prompt: int = option(8, min=1)
+    vae_steps: int = option(600, min=0)
+    vae_batch: int = option(64, min=1)
+    vae_lr: float = option(2e-3, above=0)
+    first_chunk_steps: int = option(1500, min=0)  # stage 1: first chunks only
+    steps: int = option(2500, min=0)  # stage 2: windows of `window_chunks` chunks
+    window_chunks: int = option(3, min=1)
+    first_window_prob: float = option(0.5, min=0, max=1)  # share of stage-2 windows that start at the first chunk
+    batch: int = option(32, min=1)
+    lr: float = option(5e-4, above=0)
+    warmup: int = option(100, min=0)
+    ema: float = option(0.995, min=0, max=1)
+    sampler_sigma_prob: float = option(0.5, min=0, max=1)  # share of chunks trained at the default sampler's noise levels
+    noisy_first_prob: float = option(0.5, min=0, max=1)  # share of first windows whose first chunk is noisy (no clean prefix)
+    prompt_dropout: float = option(0.1, min=0, max=1)
+    threads: int = option(0, min=0)  # torch threads; 0 keeps torch's default (all cores)
     vae_from: str = ""  # a toy checkpoint whose autoencoder is reused instead of trained (vae_steps unused)
     init_from: str = ""  # a toy checkpoint to continue from: all its weights, its autoencoder kept
-    checkpoint_every: int = 250  # denoiser steps between checkpoints of the EMA weights to `out`
+    checkpoint_every: int = option(250, min=1)  # denoiser steps between checkpoints of the EMA weights to `out`
 
 
 def render_dataset(prompts: list[str], per_prompt: int, frames: int, size: int) -> tuple[np.ndarray, list[str]]:

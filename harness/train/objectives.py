@@ -53,7 +53,7 @@ class Objective:
     Params: ClassVar[type]
 
     def __init__(self, **params: Any):
-        self.params = build_params(f"objective {self.name!r}", self.Params, params)
+        self.params = build_params(self.Params, params, "train.objective.params")
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "params": asdict(self.params)}

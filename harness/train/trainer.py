@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,65 +27,20 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from harness.config_schema import TrainSettings, resolved, validate
 from harness.errors import UsageError
 from harness.ledger import Ledger
 from harness.models.base import VideoModel
 from harness.noise import key_seed
+from harness.resources import check_creatable
 from harness.rollout import Sampler, rollout
+from harness.schema import check
 from harness.train.adapters import TrainedMethod
 from harness.train.checkpoints import (FORMAT, TrainingLog, canonical, checkpoint_path, load_resume, log_path,
                                        read_metadata, resume_path, save_adapter, save_resume)
 from harness.train.objectives import Objective
 
 RUNTIME_KEYS = ("threads", "checkpoint_every", "out")  # settings that do not change what is trained
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    objective: dict[str, Any]  # {name, params}
-    reg_weight: float
-    steps: int
-    batch: int
-    lr: float
-    weight_decay: float
-    grad_clip: float  # 0: no clipping
-    seed: int
-    checkpoint_every: int
-    out: str
-    prompts: str | None  # a prompt file; None: the shapes world's training prompts
-    threads: int  # 0: torch's default
-
-    def __post_init__(self) -> None:
-        for name in ("steps", "batch", "checkpoint_every"):
-            _check(name, getattr(self, name), int, lambda v: v >= 1, "an integer >= 1")
-        for name in ("seed", "threads"):
-            _check(name, getattr(self, name), int, lambda v: v >= 0, "an integer >= 0")
-        _check("lr", self.lr, float, lambda v: v > 0, "a number > 0")
-        for name in ("reg_weight", "weight_decay", "grad_clip"):
-            _check(name, getattr(self, name), float, lambda v: v >= 0, "a number >= 0")
-        if not isinstance(self.objective, dict) or not isinstance(self.objective.get("name"), str):
-            raise UsageError(f"train.objective={self.objective!r} is malformed; "
-                             "use {name: reward, params: {...}}")
-        if not isinstance(self.out, str) or not self.out:
-            raise UsageError(f"train.out={self.out!r} is malformed; give a shipped tag (e.g. dmd) "
-                             "or a .safetensors path")
-
-
-def _check(name: str, value: object, kind: type, ok, expected: str) -> None:
-    typed = isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
-    if not typed or not math.isfinite(value) or not ok(value):
-        raise UsageError(f"train.{name}={value!r} is out of range; use {expected}")
-
-
-def settings_from(values: dict[str, Any]) -> TrainSettings:
-    known = [f.name for f in fields(TrainSettings)]
-    unknown, missing = sorted(set(values) - set(known)), [k for k in known if k not in values]
-    problems = ([f"has unknown keys {', '.join(unknown)}"] if unknown else []) + \
-        ([f"lacks {', '.join(missing)}"] if missing else [])
-    if problems:
-        raise UsageError(f"the train config {' and '.join(problems)}; its keys: {', '.join(known)} "
-                         "(see sweeps/train/)")
-    return TrainSettings(**values)
 
 
 @dataclass
@@ -133,7 +88,9 @@ def resolve_training(cfg: DictConfig) -> Training:
 
     if cfg.get("train") is None:
         raise UsageError("no train config; use `refinery train [train=reward|dmd] method=... [train.steps=...]`")
-    settings = settings_from(OmegaConf.to_container(cfg.train, resolve=True))
+    validate(cfg)  # every section typed, train.* against TrainSettings
+    settings = check(TrainSettings, resolved(cfg)["train"], "train")
+    check_creatable(checkpoint_path(cfg.method.name, settings.out), "train.out")  # before any compute
     method_cls = METHODS.get(cfg.method.name)
     if not (isinstance(method_cls, type) and issubclass(method_cls, TrainedMethod)):
         trainable = [n for n in METHODS.names() if issubclass(METHODS.get(n), TrainedMethod)]

@@ -97,7 +97,7 @@ def read_results(path: Path) -> Results:
     """One `*_eval_results.json`, or every one under a folder; a dimension found twice is refused."""
     path = Path(path)
     if path.is_dir():
-        files = sorted(path.rglob("*_eval_results.json"))
+        files = sorted(p for p in path.rglob("*_eval_results.json") if p.is_file())  # not a folder so named
         if not files:
             raise UsageError(f"{path} holds no *_eval_results.json; run `refinery vbench evaluate` first")
     elif path.is_file():

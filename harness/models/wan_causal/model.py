@@ -83,9 +83,12 @@ class WanCausalModel(nn.Module):
     def spec(self) -> ModelSpec:
         c = self.cfg
         latent = (self.transformer.config.in_channels, c.height // SPATIAL_COMPRESSION, c.width // SPATIAL_COMPRESSION)
+        t = self.transformer.config
+        tokens = (latent[1] // t.patch_size[1]) * (latent[2] // t.patch_size[2])
+        cache = t.num_layers * 2 * tokens * t.num_attention_heads * t.attention_head_dim * self.transformer.dtype.itemsize
         return ModelSpec(name=c.name, frames_per_chunk=c.frames_per_chunk, num_chunks=c.num_chunks,
                          latent_shape=latent, video_shape=(3, c.height, c.width), frames_per_latent=4,
-                         has_uncond=c.negative_prompt is not None, fps=c.fps)
+                         has_uncond=c.negative_prompt is not None, fps=c.fps, cache_bytes_per_frame=cache)
 
     @property
     def device(self) -> torch.device:

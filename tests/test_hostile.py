@@ -1,0 +1,134 @@
+"""Hostile input to every command: exit code 2, one `refinery: error:` line, no traceback, and the
+store (one complete tiny cell) byte for byte as it was. In process, so the whole table runs fast."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import FAST
+from harness.cli import main
+
+SPLIT = ["suite.prompts=a", "red", "circle", "bouncing"]  # what a shell makes of the unquoted override
+CASES: dict[str, tuple[list[str], str]] = {
+    # run: types, ranges, unknown keys, interpolations, resources
+    "n float": (["run", "method=bon", "method.params.n=2.5"], "method.params.n=2.5 is not an integer"),
+    "n text": (["run", "method=bon", "method.params.n=abc"], "method.params.n='abc' is not an integer"),
+    "n list": (["run", "method=bon", "method.params.n=[1]"], "method.params.n=[1] is not an integer"),
+    "n absurd": (["run", "method=bon", "method.params.n=1000000000"], "one rollout batch needs at least"),
+    "n zero": (["run", "method=sop", "method.params.n=0"], "method.params.n=0 is out of range"),
+    "shift text": (["run", "sampler.shift=abc"], "sampler.shift='abc' is not a finite number"),
+    "shift zero": (["run", "sampler.shift=0"], "sampler.shift=0.0 is out of range; use a value > 0"),
+    "interpolation": (["run", "sampler.steps=${oops}"], "sampler.steps does not resolve"),
+    "seed bool": (["run", "seed=true"], "seed=True is not an integer"),
+    "seed negative": (["run", "seed=-1"], "seed=-1 is out of range"),
+    "misspelled key": (["run", "sampler.stepz=4"], "sampler.stepz is not an option: did you mean 'steps'"),
+    "misspelled model key": (["run", "model.num_chunkz=3"], "did you mean 'num_chunks'"),
+    "misspelled root key": (["run", "+samples=3"], "samples is not an option"),
+    "prompts string": (["run", "suite.prompts=a red circle bouncing"], "'suite.prompts=[a red circle bouncing]'"),
+    "prompts split": (["run", *SPLIT], "'suite.prompts=[a red circle bouncing]'"),
+    "pnp tau": (["run", "method=pnp", "method.params.tau=-1"], "method.params.tau=-1.0 is out of range"),
+    "pnp plan": (["run", "method=pnp", "method.params.plan=[[0,1]]"], "method.params.plan entry"),
+    "cfg zero init": (["run", "method=cfg_zero", "method.params.zero_init_steps=-1"], "zero_init_steps=-1"),
+    "unknown param": (["run", "method=bon", "+method.params.m=3"], "method.params.m is not an option"),
+    "stats level": (["run", "report.stats.level=1.5"], "report.stats.level=1.5 is out of range"),
+    "batch zero": (["run", "batch_size=0"], "batch_size=0 is out of range"),
+    "threads text": (["run", "threads=abc"], "threads='abc' is not an integer"),
+    "metric typo": (["run", "+metric.dynamics.intervl=3"], "metric.dynamics.intervl is not an option"),
+    "metric range": (["run", "metric.dynamics.interval=0"], "metric.dynamics.interval=0 is out of range"),
+    "metric no options": (["run", "metric.world_bench.x=1"], "metric.world_bench.x is not an option"),
+    "unknown metric": (["run", "+metric.dinamics={}"], "did you mean 'dynamics'"),
+    "samples absurd": (["run", "samples_per_prompt=1000000000000"], "videos need"),
+    "warp text": (["run", "sampler.warp=maybe"], "sampler.warp='maybe' is not a switch"),
+    "chunks zero": (["run", "model.num_chunks=0"], "model.num_chunks=0 is out of range"),
+    "vbench crf": (["run", "vbench.crf=99"], "vbench.crf=99 is out of range"),
+    "bench repeats": (["run", "report.bench.repeats=0"], "report.bench.repeats=0 is out of range"),
+    "unknown method": (["run", "method=bonn"], "did you mean 'bon'"),
+    # the other commands
+    "sweep bad point": (["sweep", "sampler.steps=2,abc"], "sampler.steps='abc' is not an integer"),
+    "sweep misspelled": (["sweep", "sampler.stepz=2,3"], "sampler.stepz is not an option"),
+    "score": (["score", "method=bon", "method.params.n=2.5"], "method.params.n=2.5 is not an integer"),
+    "report": (["report", "report.stats.draws=0"], "report.stats.draws=0 is out of range"),
+    "verify": (["verify", "sampler.shift=abc"], "sampler.shift='abc'"),
+    "bench": (["bench", "report.baseline='method=base'", "report.bench.warmup=-1"], "report.bench.warmup=-1"),
+    "leaderboard": (["leaderboard", "experiment=quickstart", "report.stats.level=0"], "report.stats.level=0"),
+    "train steps": (["train", "method=autorefiner", "train.steps=abc"], "train.steps='abc' is not an integer"),
+    "train out": (["train", "method=autorefiner", "train.out=FILE/adapter.safetensors"], "a plain file"),
+    "train lr": (["train", "method=lora", "train.lr=0"], "train.lr=0.0 is out of range; use a value > 0"),
+    "train nothing": (["train", "method=base"], "has nothing to train"),
+    "train-world steps": (["train-world", "steps=abc"], "train-world: steps='abc' is not an integer"),
+    "train-world out": (["train-world", "out=FILE/toy.safetensors"], "a plain file"),
+    "train-world typo": (["train-world", "stepz=3"], "stepz is not an option: did you mean 'steps'"),
+    "train-world range": (["train-world", "ema=2"], "ema=2.0 is out of range"),
+    "train-reward": (["train-reward", "steps=0"], "train-reward: steps=0 is out of range"),
+    "train-reward out": (["train-reward", "out=FILE/reward.safetensors"], "a plain file"),
+    "train-probe": (["train-probe", "threads=abc"], "train-probe: threads='abc' is not an integer"),
+    "weights check": (["weights", "check", "sampler.stepz=1"], "sampler.stepz is not an option"),
+    "weights convert": (["weights", "convert", "model=self_forcing"], "needs checkpoint=PATH"),
+    "vbench folder": (["vbench", "aggregate", "TMP/results"], "holds no *_eval_results.json"),
+    "vbench nested": (["vbench", "aggregate", "TMP/nested_eval_results.json"], "is corrupt (RecursionError"),
+    "vbench format": (["vbench", "aggregate", "TMP/nested_eval_results.json", "format=xml"], "format=xml"),
+    "vbench command": (["vbench", "agregate"], "did you mean 'aggregate'"),
+    "unknown command": (["rnu"], "did you mean 'run'"),
+}
+STORE_FREE = {"train", "train-world", "train-reward", "train-probe", "vbench", "rnu"}  # take no paths.store
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, str]]:
+    return {str(p.relative_to(root)): (p.stat().st_size, hashlib.sha256(p.read_bytes()).hexdigest())
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A store with one complete tiny cell, a plain file, a folder named like a results file (inside
+    a results folder) and a results file nested deeper than any parser's stack."""
+    tmp = tmp_path_factory.mktemp("hostile")
+    assert main(["run", *FAST, f"paths.store={tmp / 'store'}"]) == 0
+    (tmp / "file").write_text("a plain file, not a folder")
+    (tmp / "results" / "color_eval_results.json").mkdir(parents=True)
+    (tmp / "nested_eval_results.json").write_text("[" * 100_000 + "]" * 100_000)
+    return tmp
+
+
+def fill(arg: str, tmp: Path) -> str:
+    return arg.replace("FILE", str(tmp / "file")).replace("TMP", str(tmp))
+
+
+def assert_refused(argv: list[str], expected: str, capsys) -> str:
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("refinery: error:"), err
+    assert "Traceback" not in out + err
+    assert expected in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_hostile_input_is_one_line_exit_2_and_the_store_is_unchanged(name, world, capsys):
+    argv, expected = CASES[name]
+    argv = [fill(a, world) for a in argv]
+    if argv[0] not in STORE_FREE:  # the tiny cell's settings first: the case's own override wins
+        at = 2 if argv[0] == "weights" else 1
+        argv = [*argv[:at], *FAST, f"paths.store={world / 'store'}", *argv[at:]]
+    before = snapshot(world)
+    capsys.readouterr()
+    line = assert_refused(argv, expected, capsys)
+    assert "+sampler" not in line and "To append" not in line
+    assert snapshot(world) == before
+
+
+def test_a_status_file_holding_a_list_is_one_line_naming_it(world, tmp_path, capsys):
+    store = tmp_path / "store"
+    shutil.copytree(world / "store", store)
+    (status,) = store.glob("cells/*/status.json")
+    status.write_text(json.dumps([1, 2]))
+    before = snapshot(store)
+    capsys.readouterr()
+    line = assert_refused(["report", *FAST, f"paths.store={store}", f"paths.reports={tmp_path}"], str(status), capsys)
+    assert "status" in line
+    assert snapshot(store) == before
