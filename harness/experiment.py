@@ -254,6 +254,8 @@ class Experiment:
         """The cell Δ, overheads and timings are measured against: the command line's fixed settings
         plus `report.baseline` (e.g. method=base), without the experiment's swept settings and
         without settings inside a config group the baseline chooses anew."""
+        from harness.config_schema import validate
+
         selector = self.cfg.report.get("baseline")
         if not selector:
             return None
@@ -264,7 +266,9 @@ class Experiment:
                 if o.lstrip("+~").partition("=")[0].partition(".")[0] not in groups
                 or "." not in o.partition("=")[0]]
         point = [*kept, *chosen]
-        return CellPlan(point, compose(point))
+        cfg = compose(point)
+        validate(cfg)
+        return CellPlan(point, cfg)
 
     def refs(self) -> list[CellRef]:
         """The report's rows: each plan's cell key (from the store) with its labels."""
@@ -302,8 +306,12 @@ class Experiment:
 
 def experiment(overrides: list[str]) -> Experiment:
     """The cell plans of `overrides` (an experiment and settings, sweeps included)."""
+    from harness.config_schema import validate
+
     points = expand(overrides)
     cfgs = [compose(point) for point in points]
+    for cfg in cfgs:  # every value typed and in range before any command reads or writes a cell
+        validate(cfg)
     labels = label_points(points, cfgs)
     return Experiment(list(overrides), [CellPlan(p, c, lab) for p, c, lab in zip(points, cfgs, labels)])
 
