@@ -15,7 +15,8 @@ import harness.lease
 from conftest import ROOT
 from harness.errors import UsageError
 from harness.lease import LeaseLost
-from harness.store import LockTimeout, Store, atomic_write_bytes, atomic_write_json, cell_key
+from harness.files import atomic_write_bytes, atomic_write_json
+from harness.store import LockTimeout, Store, cell_key
 
 
 def _spec(**over):

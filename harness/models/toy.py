@@ -16,7 +16,6 @@ then matches what the model sees at every step of a rollout.
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from torch import nn
 
 from harness.errors import UsageError
 from harness.models.base import Cond, KVCache, ModelSpec
+from harness.weights import module_digest
 from harness.world.grammar import VOCABULARY, parse
 
 
@@ -266,6 +266,7 @@ class ToyVideoModel(nn.Module):
         self.denoiser = CausalDenoiser(self.cfg)
         self.num_chunks = self.cfg.num_chunks  # rollout length; may differ from training's
         self.source = "untrained"
+        self.loaded_digest: str | None = None  # set by load_toy
 
     @property
     def spec(self) -> ModelSpec:
@@ -358,11 +359,8 @@ class ToyVideoModel(nn.Module):
         return x - float(sigma) * v[:, history.shape[1]:]
 
     def digest(self) -> str:
-        h = hashlib.sha256()
-        for name, tensor in sorted(self.state_dict().items()):
-            h.update(name.encode())
-            h.update(tensor.detach().contiguous().cpu().numpy().tobytes())
-        return h.hexdigest()[:16]
+        # a loaded model's weights are fixed: hashed once, at load; others (in training) every call
+        return self.loaded_digest or module_digest(self)
 
     def describe(self) -> dict[str, Any]:
         return {"backend": "toy", "config": asdict(self.cfg), "num_chunks": self.num_chunks, "source": self.source,
@@ -449,4 +447,5 @@ def load_toy(path: str | Path | None = None) -> ToyVideoModel:
                          f"(missing {len(missing)}, unexpected {len(unexpected)} tensors); "
                          "rebuild it with `refinery train-world`")
     model.source = str(path)
+    model.loaded_digest = module_digest(model)
     return model.eval()

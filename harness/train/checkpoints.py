@@ -18,7 +18,6 @@ methods/weights/<method>_<tag>.safetensors (method autorefiner, tag dmd_t750); a
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from typing import Any
 import torch
 
 from harness.errors import UsageError
+from harness.files import atomic_write, atomic_write_text, canonical_json
 from harness.weights import safetensors_digest, save_safetensors
 
 SHIPPED_DIR = Path(__file__).resolve().parents[2] / "methods" / "weights"
@@ -52,10 +52,6 @@ def log_path(out: Path) -> Path:
     return out.with_name(out.stem + ".log.jsonl")
 
 
-def canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
-
-
 @dataclass(frozen=True)
 class AdapterFile:
     path: Path
@@ -69,18 +65,11 @@ class AdapterFile:
     digest: str  # of the file's bytes: part of the key of every cell sampled with it
 
 
-def _atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(tmp)
-    tmp.replace(path)
-
-
 def save_adapter(path: Path, state: dict[str, torch.Tensor], method: str, arch: dict[str, Any],
                  base_model: str, base_digest: str, step: int, config: dict[str, Any]) -> None:
-    save_safetensors(state, path, {"format": FORMAT, "method": method, "arch": canonical(arch),
+    save_safetensors(state, path, {"format": FORMAT, "method": method, "arch": canonical_json(arch),
                                    "base_model": base_model, "base_digest": base_digest, "step": str(step),
-                                   "config": canonical(config)})
+                                   "config": canonical_json(config)})
 
 
 def read_metadata(path: Path) -> dict[str, str]:
@@ -115,7 +104,7 @@ def load_adapter(method: str, value: str) -> AdapterFile:
 
 
 def save_resume(path: Path, state: dict[str, Any]) -> None:
-    _atomic(path, lambda tmp: torch.save(state, tmp))
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_resume(path: Path) -> dict[str, Any] | None:
@@ -137,7 +126,7 @@ class TrainingLog:
         if keep and path.is_file():
             kept = [line for line in path.read_text().splitlines()
                     if line.strip() and json.loads(line)["step"] <= keep]
-        _atomic(path, lambda tmp: tmp.write_text("".join(line + "\n" for line in kept)))
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
         self.file = path.open("a")
 
     def append(self, record: dict[str, Any]) -> None:
