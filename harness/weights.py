@@ -58,7 +58,7 @@ def needed_files(cfg: DictConfig) -> list[NeededFile]:
     if params.get("verifier"):
         owners.append((f"verifier {params.verifier}", VERIFIERS.get(params.verifier).weights))
     if params.get("checkpoint"):  # a trained method's adapter
-        from harness.train.checkpoints import checkpoint_path, how_to_train
+        from harness.adapter_files import checkpoint_path, how_to_train
 
         path = checkpoint_path(cfg.method.name, str(params.checkpoint))
         owners.append((f"method {cfg.method.name}", (WeightFile(str(path.resolve()), how_to_train(

@@ -21,7 +21,7 @@ def test_cell_keys_and_shipped_digests_keep_their_values(toy):
     # values from before harness.files existed: a change here orphans every stored cell
     assert cell_key({"a": [1, 2.5, "x"], "b": {"z": None, "y": True}}) == "286d821285f16be7"
     assert toy.digest() == "d90625910f19ebb5"  # README and benchmarks/RESULTS.md quote it
-    from harness.train.checkpoints import checkpoint_path
+    from harness.adapter_files import checkpoint_path
     from harness.verifiers.world_reward import WorldReward
     from harness.world.probe import SHIPPED_WEIGHTS as PROBE
 

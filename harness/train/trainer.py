@@ -27,15 +27,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from harness.adapter_files import FORMAT, checkpoint_path, read_metadata, save_adapter
+from harness.adapters import TrainedMethod
 from harness.errors import UsageError
 from harness.files import canonical_json
 from harness.ledger import Ledger
 from harness.models.base import VideoModel
 from harness.noise import key_seed
 from harness.rollout import Sampler, rollout
-from harness.train.adapters import TrainedMethod
-from harness.train.checkpoints import (FORMAT, TrainingLog, checkpoint_path, load_resume, log_path,
-                                       read_metadata, resume_path, save_adapter, save_resume)
+from harness.train.checkpoints import TrainingLog, load_resume, log_path, resume_path, save_resume
 from harness.train.objectives import Objective
 
 RUNTIME_KEYS = ("threads", "checkpoint_every", "out")  # settings that do not change what is trained
@@ -214,7 +214,7 @@ def train_step(t: Training, optimizer: torch.optim.Optimizer, step: int) -> dict
 
 
 def save(t: Training, optimizer: torch.optim.Optimizer, step: int) -> None:
-    """The resume state first, then the adapter file (harness.train.checkpoints)."""
+    """The resume state first (harness.train.checkpoints), then the adapter file (harness.adapter_files)."""
     adapter = t.method.adapter_state()
     save_resume(resume_path(t.out), {"step": step, "identity": t.identity, "adapter": adapter,
                                      "optimizer": optimizer.state_dict(), "objective": t.objective.state_dict()})
