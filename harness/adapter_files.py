@@ -8,7 +8,7 @@ refiner's zeroed output layer is rebuilt, not stored), with string metadata:
     config (JSON: the resolved training configuration).
 
 Checkpoint names: a value without "/" and without a suffix is the tag of a shipped checkpoint,
-methods/weights/<method>_<tag>.safetensors (method autorefiner, tag dmd_t750); anything else is a path.
+assets/methods/<method>_<tag>.safetensors (method autorefiner, tag dmd_t750); anything else is a path.
 """
 from __future__ import annotations
 
@@ -19,11 +19,11 @@ from typing import Any
 
 import torch
 
+from harness.assets import asset
 from harness.errors import UsageError
 from harness.files import canonical_json
 from harness.weights import safetensors_digest, save_safetensors
 
-SHIPPED_DIR = Path(__file__).resolve().parents[1] / "methods" / "weights"
 FORMAT = "refinery-adapter/1"
 
 
@@ -35,7 +35,7 @@ def how_to_train(method: str, value: str) -> str:
 def checkpoint_path(method: str, value: str) -> Path:
     """The file a checkpoint value names: a shipped tag or a path (module docstring)."""
     if "/" not in value and not Path(value).suffix:
-        return SHIPPED_DIR / f"{method}_{value}.safetensors"
+        return asset("methods", f"{method}_{value}.safetensors")
     return Path(value)
 
 

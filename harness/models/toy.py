@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.assets import asset
 from harness.errors import UsageError
 from harness.models.base import Cond, KVCache, ModelSpec
 from harness.weights import module_digest
@@ -418,7 +419,7 @@ class ToyClipScore:
 # ----------------------------------------------------------------------------------------------
 # weights
 
-SHIPPED_WEIGHTS = Path(__file__).parent / "weights" / "toy.safetensors"
+SHIPPED_WEIGHTS = asset("models", "toy.safetensors")
 
 
 def load_toy(path: str | Path | None = None) -> ToyVideoModel:
@@ -429,7 +430,7 @@ def load_toy(path: str | Path | None = None) -> ToyVideoModel:
     path = Path(path) if path else SHIPPED_WEIGHTS
     if not path.is_file():
         raise UsageError(f"toy checkpoint {path} is missing; it ships with the package "
-                         "(harness/models/weights/toy.safetensors) or is rebuilt by `refinery train-world`")
+                         "(assets/models/toy.safetensors) or is rebuilt by `refinery train-world`")
     try:
         from safetensors import safe_open
         with safe_open(str(path), "pt") as f:

@@ -17,12 +17,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from harness.assets import asset
 from harness.files import sha256_hex
 from harness.verifiers.base import Verifier
 from harness.weights import WeightFile, load_safetensors, safetensors_digest, save_safetensors
 from harness.world.grammar import VOCABULARY, parse
 
-SHIPPED_WEIGHTS = Path(__file__).parent / "weights" / "world_reward.safetensors"
+SHIPPED_WEIGHTS = asset("verifiers", "world_reward.safetensors")
 REBUILD = "refinery train-reward"
 WORDS = sorted(VOCABULARY)
 
