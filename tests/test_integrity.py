@@ -16,6 +16,8 @@ import pytest
 
 from conftest import FAST, ROOT
 from harness.store import Store
+
+pytestmark = pytest.mark.slow  # a CLI sweep in a subprocess, damaged and repaired; a killed writer
 from stores import contents, leftovers
 
 # 4 cells (one per seed) of 4 videos in 2 batches of 2, scored with the cheap metrics

@@ -16,6 +16,8 @@ from harness.lease import pid_alive
 from harness.store import Store
 from stores import contents, leftovers
 
+pytestmark = pytest.mark.slow  # CLI sweeps in subprocesses, killed and resumed
+
 # two batches per cell, so that a kill can land between the batches of one cell
 CELLS = [o for o in FAST if not o.startswith("batch_size")] + [
     "batch_size=2", "report.metrics=[temporal_flicker,dynamics,compute.nfe]", "report.headline=[dynamics.ssim]"]

@@ -114,6 +114,7 @@ SELF_FORCING = ["suite=world_smoke", "suite.prompts=[a red circle bouncing]", "s
 TABLE_2 = {"lora": 0, "init_noise_refiner": 7, "autorefiner": 21}  # ΔNFE per video
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["toy", "wan_tiny"])
 def test_table_2_compute_columns_through_the_report(tmp_path, backend):
     """Rollout -> store -> compute metric -> report, as tests/test_compute_columns.py does for search."""
@@ -250,6 +251,7 @@ def test_cli_refuses_bad_method_settings_in_one_line(capsys):
     assert not Path("/nonexistent/store").exists()
 
 
+@pytest.mark.slow
 def test_sampling_a_trained_method_never_imports_the_trainer():
     """The shipped adapters sample through harness.adapters alone: the trainer and the objectives
     (harness.train) stay unimported, from composing the run to the last chunk."""
