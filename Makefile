@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slurm install bench train-world clean
+.PHONY: demo test test-fast test-slurm install bench train-world clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Without the tests marked slow (subprocess sweeps, SLURM, training, browser, kills): about a minute.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 # The sweeps on a real one-node SLURM cluster alone (needs Debian's slurm-wlm and munge, as .ci/run installs).
 test-slurm: $(STAMP)

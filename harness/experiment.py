@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, OmegaConf
 
 from harness.errors import UsageError, unknown_name
-from harness.store import Store, atomic_write_json, canonical_json, read_json
+from harness.files import atomic_write_json, canonical_json, read_json
+from harness.store import Store
 
 if TYPE_CHECKING:
     from harness.pipeline import Run

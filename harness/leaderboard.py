@@ -20,7 +20,8 @@ from harness.report import (OVERHEAD, TIMING, CellRef, Column, Entry, ReportData
                             markdown_table, metric_title, paired_entry, timing_note)
 from harness.report_latex import booktabs, latex_entry
 from harness.stats import rank_intervals
-from harness.store import Cell, Store, atomic_write_bytes, canonical_json
+from harness.files import atomic_write_bytes, canonical_json
+from harness.store import Cell, Store
 
 _COMPARED = ("suite.name", "suite.version", "suite.prompts", "seeds")
 

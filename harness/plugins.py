@@ -20,7 +20,6 @@ Hydra then finds like the configs in sweeps/. An installed package registers thr
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import sys
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Iterator
 
 from harness.errors import UsageError
+from harness.files import sha256_hex
 
 ENV = "REFINERY_PLUGINS"
 _loaded: dict[Path, list[str]] = {}  # include folder -> its Hydra search path entries
@@ -65,7 +65,7 @@ def load_folder(folder: Path) -> list[str]:
     for path in sorted(folder.glob("*.py")):
         if path.name.startswith("_"):
             continue
-        name = f"refinery_plugins.{hashlib.sha256(str(folder).encode()).hexdigest()[:12]}.{path.stem}"
+        name = f"refinery_plugins.{sha256_hex(str(folder))[:12]}.{path.stem}"
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module

@@ -13,7 +13,6 @@ cost-against-quality figure per headline metric (harness.report_figures).
 """
 from __future__ import annotations
 
-import hashlib
 import html
 import math
 import re
@@ -25,7 +24,8 @@ import pandas as pd
 
 from harness.errors import UsageError
 from harness.stats import Resampling, clustered_mean, holm, paired_difference
-from harness.store import Cell, Store, atomic_write_bytes, canonical_json
+from harness.files import atomic_write_bytes, canonical_json, sha256_hex
+from harness.store import Cell, Store
 from harness.timing import Timing
 
 # the long form of scores, one row per (cell, video, metric output); a label may not take these names
@@ -634,7 +634,7 @@ def _short_json(value: object, limit: int = 80) -> str:
     text = canonical_json(value)
     if len(text) <= limit:
         return text
-    return f"{text[:limit - 20]}… (sha256 {hashlib.sha256(text.encode()).hexdigest()[:8]})"
+    return f"{text[:limit - 20]}… (sha256 {sha256_hex(text)[:8]})"
 
 
 def _note(counts: list[int], paired: bool, alpha: float) -> str:
@@ -689,7 +689,7 @@ def report_folder(root: Path, name: str, overrides: list[str]) -> Path:
     if not extra:
         return Path(root) / name
     slug = re.sub(r"[^A-Za-z0-9._=,-]+", "_", "+".join(extra)).strip("_")[:60]
-    return Path(root) / f"{name}@{slug}-{hashlib.sha256(chr(0).join(extra).encode()).hexdigest()[:8]}"
+    return Path(root) / f"{name}@{slug}-{sha256_hex(chr(0).join(extra))[:8]}"
 
 
 def headline_lines(store: Store, key: str, metrics: list[str], resampling: Resampling) -> list[str]:

@@ -14,7 +14,7 @@ Layout under the root folder::
                                       written: a complete cell can always be checked (Cell.damage)
     cells/<key>/.lock                 lease of the process writing the cell (harness/lease.py)
 
-Every file is written to a temp file in its own directory and renamed over the target, so a
+Every file is written to a temp file in its own directory and renamed over the target (harness.files), so a
 process killed at any moment leaves either the old file or the new one, never half of one, and
 many processes (joblib workers, SLURM array jobs on a shared file system) can share one store.
 Every write into a cell happens under its lease; the next holder removes the temp files that a
@@ -22,7 +22,6 @@ killed writer left behind.
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -39,72 +38,37 @@ from typing import Any
 import numpy as np
 
 from harness.errors import UsageError
+from harness.files import (TEMP_NAME, atomic_write_bytes, atomic_write_json, canonical_json, json_file_bytes,
+                           read_json, sha256_hex)
 from harness.lease import Lease, LockTimeout, lease, read_holder, say, slurm_job
 
-__all__ = ["LockTimeout", "Store", "Cell", "Damage", "canonical_json", "cell_key", "atomic_write_bytes",
-           "atomic_write_json", "atomic_save_npy", "read_json", "read_npy"]
+__all__ = ["LockTimeout", "Store", "Cell", "Damage", "cell_key", "atomic_save_npy", "read_npy"]
 
 STATES = ("running", "complete", "failed")  # what status.json says; Cell.state() adds the rest
 _SCORE_KEYS = ("metric", "version", "higher_is_better", "values", "videos")
 _KEY_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
 _INDEX_RE = re.compile(r"(\d+)\.json")
-_TEMP_RE = re.compile(r"\..+\.\d+\.[0-9a-f]{8}\.tmp")  # atomic_write_bytes' temp files
 _WRITTEN = ("", "videos", "records", "scores")  # the cell's folders that writers write into
 _RERUN = "rerun the `refinery run` or `sweep` that made the cell to regenerate it"
 _RESCORE = "rerun `refinery score` (or the sweep) with the cell's settings to rewrite it"
 
 
-def canonical_json(obj: Any) -> str:
-    """The one JSON spelling of obj: sorted keys, no whitespace, so equal specs hash equally."""
+def _spec_json(spec: dict) -> str:
     try:
-        return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        return canonical_json(spec)
     except (TypeError, ValueError) as e:
         raise UsageError(f"run spec is not plain JSON ({e}); resolve it to JSON values") from e
 
 
 def cell_key(spec: dict) -> str:
     """16 hex characters of sha256 over the canonical JSON of spec."""
-    return hashlib.sha256(canonical_json(spec).encode()).hexdigest()[:16]
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write data to path so that readers see the old file or the new one, never a partial one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # The temp file lives in the target's folder so the rename never crosses file systems;
-    # pid and a random part keep concurrent writers (also on other hosts) apart.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _json_bytes(obj: Any) -> bytes:
-    return (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode()
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_bytes(path, _json_bytes(obj))
+    return sha256_hex(_spec_json(spec))[:16]
 
 
 def atomic_save_npy(path: str | Path, array: np.ndarray) -> None:
     buf = io.BytesIO()
     np.save(buf, np.asarray(array), allow_pickle=False)
     atomic_write_bytes(path, buf.getvalue())
-
-
-def read_json(path: str | Path, fix: str = "rerun the command that wrote it") -> Any:
-    """Load a JSON file; a corrupt one is a UsageError naming it and the fix, not a parser traceback."""
-    path = Path(path)
-    try:
-        return json.loads(path.read_bytes())
-    except (ValueError, RecursionError) as e:  # RecursionError: nesting deeper than the parser's stack
-        raise UsageError(f"{path} is corrupt ({type(e).__name__}: {str(e)[:80]}); {fix}") from None
 
 
 def read_npy(path: str | Path, fix: str = "rerun the command that wrote it") -> np.ndarray:
@@ -117,7 +81,7 @@ def read_npy(path: str | Path, fix: str = "rerun the command that wrote it") -> 
 
 def file_digest(data: bytes) -> dict[str, Any]:
     """A manifest entry: the sha256 and size of a file's bytes."""
-    return {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+    return {"sha256": sha256_hex(data), "size": len(data)}
 
 
 class Store:
@@ -197,7 +161,7 @@ class Cell:
             old = read_json(self.path / "spec.json")
         except (FileNotFoundError, UsageError):
             old = None
-        if old is not None and canonical_json(old) == canonical_json(spec):
+        if old is not None and _spec_json(old) == _spec_json(spec):
             return
         if old is not None and not (cell_key(spec) == self.key != _key_or_none(old)):
             raise UsageError(f"cell {self.path} already holds a different spec; "
@@ -313,7 +277,7 @@ class Cell:
             if len(values) != payload["videos"]:
                 raise ValueError(f"{name}.{output} has {len(values)} values for "
                                  f"{payload['videos']} videos")
-        data, file = _json_bytes(payload), f"scores/{name}.json"
+        data, file = json_file_bytes(payload), f"scores/{name}.json"
         with self.lock():
             atomic_write_bytes(self.path / file, data)
             manifest = self.manifest()
@@ -433,7 +397,7 @@ class Cell:
             return _parse_problem(file, data)
         if len(data) != entry.get("size"):
             return f"has {len(data)} bytes where the manifest says {entry.get('size')}"
-        if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+        if sha256_hex(data) != entry.get("sha256"):
             return "differs from the manifest (sha256)"
         return None
 
@@ -452,7 +416,7 @@ class Cell:
             except FileNotFoundError:
                 continue
             for name in names:
-                if _TEMP_RE.fullmatch(name):
+                if TEMP_NAME.fullmatch(name):
                     (self.path / folder / name).unlink(missing_ok=True)
 
 

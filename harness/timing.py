@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from harness.errors import UsageError
-from harness.store import atomic_write_json, read_json
+from harness.files import atomic_write_json, read_json
 
 if TYPE_CHECKING:
     from harness.pipeline import Run

@@ -6,16 +6,18 @@ package); a run refuses to start while any is missing, and `refinery weights che
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from omegaconf import DictConfig, OmegaConf
 
 from harness.errors import UsageError
+from harness.files import atomic_write, sha256_hex
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,7 @@ def needed_files(cfg: DictConfig) -> list[NeededFile]:
     if params.get("verifier"):
         owners.append((f"verifier {params.verifier}", VERIFIERS.get(params.verifier).weights))
     if params.get("checkpoint"):  # a trained method's adapter
-        from harness.train.checkpoints import checkpoint_path, how_to_train
+        from harness.adapter_files import checkpoint_path, how_to_train
 
         path = checkpoint_path(cfg.method.name, str(params.checkpoint))
         owners.append((f"method {cfg.method.name}", (WeightFile(str(path.resolve()), how_to_train(
@@ -71,11 +73,8 @@ def save_safetensors(tensors: dict[str, Any], path: Path, metadata: dict[str, st
     """Write tensors (a state dict) with string metadata, atomically: a reader never sees half a file."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    tmp.replace(path)
+    state = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=metadata))
 
 
 def load_safetensors(path: Path, what: str, rebuild: str, build: Callable[[dict[str, str]], Any]) -> Any:
@@ -106,6 +105,13 @@ def safetensors_digest(path: Path) -> str:
     tensors and metadata can come out as different bytes; this digest does not change with it."""
     data = Path(path).read_bytes()
     size = int.from_bytes(data[:8], "little")
-    h = hashlib.sha256(json.dumps(json.loads(data[8 : 8 + size]), sort_keys=True).encode())
-    h.update(data[8 + size :])
-    return h.hexdigest()[:16]
+    # json.dumps' default separators, not canonical_json's: the digests of shipped files must not change
+    header = json.dumps(json.loads(data[8 : 8 + size]), sort_keys=True)
+    return sha256_hex((header, memoryview(data)[8 + size :]))[:16]
+
+
+def module_digest(*modules: nn.Module) -> str:
+    """A digest of the modules' tensors (names and float32 values), in order: the identity of loaded
+    weights whatever files they came from."""
+    return sha256_hex(chunk for module in modules for name, tensor in sorted(module.state_dict().items())
+                      for chunk in (name, tensor.detach().float().contiguous().cpu().numpy().tobytes()))[:16]

@@ -20,11 +20,12 @@ from synthetic import base_values, write_cell
 
 LAPTOP = 1280
 
+pytestmark = [pytest.mark.slow]  # a demo sweep and a real browser
 if executable() is None:
     if os.environ.get("CI"):
         pytest.fail("Chromium is missing in CI: .ci/run must install Debian's chromium", pytrace=False)
-    pytestmark = pytest.mark.skip(reason="Chromium is not installed (apt-get install chromium): the browser "
-                                         "test of the HTML report did not run")
+    pytestmark.append(pytest.mark.skip(reason="Chromium is not installed (apt-get install chromium): the browser "
+                                              "test of the HTML report did not run"))
 
 
 @pytest.fixture(scope="module")

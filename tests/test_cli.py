@@ -6,6 +6,8 @@ import pytest
 
 from conftest import FAST, ROOT
 
+pytestmark = pytest.mark.slow  # every test runs `refinery` in a subprocess
+
 
 def refinery(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True,

@@ -10,6 +10,8 @@ from harness.cli import compose
 from harness.pipeline import generate, open_store, resolve_run, score
 from harness.report import CellRef, write_report
 
+pytestmark = pytest.mark.slow  # each backend's fixture generates and scores a sweep of cells
+
 SELF_FORCING = ["suite=world_smoke", "suite.prompts=[a red circle bouncing]", "samples_per_prompt=1",
                 "model.num_chunks=7", "sampler=stochastic", "sampler.steps=4"]
 TABLE_2 = {  # method: (ΔNFE per video, #Verify per chunk, ΔVAE per chunk)

@@ -32,6 +32,7 @@ def test_the_weights_digest_and_the_method_version_are_part_of_the_key(monkeypat
     assert resolve_run(cfg).key != key
 
 
+@pytest.mark.slow
 def test_scores_go_stale_with_a_new_metric_version_or_new_options(tmp_path, monkeypatch):
     cfg = compose([*FAST, f"paths.store={tmp_path}"])
     run = resolve_run(cfg)
@@ -91,6 +92,7 @@ def test_dmd_guides_its_real_score_and_trains_its_fake_score_online(toy, guidanc
     assert any(not torch.equal(a, b) for a, b in zip(fake_before, fake.module.parameters()))
 
 
+@pytest.mark.slow
 def test_training_resumes_after_a_sigkill_to_the_uninterrupted_weights(tmp_path):
     """A real SIGKILL of the training process between checkpoints; the rerun finishes the same adapter."""
     from safetensors.torch import load_file
@@ -116,6 +118,7 @@ def test_training_resumes_after_a_sigkill_to_the_uninterrupted_weights(tmp_path)
     assert not resume_path(killed).exists()
 
 
+@pytest.mark.slow
 def test_the_score_methods_and_metrics_commands_run(tmp_path, capsys):
     overrides = [*FAST, f"paths.store={tmp_path}", "method=base"]
     assert main(["run", *overrides]) == 0

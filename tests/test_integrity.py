@@ -3,7 +3,6 @@ missing file with its cell, `score` and `report` refuse a damaged cell in one li
 sweep regenerates exactly the damaged files, to their original bytes. And a writer killed in the
 middle of a write leaves no temp file behind once the cell's next writer has run."""
 import json
-import os
 import re
 import shutil
 import signal
@@ -16,6 +15,8 @@ import pytest
 
 from conftest import FAST, ROOT
 from harness.store import Store
+
+pytestmark = pytest.mark.slow  # a CLI sweep in a subprocess, damaged and repaired; a killed writer
 from stores import contents, leftovers
 
 # 4 cells (one per seed) of 4 videos in 2 batches of 2, scored with the cheap metrics

@@ -96,6 +96,27 @@ def test_missing_and_corrupt_checkpoints(tmp_path):
         load_toy(bad)
 
 
+def test_a_loaded_models_digest_is_hashed_once_at_load(monkeypatch):
+    import harness.models.toy as toy_module
+
+    calls = []
+    monkeypatch.setattr(toy_module, "module_digest", lambda *m: calls.append(m) or "d" * 16)
+    model = load_toy()
+    assert model.digest() == model.with_chunks(2).digest() == model.digest() == "d" * 16
+    assert len(calls) == 1
+
+
+def test_wan_causal_digest_is_computed_at_load(wan_tiny, monkeypatch):
+    import harness.models.wan_causal.loader as wan_loader
+
+    def rehash(*args):
+        raise AssertionError("digest() hashed the weights again")
+
+    monkeypatch.setattr(wan_loader, "module_digest", rehash)
+    monkeypatch.setattr(wan_loader, "folder_digest", rehash)
+    assert wan_tiny.digest() == wan_tiny.with_chunks(1).digest() and len(wan_tiny.digest()) == 16
+
+
 def test_chunk_count_is_validated(toy):
     with pytest.raises(UsageError, match="num_chunks"):
         toy.with_chunks(0)

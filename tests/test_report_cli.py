@@ -8,6 +8,8 @@ import pytest
 
 from conftest import FAST, ROOT
 
+pytestmark = pytest.mark.slow  # CLI runs, sweeps and benches in subprocesses
+
 # 2 samplers' steps x 2 seeds of the quickstart experiment, at FAST's size
 CELLS = [*FAST, "experiment=quickstart", "sampler=stochastic", "report.baseline='sampler.steps=2'"]
 

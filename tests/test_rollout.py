@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from conftest import ROOT
@@ -29,6 +30,7 @@ def test_same_seed_same_video_and_other_seed_other_video(toy):
     assert not torch.equal(a.videos, c.videos)
 
 
+@pytest.mark.slow
 def test_bit_identical_across_processes_whatever_their_threads_environment(toy, tmp_path):
     """The same spec gives the same bits in any process: generation computes with the spec's thread count
     (cpu_threads), whatever OMP_NUM_THREADS says. Float32 matrix products split their sums by thread

@@ -151,6 +151,7 @@ def per_video(model, method) -> dict[str, float]:
     return ledger.per_video(len(PROMPTS))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["toy", "wan_tiny"])
 def test_ledger_counts_autorefiner_table_2_columns(request, backend):
     model = request.getfixturevalue(backend).with_chunks(7)  # Self-Forcing's shape: 7 chunks, 4 stochastic steps

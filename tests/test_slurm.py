@@ -18,6 +18,8 @@ from conftest import FAST, ROOT
 from slurm_cluster import SlurmCluster, missing_programs
 from stores import contents, leftovers
 
+pytestmark = pytest.mark.slow  # sweeps on a one-node SLURM cluster
+
 # 2 cells of 8 videos, one video per batch (so that a kill lands between batches), 1 thread each:
 # cpus_per_task follows threads, so the node's 2 CPUs run both array tasks at once
 CELLS = [o for o in FAST if not o.startswith(("batch_size", "samples_per_prompt"))] + [

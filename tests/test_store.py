@@ -15,7 +15,8 @@ import harness.lease
 from conftest import ROOT
 from harness.errors import UsageError
 from harness.lease import LeaseLost
-from harness.store import LockTimeout, Store, atomic_write_bytes, atomic_write_json, cell_key
+from harness.files import atomic_write_bytes, atomic_write_json
+from harness.store import LockTimeout, Store, cell_key
 
 
 def _spec(**over):
@@ -161,6 +162,7 @@ def _increment(cell_path: str, times: int) -> None:
             counter.write_text(str(value + 1))
 
 
+@pytest.mark.slow
 def test_lock_serialises_processes(tmp_path):
     cell = Store(tmp_path).cell("abc")
     cell.path.mkdir(parents=True)
@@ -244,6 +246,7 @@ def test_a_waiter_gets_the_lock_when_its_foreign_holder_releases(tmp_path, said)
     assert got.is_set() and len(lines) == 1
 
 
+@pytest.mark.slow
 def test_heartbeat_keeps_a_foreign_holders_lease(tmp_path, monkeypatch):
     """A holder elsewhere whose heartbeat thread runs is never taken over, even after several leases."""
     cell = Store(tmp_path).cell("abc")

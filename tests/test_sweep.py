@@ -1,7 +1,6 @@
 """The store under sweeps: a rerun costs nothing, a SIGKILLed sweep resumes to the same table, two
 joblib workers writing one store corrupt nothing and write the bytes the basic launcher writes, and
 killing a sweep takes its workers down with it."""
-import json
 import re
 import signal
 import subprocess
@@ -15,6 +14,8 @@ from conftest import FAST, ROOT
 from harness.lease import pid_alive
 from harness.store import Store
 from stores import contents, leftovers
+
+pytestmark = pytest.mark.slow  # CLI sweeps in subprocesses, killed and resumed
 
 # two batches per cell, so that a kill can land between the batches of one cell
 CELLS = [o for o in FAST if not o.startswith("batch_size")] + [

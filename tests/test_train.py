@@ -52,6 +52,7 @@ def test_one_step_changes_only_the_trainable_parameters(tmp_path, method, object
     assert ("reward" in record) == (objective == "reward")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method,objective", [("autorefiner", "dmd"), ("lora", "reward")])
 def test_a_killed_run_resumes_to_the_uninterrupted_runs_weights(tmp_path, monkeypatch, method, objective):
     steps = ["train.steps=4", "train.checkpoint_every=2"]
@@ -124,6 +125,7 @@ def test_checkpoint_metadata_and_a_finished_run(tmp_path, monkeypatch):
               progress=False)
 
 
+@pytest.mark.slow
 def test_a_trained_checkpoint_samples_through_the_cli(tmp_path):
     path = train(config(tmp_path, "autorefiner", "reward", "train.lr=0.05"), progress=False)
     store = tmp_path / "store"

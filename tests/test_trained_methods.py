@@ -2,6 +2,8 @@
 are base bit for bit, adapters are deltas on the one shared base, the ledger counts one refiner call
 per refinement (Table 2's ΔNFE through the report path), each reflective-KV-cache switch really removes
 its input, and bad settings or checkpoints are refused with one line before any compute."""
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -9,14 +11,14 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import prepared_rollout
+from conftest import ROOT, prepared_rollout
+from harness.adapter_files import load_adapter, save_adapter
 from harness.cli import compose, main
 from harness.errors import UsageError
 from harness.ledger import Ledger
 from harness.pipeline import generate, open_store, resolve_run, score
 from harness.report import CellRef, write_report
 from harness.rollout import Sampler, rollout
-from harness.train.checkpoints import load_adapter, save_adapter
 from methods.autorefiner import AutoRefiner
 from methods.base import Base
 from methods.init_noise_refiner import InitNoiseRefiner
@@ -112,6 +114,7 @@ SELF_FORCING = ["suite=world_smoke", "suite.prompts=[a red circle bouncing]", "s
 TABLE_2 = {"lora": 0, "init_noise_refiner": 7, "autorefiner": 21}  # ΔNFE per video
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["toy", "wan_tiny"])
 def test_table_2_compute_columns_through_the_report(tmp_path, backend):
     """Rollout -> store -> compute metric -> report, as tests/test_compute_columns.py does for search."""
@@ -246,3 +249,25 @@ def test_cli_refuses_bad_method_settings_in_one_line(capsys):
         err = capsys.readouterr().err
         assert err.startswith("refinery: error:") and err.count("\n") == 1 and reason in err
     assert not Path("/nonexistent/store").exists()
+
+
+@pytest.mark.slow
+def test_sampling_a_trained_method_never_imports_the_trainer():
+    """The shipped adapters sample through harness.adapters alone: the trainer and the objectives
+    (harness.train) stay unimported, from composing the run to the last chunk."""
+    script = (
+        "import sys; from pathlib import Path; sys.path.insert(0, '.')\n"
+        "from harness.models.toy import load_toy; from harness.rollout import Sampler, rollout\n"
+        "from harness.cli import compose; from harness.weights import needed_files\n"
+        "from methods.autorefiner import AutoRefiner; from methods.init_noise_refiner import InitNoiseRefiner\n"
+        "from methods.lora import Lora\n"
+        "assert all(f.present for f in needed_files(compose(['method=autorefiner'])))\n"
+        "model = load_toy().with_chunks(1)\n"
+        "for method in (Lora(checkpoint='reward'), InitNoiseRefiner(checkpoint='reward'), AutoRefiner(checkpoint='dmd')):\n"
+        "    method.prepare(model.spec, Sampler(), Path('weights'))\n"
+        "    rollout(model, method, ['a red circle bouncing'], [0], Sampler())\n"
+        "print(sorted(m for m in sys.modules if m.startswith('harness.train')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

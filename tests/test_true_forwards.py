@@ -12,6 +12,8 @@ from harness.pipeline import generate, open_store, resolve_run, score
 from harness.report import CellRef, write_report
 from test_compute_columns import SELF_FORCING
 
+pytestmark = pytest.mark.slow  # the fixture generates and scores cells of the refiners
+
 EXPECTED = {"init_noise_refiner": (7, 13), "autorefiner": (21, 48)}  # (ΔNFE, Δforwards) per video
 
 

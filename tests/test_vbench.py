@@ -243,6 +243,7 @@ def test_export_bad_store_names_the_file_and_leaves_nothing(tmp_path, case):
     assert left == ([tmp_path / "out" / cell.key] if case == "exists" else [])
 
 
+@pytest.mark.slow
 def test_export_cli_on_a_toy_run(tmp_path, capsys):
     store = f"paths.store={tmp_path / 'store'}"
     assert main(["run", *FAST, store]) == 0
@@ -358,6 +359,7 @@ def test_evaluate_refuses_missing_weights_before_starting_anything(tmp_path, cap
     assert not marker.exists() and not export.result_dir.exists()
 
 
+@pytest.mark.slow
 def test_evaluate_runs_vbench_in_the_configured_python_then_ingest_feeds_reports(tmp_path, capsys):
     export = custom_export(tmp_path)
     python, marker = fake_python(tmp_path)

@@ -31,6 +31,7 @@ def clip(prompt: str = PROMPT, frames: int = 21) -> torch.Tensor:
     return render_clip(parse(prompt), EVAL_SEED, slice(0, frames))[None].float() / 255
 
 
+@pytest.mark.slow
 def test_renders_outrank_their_corruptions_on_held_out_prompts(reward):
     accuracy = pairwise_accuracy(reward, [p.text for p in eval_prompts()], [EVAL_SEED])
     assert accuracy["video"] >= 0.8, accuracy

@@ -301,6 +301,7 @@ def test_convert_writes_a_loadable_folder_and_refuses_another_architecture(tmp_p
 METHODS = ["base", "bon", "sop", "pnp", "cfg", "cfg_zero", "lora", "init_noise_refiner", "autorefiner"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_runs_on_wan_tiny(tmp_path, method, capsys):
     extra = ["method.params.checkpoint=null"] if method in ("lora", "init_noise_refiner", "autorefiner") else []
@@ -311,6 +312,7 @@ def test_every_method_runs_on_wan_tiny(tmp_path, method, capsys):
     assert "4 videos generated" in out.out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method,objective", [("autorefiner", "reward"), ("lora", "dmd"), ("init_noise_refiner", "dmd")])
 def test_training_runs_on_wan_tiny(tmp_path, capsys, method, objective):
     out = tmp_path / "adapter.safetensors"
@@ -345,6 +347,7 @@ def test_dmd_scores_are_separate_models_and_the_fake_one_trains(wan_tiny):
     assert any(not torch.equal(a, b) for a, b in zip(fake_before, objective.fake.module.parameters()))
 
 
+@pytest.mark.slow
 def test_a_vbench_suite_cell_exports_in_vbench_standard_mode(tmp_path, capsys):
     import json
 
@@ -360,6 +363,7 @@ def test_a_vbench_suite_cell_exports_in_vbench_standard_mode(tmp_path, capsys):
     assert videos == sorted(f"{p}-{i}.mp4" for p in ("a dog running on grass", "a red car") for i in range(5))
 
 
+@pytest.mark.slow
 def test_wan_tiny_is_bit_identical_across_processes(tmp_path):
     script = ("import sys, torch; sys.path.insert(0, '.'); torch.set_num_threads(1);"
               "from harness.cli import compose; from harness.pipeline import load_model;"

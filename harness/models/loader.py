@@ -12,6 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
+from harness.files import canonical_json
 from harness.models.base import VideoModel
 from harness.weights import WeightFile
 
@@ -30,7 +31,7 @@ def _cached(build: Callable[[dict[str, Any], Path], VideoModel]) -> Callable[[di
 
     def load(cfg: dict[str, Any], weights_dir: Path) -> VideoModel:
         shared = {k: v for k, v in cfg.items() if k != "num_chunks"}  # views of one model differ only in length
-        model = by_key(json.dumps(shared, sort_keys=True), str(weights_dir))
+        model = by_key(canonical_json(shared), str(weights_dir))
         return model.with_chunks(int(cfg["num_chunks"])) if "num_chunks" in cfg else model
     return load
 

@@ -16,7 +16,6 @@ then matches what the model sees at every step of a rollout.
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,8 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.assets import asset
 from harness.errors import UsageError
 from harness.models.base import Cond, KVCache, ModelSpec
+from harness.weights import module_digest
 from harness.world.grammar import VOCABULARY, parse
 
 
@@ -266,6 +267,7 @@ class ToyVideoModel(nn.Module):
         self.denoiser = CausalDenoiser(self.cfg)
         self.num_chunks = self.cfg.num_chunks  # rollout length; may differ from training's
         self.source = "untrained"
+        self.loaded_digest: str | None = None  # set by load_toy
 
     @property
     def spec(self) -> ModelSpec:
@@ -359,11 +361,8 @@ class ToyVideoModel(nn.Module):
         return x - float(sigma) * v[:, history.shape[1]:]
 
     def digest(self) -> str:
-        h = hashlib.sha256()
-        for name, tensor in sorted(self.state_dict().items()):
-            h.update(name.encode())
-            h.update(tensor.detach().contiguous().cpu().numpy().tobytes())
-        return h.hexdigest()[:16]
+        # a loaded model's weights are fixed: hashed once, at load; others (in training) every call
+        return self.loaded_digest or module_digest(self)
 
     def describe(self) -> dict[str, Any]:
         return {"backend": "toy", "config": asdict(self.cfg), "num_chunks": self.num_chunks, "source": self.source,
@@ -421,7 +420,7 @@ class ToyClipScore:
 # ----------------------------------------------------------------------------------------------
 # weights
 
-SHIPPED_WEIGHTS = Path(__file__).parent / "weights" / "toy.safetensors"
+SHIPPED_WEIGHTS = asset("models", "toy.safetensors")
 
 
 def load_toy(path: str | Path | None = None) -> ToyVideoModel:
@@ -432,7 +431,7 @@ def load_toy(path: str | Path | None = None) -> ToyVideoModel:
     path = Path(path) if path else SHIPPED_WEIGHTS
     if not path.is_file():
         raise UsageError(f"toy checkpoint {path} is missing; it ships with the package "
-                         "(harness/models/weights/toy.safetensors) or is rebuilt by `refinery train-world`")
+                         "(assets/models/toy.safetensors) or is rebuilt by `refinery train-world`")
     try:
         from safetensors import safe_open
         with safe_open(str(path), "pt") as f:
@@ -450,4 +449,5 @@ def load_toy(path: str | Path | None = None) -> ToyVideoModel:
                          f"(missing {len(missing)}, unexpected {len(unexpected)} tensors); "
                          "rebuild it with `refinery train-world`")
     model.source = str(path)
+    model.loaded_digest = module_digest(model)
     return model.eval()

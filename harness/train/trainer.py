@@ -27,17 +27,18 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from harness.adapter_files import FORMAT, checkpoint_path, read_metadata, save_adapter
+from harness.adapters import TrainedMethod
 from harness.config_schema import TrainSettings, resolved, validate
 from harness.errors import UsageError
+from harness.files import canonical_json
 from harness.ledger import Ledger
 from harness.models.base import VideoModel
 from harness.noise import key_seed
 from harness.resources import check_creatable
 from harness.rollout import Sampler, rollout
 from harness.schema import check
-from harness.train.adapters import TrainedMethod
-from harness.train.checkpoints import (FORMAT, TrainingLog, canonical, checkpoint_path, load_resume, log_path,
-                                       read_metadata, resume_path, save_adapter, save_resume)
+from harness.train.checkpoints import TrainingLog, load_resume, log_path, resume_path, save_resume
 from harness.train.objectives import Objective
 
 RUNTIME_KEYS = ("threads", "checkpoint_every", "out")  # settings that do not change what is trained
@@ -170,7 +171,7 @@ def train_step(t: Training, optimizer: torch.optim.Optimizer, step: int) -> dict
 
 
 def save(t: Training, optimizer: torch.optim.Optimizer, step: int) -> None:
-    """The resume state first, then the adapter file (harness.train.checkpoints)."""
+    """The resume state first (harness.train.checkpoints), then the adapter file (harness.adapter_files)."""
     adapter = t.method.adapter_state()
     save_resume(resume_path(t.out), {"step": step, "identity": t.identity, "adapter": adapter,
                                      "optimizer": optimizer.state_dict(), "objective": t.objective.state_dict()})
@@ -183,7 +184,7 @@ def restore(t: Training, optimizer: torch.optim.Optimizer) -> int:
     resume = resume_path(t.out)
     state = load_resume(resume)
     if state is not None:
-        if canonical(state["identity"]) != canonical(t.identity):
+        if canonical_json(state["identity"]) != canonical_json(t.identity):
             raise UsageError(f"{resume} belongs to a training run with other settings "
                              f"({', '.join(differing(state['identity'], t.identity))}); choose another train.out, "
                              "or delete it and its checkpoint to start over")
@@ -195,7 +196,7 @@ def restore(t: Training, optimizer: torch.optim.Optimizer) -> int:
         return 0
     meta = read_metadata(t.out)
     done = meta.get("format") == FORMAT and int(meta.get("step", -1)) == t.settings.steps
-    if done and canonical(identity(json.loads(meta["config"]))) == canonical(t.identity):
+    if done and canonical_json(identity(json.loads(meta["config"]))) == canonical_json(t.identity):
         return t.settings.steps
     raise UsageError(f"{t.out} exists and is not a finished run of these settings, and there is no resume state "
                      "to continue it; choose another train.out, or delete it to train from the start")

@@ -27,7 +27,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from harness.errors import UsageError
-from harness.store import read_json
+from harness.files import read_json
 from harness.vbench.export import SAMPLES_PER_PROMPT, Export, ffmpeg, read_export
 from harness.vbench.scores import STANDARD, dimensions_for, read_full_info
 from metrics.base import WeightFile

@@ -18,17 +18,15 @@ One folder per cell, written under a temporary name and renamed when complete:
 """
 from __future__ import annotations
 
-import os
 import shlex
-import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from harness.errors import UsageError
-from harness.store import Cell, atomic_write_json, read_json
+from harness.files import atomic_folder, atomic_write_json, read_json
+from harness.store import Cell
 from harness.vbench.scores import CUSTOM, check_mode, read_full_info
 
 SAMPLES_PER_PROMPT = 5  # VBench's standard evaluation reads {prompt}-0 .. {prompt}-4
@@ -84,16 +82,12 @@ def export_cell(cell: Cell, out: Path, mode: str, fps: int, crf: int,
         raise UsageError(f"{target} already exists; delete it or export to another folder")
     records = {i: cell.read_record(i) for i in cell.video_indices()}
     names = _names(records, cell.spec()["seeds"], mode, full_info)
-    tmp = Path(out) / f".{cell.key}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
+    with atomic_folder(target) as tmp:
         _write_videos(cell, names, tmp / VIDEO_DIR, fps, crf)
         if mode == CUSTOM:
             atomic_write_json(tmp / PROMPT_FILE, {names[i]: records[i]["prompt"] for i in names})
         atomic_write_json(tmp / MANIFEST, {"cell": cell.key, "mode": mode, "fps": fps, "crf": crf,
                                            "videos": {str(i): f for i, f in names.items()}})
-        os.rename(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return read_export(target)
 
 

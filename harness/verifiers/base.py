@@ -3,13 +3,14 @@ training reward. Verifiers load their weights from a local folder; a missing fil
 naming it and where it comes from, raised before any compute."""
 from __future__ import annotations
 
-import hashlib
+import itertools
 from pathlib import Path
 from typing import ClassVar
 
 import torch
 
 from harness.errors import UsageError
+from harness.files import file_chunks, sha256_hex
 from metrics.base import WeightFile
 
 
@@ -37,7 +38,5 @@ class Verifier:
 
     def digest(self) -> str:
         """A content hash of the weights, part of the key of every cell that uses this verifier."""
-        h = hashlib.sha256(f"{self.name}/{self.version}".encode())
-        for weight in self.weights:
-            h.update(self.weight_path(weight).read_bytes())
-        return h.hexdigest()[:16]
+        files = (file_chunks(self.weight_path(weight)) for weight in self.weights)
+        return sha256_hex(itertools.chain([f"{self.name}/{self.version}"], *files))[:16]

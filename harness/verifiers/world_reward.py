@@ -10,7 +10,6 @@ visible when the oracle scores the same videos.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,11 +17,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from harness.assets import asset
+from harness.files import sha256_hex
 from harness.verifiers.base import Verifier
 from harness.weights import WeightFile, load_safetensors, safetensors_digest, save_safetensors
 from harness.world.grammar import VOCABULARY, parse
 
-SHIPPED_WEIGHTS = Path(__file__).parent / "weights" / "world_reward.safetensors"
+SHIPPED_WEIGHTS = asset("verifiers", "world_reward.safetensors")
 REBUILD = "refinery train-reward"
 WORDS = sorted(VOCABULARY)
 
@@ -110,4 +111,4 @@ class WorldReward(Verifier):
         return net(frames.float(), bag_of_words(prompts).to(frames.device))
 
     def digest(self) -> str:
-        return hashlib.sha256(f"{self.name}/{self.version}/{safetensors_digest(self.path)}".encode()).hexdigest()[:16]
+        return sha256_hex(f"{self.name}/{self.version}/{safetensors_digest(self.path)}")[:16]

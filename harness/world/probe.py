@@ -21,12 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.assets import asset
 from harness.errors import UsageError
 from harness.weights import WeightFile, load_safetensors, save_safetensors
 from harness.world.grammar import COLOURS, MOTIONS, SHAPES, Scene, WorldObject
 from harness.world.oracle import Reading
 
-SHIPPED_WEIGHTS = Path(__file__).parent / "weights" / "probe.safetensors"
+SHIPPED_WEIGHTS = asset("world", "probe.safetensors")
 REBUILD = "refinery train-probe"
 PROBE_WEIGHTS = WeightFile(str(SHIPPED_WEIGHTS), f"ships with the package; rebuild it with `{REBUILD}`")
 OBJECTS: tuple[WorldObject, ...] = tuple(WorldObject(c, s) for c in COLOURS for s in SHAPES)

@@ -11,15 +11,13 @@ key is named and nothing is written. The checkpoint is read with `torch.load(wei
 """
 from __future__ import annotations
 
-import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from harness.errors import UsageError
+from harness.files import atomic_folder
 from harness.models.wan_causal.loader import architecture
 
 WRAPPER_SEGMENTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
@@ -79,11 +77,6 @@ def convert(checkpoint: Path, key: str, arch: str, out: Path) -> dict[str, Any]:
     converted = to_diffusers(state)
     check_fits(converted, model.state_dict(), str(checkpoint), arch)
     model.load_state_dict(converted, strict=True, assign=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
-    try:
+    with atomic_folder(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return {"tensors": len(converted), "parameters": sum(t.numel() for t in converted.values())}

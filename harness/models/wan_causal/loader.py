@@ -10,7 +10,6 @@ Nothing is downloaded: diffusers and transformers are called with `local_files_o
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import fields
 from pathlib import Path
@@ -20,9 +19,10 @@ import torch
 from torch import nn
 
 from harness.errors import UsageError
+from harness.files import file_sha256, sha256_hex
 from harness.models.wan_causal.model import WanCausalConfig, WanCausalModel
 from harness.models.wan_causal.text import WanTextEncoder, byte_tokenizer
-from harness.weights import WeightFile, check_weights, safetensors_digest
+from harness.weights import WeightFile, check_weights, module_digest, safetensors_digest
 
 WAN_DIFFUSERS = "https://huggingface.co/Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
 COMPONENTS = ("transformer", "text_encoder", "tokenizer", "vae")
@@ -232,21 +232,9 @@ def save_tiny(folder: Path, seed: int = 0, max_tokens: int = 64) -> dict[str, st
 # digests
 
 
-def module_digest(*modules: nn.Module) -> str:
-    h = hashlib.sha256()
-    for module in modules:
-        for name, tensor in sorted(module.state_dict().items()):
-            h.update(name.encode())
-            h.update(tensor.detach().float().contiguous().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 def folder_digest(weights_dir: Path, files: tuple[WeightFile, ...]) -> str:
     """A digest of every file's content (safetensors by their tensors and sorted header)."""
-    h = hashlib.sha256()
-    for f in files:  # in component order; names without their folder, so a moved folder keeps its digest
-        path = weights_dir / f.relative_path
-        h.update(path.name.encode())
-        h.update((safetensors_digest(path) if path.suffix == ".safetensors" else
-                  hashlib.sha256(path.read_bytes()).hexdigest()).encode())
-    return h.hexdigest()[:16]
+    # in component order; names without their folder, so a moved folder keeps its digest
+    paths = [weights_dir / f.relative_path for f in files]
+    return sha256_hex(chunk for path in paths for chunk in (
+        path.name, safetensors_digest(path) if path.suffix == ".safetensors" else file_sha256(path)))[:16]

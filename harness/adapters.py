@@ -1,5 +1,6 @@
 """LoRA adapters on a backend's trainable module, the noise-refiner network built from them, and the
-base class of methods whose weights are trained.
+base class of methods whose weights are trained: what sampling a trained method needs, so it lies
+outside harness.train (sampling never imports the trainer or the objectives).
 
 Everything here goes through the trainable-backend protocol (harness.models.base.TrainableBackend):
 the module that takes LoRA (`trainable`), its adapter targets (`lora_targets`), its output head
@@ -42,7 +43,7 @@ from harness.ledger import Ledger
 from harness.method import Method
 from harness.models.base import Cond, KVCache, ModelSpec, TrainableBackend, VideoModel, timestep_of
 from harness.rollout import Context, RolloutResult, Sampler
-from harness.train.checkpoints import AdapterFile, load_adapter
+from harness.adapter_files import AdapterFile, load_adapter
 
 LORA_INIT_SEED = 0  # A's init; B is zero, so the seed never changes an untrained adapter's output
 DEFAULT_RANK = 8  # the toy's dim 128 over Wan's 1536 puts the paper's ranks 16..128 at about 1..11
