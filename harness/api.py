@@ -98,7 +98,10 @@ def run_cell(cfg: DictConfig, overrides: list[str] | None = None) -> str:
 def _job_overrides() -> list[str]:
     from hydra.core.hydra_config import HydraConfig
 
-    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    if not HydraConfig.initialized():
+        return []
+    # as the user gave them: the `++` is what sweep() added for Hydra's first composition (_forced)
+    return [o[2:] if o.startswith("++") else o for o in HydraConfig.get().overrides.task]
 
 
 def _sweep_job(cfg: DictConfig) -> None:

@@ -181,11 +181,11 @@ def test_describe_names_the_verifier_and_its_weights(model, cls):
 
 @pytest.mark.parametrize("cls", [BestOfN, SearchOverPath])
 def test_bad_input_is_refused_before_compute(model, cls, tmp_path):
-    with pytest.raises(UsageError, match=r"^method.params.n=0 is out of range; use n >= 1$"):
+    with pytest.raises(UsageError, match=r"^method.params.n=0 is out of range; use a value >= 1$"):
         prepared(cls, model, n=0)
     with pytest.raises(UsageError, match="unknown verifier 'world_rewad'; did you mean 'world_reward'"):
         prepared(cls, model, verifier="world_rewad")
     with pytest.raises(UsageError, match=f"needs {tmp_path}/open_clip/ViT-B-32-openai.safetensors, which is missing"):
         cls(verifier="clip_score").prepare(model.spec, Sampler(), tmp_path)
-    with pytest.raises(UsageError, match="has no parameter candidates"):
+    with pytest.raises(UsageError, match="method.params.candidates is not an option"):
         cls(candidates=4)
