@@ -35,7 +35,14 @@ Conventions:
          step 0 of a 4-step sampler);
   code:  `plan`, entries [start, end, iterations] over inclusive 0-based step ranges, later entries
          winning where they overlap (the official `stochastic_plan`); when given it overrides the
-         paper form. A plan reaching past the sampler's last step is refused in `prepare`.
+         paper form. An entry of 0 iterations is skipped, as the official code skips it (it neither
+         refines nor takes refinement away). A plan reaching past the sampler's last step is refused
+         in `prepare`.
+  The paper form's default (1 extra iteration on the first half of the steps) refines step 0, at
+  sigma = 1.0, where the official plan never refines: its T2V plan starts at step 2 of 40 (sigma
+  about 0.95 after the shift), because at sigma = 1 the perturbation replaces the latent by pure noise
+  and the mask compares two predictions from noise. The official plan is `plan=[[2, 5, 3], [6, 13, 1]]`
+  on 40 ODE steps (1.5x the NFE).
 - At the last step the refined x0 is the chunk's output (the official last step has sigma' = 0,
   where z_next is x0).
 - Parameters are validated when the method is built; a plan that does not fit the sampler's steps
@@ -94,6 +101,8 @@ class PnpParams:
             return [self.iterations if i < refined else 0 for i in range(steps)]
         extra = [0] * steps
         for start, end, iterations in self.plan:
+            if not iterations:
+                continue  # the official code skips an entry of 0 iterations
             if end >= steps:
                 raise UsageError(f"method.params.plan entry {list((start, end, iterations))} reaches step {end}, "
                                  f"but the sampler has steps 0..{steps - 1}; shorten the entry")

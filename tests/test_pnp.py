@@ -209,3 +209,10 @@ def test_a_plan_past_the_last_step_is_refused_before_any_model_call(model):
     with pytest.raises(UsageError, match="reaches step 5"):
         prepared_rollout(model, PredictAndPerturb(plan=[[2, 5, 1]]), PROMPTS, SEEDS, Sampler(steps=4), ledger)
     assert ledger.nfe == 0
+
+
+def test_plan_entries_of_zero_iterations_are_skipped_as_the_official_code_skips_them():
+    """A 0-iteration entry neither takes refinement away from an earlier entry nor counts against the
+    sampler's steps."""
+    params = PredictAndPerturb(plan=[[0, 3, 2], [1, 2, 0], [4, 9, 0]]).params
+    assert params.per_step(4) == [2, 2, 2, 2]
