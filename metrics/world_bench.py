@@ -48,13 +48,12 @@ from scipy.ndimage import uniform_filter1d
 
 from harness.errors import UsageError
 from harness.world.grammar import Scene, parse
-from harness.world.oracle import Detection, Reading, judge, read_video
+from harness.world.oracle import Reading, judge, read_video
 from harness.world.render import GRAVITY
 from metrics.base import Metric, VideoBatch
 from metrics.temporal_flicker import flicker_score
-from metrics.world_alignment import check_world_prompts
+from metrics.world_alignment import check_world_prompts, filled, merged_frames, subject_sightings
 
-MERGED_AREA = 1.4  # a detection this many times an object's median area is a merge (the oracle's rule)
 PATCH_RADIUS = 6  # px: a 13x13 patch holds the largest object (radius 4.6, a triangle's apex 1.17 r up)
 MASK_RADIUS = 7.0  # px from a centroid within which a pixel may belong to the object (or its blur)
 CRETE_BOX = 9  # Crete et al.'s re-blur box length
@@ -155,40 +154,15 @@ def aggregate(values: dict[str, np.ndarray | float]) -> dict[str, np.ndarray]:
 
 # -- quality dimensions ---------------------------------------------------------------------------
 
-def _filled(track: np.ndarray) -> np.ndarray:
-    """(F, 2) centroids with unseen frames interpolated and the ends held (np.interp's edges)."""
-    t = np.flatnonzero(~np.isnan(track[:, 0]))
-    frames = np.arange(len(track))
-    return np.stack([np.interp(frames, t, track[t, k]) for k in range(2)], axis=1)
-
-
 def subject_positions(reading: Reading) -> list[np.ndarray]:
-    """Each tracked object's centroids (F, 2), NaN where it is not seen. Where the tracker lost the
-    object (a jump past its gate), the frame's unclaimed detection of the object's colour (its shape
-    first) nearest its interpolated position stands in: identity by appearance, as VBench's features
-    see a subject. A detection over MERGED_AREA times the object's median area is two objects merged,
-    and its centroid is neither's, so it counts as unseen."""
-    guesses = [_filled(xy) for xy in reading.tracks]
-    found: list[dict[int, Detection]] = [{} for _ in reading.tracks]
-    for f, detections in enumerate(reading.frames):
-        free = list(detections)
-        for seen, xy in zip(found, reading.tracks):
-            mine = [d for d in free if (d.x, d.y) == (xy[f, 0], xy[f, 1])]
-            if mine:
-                seen[f] = mine[0]
-                free.remove(mine[0])
-        for seen, guess, (colour, shape) in zip(found, guesses, reading.objects):
-            candidates = [d for d in free if d.colour == colour]
-            if f in seen or not candidates:
-                continue
-            seen[f] = min(candidates, key=lambda d: (d.shape != shape, np.hypot(d.x - guess[f, 0], d.y - guess[f, 1])))
-            free.remove(seen[f])
+    """Each tracked object's centroids (F, 2) from its sightings, NaN where it is not seen. A merged
+    detection's centroid is neither object's, so it counts as unseen."""
     paths = []
-    for seen in found:
-        typical = float(np.median([d.area for d in seen.values()]))
+    for seen in subject_sightings(reading):
+        merged = merged_frames(seen)
         xy = np.full((len(reading.frames), 2), np.nan)
         for f, d in seen.items():
-            if d.area <= MERGED_AREA * typical:
+            if f not in merged:
                 xy[f] = (d.x, d.y)
         paths.append(xy)
     return paths
@@ -333,7 +307,7 @@ def _bounces(track: np.ndarray, height: int, width: int) -> bool:
     t = np.flatnonzero(~np.isnan(track[:, 0]))
     if len(t) < 6:
         return False
-    p = _filled(track)[t[0]:t[-1] + 1]
+    p = filled(track)[t[0]:t[-1] + 1]
     turns, at_wall = [], True
     for k, size in enumerate((width, height)):
         for sign, wall in ((1.0, size), (-1.0, 0.0)):
@@ -368,7 +342,7 @@ def score_video(video8: np.ndarray, scene: Scene) -> dict[str, float]:
     video = video8.astype(np.float32) / 255.0
     offsets = video - np.median(video.reshape(f, h * w, 3), axis=1)[:, None, None, :]
     positions = subject_positions(reading)
-    centres = [_filled(xy) for xy in positions]
+    centres = [filled(xy) for xy in positions]
     verdict = judge(scene, reading)
     two = len(scene.objects) == 2
     return {

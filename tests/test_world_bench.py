@@ -249,3 +249,4 @@ def test_bad_input_is_a_usage_error(rendered) -> None:
         bench(videos[:1].astype(np.float32), ["a red circle bouncing"])
     with pytest.raises(UsageError, match="no options"):
         WorldBench(interval=5)
+
