@@ -32,40 +32,13 @@ class _Parser(argparse.ArgumentParser):
 # commands: each takes the words after its name
 
 
-def cmd_run(overrides: list[str]) -> None:
-    from harness.api import run
+def _api(name: str) -> Callable[[list[str]], None]:
+    """A command that is the Python API's function of that name (imported when the command runs)."""
+    def command(overrides: list[str]) -> None:
+        import harness.api
 
-    run(overrides)
-
-
-def cmd_sweep(overrides: list[str]) -> None:
-    from harness.api import sweep
-
-    sweep(overrides)
-
-
-def cmd_score(overrides: list[str]) -> None:
-    from harness.api import score
-
-    score(overrides)
-
-
-def cmd_report(overrides: list[str]) -> None:
-    from harness.api import report
-
-    report(overrides)
-
-
-def cmd_bench(overrides: list[str]) -> None:
-    from harness.api import bench
-
-    bench(overrides)
-
-
-def cmd_leaderboard(overrides: list[str]) -> None:
-    from harness.api import leaderboard
-
-    leaderboard(overrides)
+        getattr(harness.api, name)(overrides)
+    return command
 
 
 def cmd_verify(overrides: list[str]) -> None:
@@ -331,15 +304,15 @@ class Command:
 
 
 COMMANDS = {
-    "run": Command(cmd_run, "generate and score one cell", "refinery run method=bon sampler.steps=8"),
-    "sweep": Command(cmd_sweep, "a Hydra multirun over the cells of an experiment",
+    "run": Command(_api("run"), "generate and score one cell", "refinery run method=bon sampler.steps=8"),
+    "sweep": Command(_api("sweep"), "a Hydra multirun over the cells of an experiment",
                      "refinery sweep experiment=quickstart [hydra/launcher=joblib|slurm]"),
-    "score": Command(cmd_score, "(re)score stored videos", "refinery score experiment=quickstart"),
-    "report": Command(cmd_report, "tables, figures, HTML from the store",
+    "score": Command(_api("score"), "(re)score stored videos", "refinery score experiment=quickstart"),
+    "report": Command(_api("report"), "tables, figures, HTML from the store",
                       "refinery report experiment=quickstart [report.timing=true]"),
-    "bench": Command(cmd_bench, "the timing pass (each cell against its baseline)",
+    "bench": Command(_api("bench"), "the timing pass (each cell against its baseline)",
                      "refinery bench experiment=training_free"),
-    "leaderboard": Command(cmd_leaderboard, "rank methods across experiments",
+    "leaderboard": Command(_api("leaderboard"), "rank methods across experiments",
                            "refinery leaderboard experiment=training_free,table2_reward"),
     "verify": Command(cmd_verify, "check every cell's files", "refinery verify [experiment=quickstart | paths.store=runs]"),
     "list": Command(cmd_list, "list experiments, methods, metrics, models or cells",

@@ -48,11 +48,23 @@ def frame_cosines(encode_image: Callable[[torch.Tensor], torch.Tensor], text: to
     return (image * F.normalize(text, dim=-1)[:, None]).sum(-1)
 
 
-def frame_clip_scores(encode_image: Callable[[torch.Tensor], torch.Tensor], text: torch.Tensor,
-                      frames: torch.Tensor, size: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """CLIPScore of every frame against its row's text embedding, averaged over frames."""
-    cos = frame_cosines(encode_image, text, frames, size, mean, std)
-    return (CLIP_SCORE_WEIGHT * cos.clamp(min=0)).mean(1)
+class OpenClipFrames:
+    """An open_clip model that embeds video frames and prompts: what CLIPScore and HPSv2 share."""
+
+    def __init__(self, open_clip: Any, model: torch.nn.Module, architecture: str):
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = open_clip.get_tokenizer(architecture)
+        size = model.visual.image_size
+        self.size = size if isinstance(size, int) else size[0]
+        self.mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN)
+        self.std = torch.tensor(open_clip.OPENAI_DATASET_STD)
+
+    def cosines(self, frames: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """(N, F) cosine of every frame with its row's prompt (frame_cosines), on the frames' device."""
+        device = frames.device
+        model = self.model.to(device)
+        text = model.encode_text(self.tokenizer(prompts).to(device))
+        return frame_cosines(model.encode_image, text, frames, self.size, self.mean.to(device), self.std.to(device))
 
 
 class ClipScore(Verifier):
@@ -68,15 +80,8 @@ class ClipScore(Verifier):
         path = self.weight_path(VIT_B_32)  # a missing file fails here, before open_clip is imported
         open_clip = import_open_clip()
         model, _, _ = open_clip.create_model_and_transforms(MODEL_NAME, pretrained=str(path))
-        self.model = model.eval().requires_grad_(False)
-        self.tokenizer = open_clip.get_tokenizer(MODEL_NAME)
-        size = model.visual.image_size
-        self.size = size if isinstance(size, int) else size[0]
-        self.mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN)
-        self.std = torch.tensor(open_clip.OPENAI_DATASET_STD)
+        self.clip = OpenClipFrames(open_clip, model, MODEL_NAME)
 
     def score(self, frames: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        device = frames.device
-        model = self.model.to(device)
-        text = model.encode_text(self.tokenizer(prompts).to(device))
-        return frame_clip_scores(model.encode_image, text, frames, self.size, self.mean.to(device), self.std.to(device))
+        """CLIPScore of every frame against its prompt, averaged over frames."""
+        return (CLIP_SCORE_WEIGHT * self.clip.cosines(frames, prompts).clamp(min=0)).mean(1)

@@ -17,7 +17,7 @@ import torch
 
 from harness.errors import UsageError
 from harness.verifiers.base import Verifier
-from harness.verifiers.clip_score import frame_cosines, import_open_clip
+from harness.verifiers.clip_score import OpenClipFrames, import_open_clip
 from metrics.base import WeightFile
 
 HPS_V2_1 = WeightFile("hpsv2/HPS_v2.1_compressed.pt",
@@ -51,16 +51,7 @@ class HpsV2(Verifier):
             reason = str(exc).strip().splitlines()[0]
             raise UsageError(f"{path} does not fit open_clip's {architecture} ({reason}); it must be HPSv2.1's "
                              f"checkpoint from {HPS_V2_1.origin}") from None
-        self.model = model.eval().requires_grad_(False)
-        self.tokenizer = open_clip.get_tokenizer(architecture)
-        size = model.visual.image_size
-        self.size = size if isinstance(size, int) else size[0]
-        self.mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN)
-        self.std = torch.tensor(open_clip.OPENAI_DATASET_STD)
+        self.clip = OpenClipFrames(open_clip, model, architecture)
 
     def score(self, frames: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        device = frames.device
-        model = self.model.to(device)
-        text = model.encode_text(self.tokenizer(prompts).to(device))
-        return frame_cosines(model.encode_image, text, frames, self.size, self.mean.to(device),
-                             self.std.to(device)).mean(1)
+        return self.clip.cosines(frames, prompts).mean(1)
