@@ -47,6 +47,7 @@ def test_an_unbounded_sweep_is_refused():
         expand(["seed=range(0,10)", "sampler.steps=interval(1,4)"])
 
 
+@pytest.mark.slow
 def test_plans_and_a_report_need_no_model(tmp_path, monkeypatch, capsys):
     """Expanding an experiment loads nothing; after a sweep, `report` reads every cell key (the
     baseline's too) from the store, so no model, verifier or checkpoint is loaded again."""
@@ -89,6 +90,7 @@ def test_a_plan_whose_weights_changed_is_resolved_again(tmp_path, monkeypatch):
     assert plan.plan_id() == before
 
 
+@pytest.mark.slow
 def test_the_python_api_end_to_end(tmp_path, capsys):
     import refinery
 
@@ -154,6 +156,7 @@ def _plugin_folder(root):
     return folder
 
 
+@pytest.mark.slow
 def test_a_method_from_an_include_folder_runs_and_is_listed_with_its_origin(tmp_path):
     folder = _plugin_folder(tmp_path)
     settings = [*CHEAP, f"paths.store={tmp_path / 'runs'}", f"plugins=[{folder}]"]
@@ -176,6 +179,7 @@ def test_a_method_from_an_include_folder_runs_and_is_listed_with_its_origin(tmp_
     assert len(cells) == 2 and videos[0] == videos[1]  # echo is base by another name: the same videos
 
 
+@pytest.mark.slow
 def test_a_method_from_an_installed_package_runs(tmp_path):
     """A package on the path with entry points (refinery.methods, refinery.configs), as `pip install`
     leaves one: its method and its config are found without any setting."""
