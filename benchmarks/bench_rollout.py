@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness.cli import compose  # noqa: E402
+from harness.experiment import compose  # noqa: E402
 from harness.noise import NoiseSource  # noqa: E402
 from harness.pipeline import load_model, sampler_from  # noqa: E402
 from harness.rollout import renoise, rollout  # noqa: E402

@@ -38,7 +38,7 @@ def toy():
 @pytest.fixture(scope="session")
 def wan_tiny():
     """The wan_causal backend at its tiny random-weight size (sweeps/model/wan_tiny.yaml)."""
-    from harness.cli import compose
+    from harness.experiment import compose
     from harness.pipeline import load_model
 
     return load_model(compose(["model=wan_tiny"]))

@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness.cli import compose
+from harness.experiment import compose
 from harness.pipeline import generate, open_store, resolve_run, score
 from harness.report import CellRef, write_report
 

@@ -13,7 +13,8 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import FAST, ROOT
-from harness.cli import compose, main
+from harness.cli import main
+from harness.experiment import compose
 from harness.pipeline import generate, open_store, resolve_run, score
 from harness.rollout import RolloutResult
 from harness.train.checkpoints import resume_path

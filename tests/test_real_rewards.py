@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from harness.cli import compose
+from harness.experiment import compose
 from harness.errors import UsageError
 from harness.rollout import RolloutResult
 from harness.ledger import Ledger

@@ -6,7 +6,7 @@ import pytest
 
 import harness.rollout
 from conftest import FAST
-from harness.cli import compose
+from harness.experiment import compose
 from harness.errors import UsageError
 from harness.pipeline import resolve_run
 from harness.timing import Timing, read_timings, time_against, write_timing

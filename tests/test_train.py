@@ -8,7 +8,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from harness.cli import compose, main
+from harness.cli import main
+from harness.experiment import compose
 from harness.errors import UsageError
 from harness.registry import VERIFIERS
 from harness.rollout import Sampler, rollout

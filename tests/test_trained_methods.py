@@ -13,7 +13,8 @@ from omegaconf import OmegaConf
 
 from conftest import ROOT, prepared_rollout
 from harness.adapter_files import load_adapter, save_adapter
-from harness.cli import compose, main
+from harness.cli import main
+from harness.experiment import compose
 from harness.errors import UsageError
 from harness.ledger import Ledger
 from harness.pipeline import generate, open_store, resolve_run, score
@@ -258,7 +259,7 @@ def test_sampling_a_trained_method_never_imports_the_trainer():
     script = (
         "import sys; from pathlib import Path; sys.path.insert(0, '.')\n"
         "from harness.models.toy import load_toy; from harness.rollout import Sampler, rollout\n"
-        "from harness.cli import compose; from harness.weights import needed_files\n"
+        "from harness.experiment import compose; from harness.weights import needed_files\n"
         "from methods.autorefiner import AutoRefiner; from methods.init_noise_refiner import InitNoiseRefiner\n"
         "from methods.lora import Lora\n"
         "assert all(f.present for f in needed_files(compose(['method=autorefiner'])))\n"

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from conftest import ROOT
-from harness.cli import compose, main
+from harness.cli import main
+from harness.experiment import compose
 from harness.models.base import NoiseLevel
 from harness.models.wan_causal.loader import ARCHITECTURES, build_tiny, save_tiny
 from harness.models.wan_causal.model import WanCausalConfig, WanCausalModel
@@ -366,7 +367,7 @@ def test_a_vbench_suite_cell_exports_in_vbench_standard_mode(tmp_path, capsys):
 @pytest.mark.slow
 def test_wan_tiny_is_bit_identical_across_processes(tmp_path):
     script = ("import sys, torch; sys.path.insert(0, '.'); torch.set_num_threads(1);"
-              "from harness.cli import compose; from harness.pipeline import load_model;"
+              "from harness.experiment import compose; from harness.pipeline import load_model;"
               "from harness.rollout import rollout, Sampler; from methods.base import Base;"
               "m = load_model(compose(['model=wan_tiny'])).with_chunks(2);"
               f"torch.save(rollout(m, Base(), {PROMPTS!r}, [0, 1], Sampler(steps=2)).videos, sys.argv[1])")
