@@ -16,7 +16,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from harness.errors import UsageError, unknown_name
-from harness.experiment import CONFIG_DIR, GROUPS, compose, group_choices, options_described
+from harness.experiment import CONFIG_DIR, GROUPS, compose, config_description, group_choices, group_configs
 
 VERSION = "0.1.0"
 
@@ -239,17 +239,15 @@ def _table(rows: list[tuple[str, ...]]) -> None:
 
 
 def _list_experiments(overrides: list[str]) -> None:
-    _table([(name, about) for name, about in options_described("experiment", overrides)])
+    _table([(name, config_description(path)) for name, path in group_configs("experiment", overrides).items()])
 
 
 def _list_registry(name: str) -> Callable[[list[str]], None]:
     def listing(overrides: list[str]) -> None:
         import harness.registry as registry
-        from harness.experiment import plugin_folders
-        from harness.plugins import load_folder
+        from harness.experiment import load_plugins
 
-        for folder in plugin_folders(overrides):  # their entries register on import
-            load_folder(folder)
+        load_plugins(compose(overrides))  # the plug-ins' entries register on import
         entries = getattr(registry, name)
         _table([(n, entries.origin(n), entries.get(n).description) for n in entries.names()])
     return listing
@@ -258,18 +256,8 @@ def _list_registry(name: str) -> Callable[[list[str]], None]:
 def _list_models(overrides: list[str]) -> None:
     import yaml
 
-    rows = []
-    for option, about in options_described("model", overrides):
-        path = next(d / "model" / f"{option}.yaml" for d in _config_dirs(overrides)
-                    if (d / "model" / f"{option}.yaml").is_file())
-        rows.append((option, f"backend {yaml.safe_load(path.read_text()).get('backend', '?')}", about))
-    _table(rows)
-
-
-def _config_dirs(overrides: list[str]) -> list[Path]:
-    from harness.experiment import config_dirs
-
-    return config_dirs(overrides)
+    _table([(option, f"backend {yaml.safe_load(path.read_text()).get('backend', '?')}", config_description(path))
+            for option, path in group_configs("model", overrides).items()])
 
 
 def _list_cells(overrides: list[str]) -> None:

@@ -84,9 +84,19 @@ def config_dirs(overrides: list[str] | None = None) -> list[Path]:
     return [CONFIG_DIR, *plugin_dirs(_search_path(overrides or []))]
 
 
+def group_configs(group: str, overrides: list[str] | None = None) -> dict[str, Path]:
+    """Option -> its yaml file, for every option of a config group: sweeps/ first, then plug-ins'
+    config folders (Hydra's search order, so the first file of a name is the one Hydra reads)."""
+    found: dict[str, Path] = {}
+    for folder in config_dirs(overrides):
+        for path in sorted((folder / group).glob("*.yaml")):
+            found.setdefault(path.stem, path)
+    return dict(sorted(found.items()))
+
+
 def group_choices(group: str, overrides: list[str] | None = None) -> list[str]:
-    """The options of a config group: its yaml files in sweeps/ and in plug-ins' config folders."""
-    return sorted({p.stem for d in config_dirs(overrides) for p in (d / group).glob("*.yaml")})
+    """The options of a config group."""
+    return list(group_configs(group, overrides))
 
 
 def _check_group_choices(overrides: list[str]) -> None:
@@ -317,16 +327,7 @@ def experiment(overrides: list[str]) -> Experiment:
     return Experiment(list(overrides), [CellPlan(p, c, lab) for p, c, lab in zip(points, cfgs, labels)])
 
 
-def options_described(group: str, overrides: list[str] | None = None) -> list[tuple[str, str]]:
-    """(option, first comment line) of every config of a group, plug-ins' included."""
-    found: dict[str, str] = {}
-    for folder in config_dirs(overrides):
-        for path in sorted((folder / group).glob("*.yaml")):
-            found.setdefault(path.stem, _description(path))
-    return sorted(found.items())
-
-
-def _description(path: Path) -> str:
+def config_description(path: Path) -> str:
     """The first comment of a config file: what the option is."""
     for line in path.read_text().splitlines():
         if line.startswith("#") and not line.startswith("# @package"):
