@@ -2,13 +2,14 @@
 method loads.
 
 An adapter file is safetensors holding the adapter's trainable tensors only (LoRA A and B; a
-refiner's zeroed output layer is rebuilt, not stored), with string metadata:
+refiner's output head when trained in full, `head: full`), with string metadata:
     format "refinery-adapter/1", method, arch (JSON: rank, alpha, the refiner's switches),
     base_model, base_digest (the digest of the weights it was trained on), step,
     config (JSON: the resolved training configuration).
 
-Checkpoint names: a value without "/" and without a suffix is the tag of a shipped checkpoint,
-assets/methods/<method>_<tag>.safetensors (method autorefiner, tag dmd_t750); anything else is a path.
+Checkpoint names: a value without "/" and without a suffix is the tag of a shipped checkpoint for the
+base model it adapts, assets/methods/<model>/<method>_<tag>.safetensors (model toy_sf, method
+autorefiner, tag dmd_t750), so one tag names each base's own adapter; anything else is a path.
 """
 from __future__ import annotations
 
@@ -27,15 +28,15 @@ from harness.weights import safetensors_digest, save_safetensors
 FORMAT = "refinery-adapter/1"
 
 
-def how_to_train(method: str, value: str) -> str:
-    return (f"train it with `refinery train method={method} train.out={value} ...` (README, 'Training', "
-            "lists the command of every shipped checkpoint)")
+def how_to_train(method: str, value: str, model: str) -> str:
+    return (f"train it with `refinery train model={model} method={method} train.out={value} ...` (README, "
+            "'Training', lists the command of every shipped checkpoint)")
 
 
-def checkpoint_path(method: str, value: str) -> Path:
-    """The file a checkpoint value names: a shipped tag or a path (module docstring)."""
+def checkpoint_path(method: str, value: str, model: str) -> Path:
+    """The file a checkpoint value names for base `model`: a shipped tag or a path (module docstring)."""
     if "/" not in value and not Path(value).suffix:
-        return asset("methods", f"{method}_{value}.safetensors")
+        return asset("methods", model, f"{method}_{value}.safetensors")
     return Path(value)
 
 
@@ -71,13 +72,14 @@ def read_metadata(path: Path) -> dict[str, str]:
                          "delete it and train it again with `refinery train`") from None
 
 
-def load_adapter(method: str, value: str) -> AdapterFile:
-    """Read and check an adapter checkpoint for `method`; every problem is a one-line UsageError."""
+def load_adapter(method: str, value: str, model: str) -> AdapterFile:
+    """Read and check an adapter checkpoint for `method` on base `model`; every problem is a one-line
+    UsageError."""
     from safetensors.torch import load_file
 
-    path = checkpoint_path(method, value)
+    path = checkpoint_path(method, value, model)
     if not path.is_file():
-        raise UsageError(f"method {method!r} checkpoint {path} is missing; {how_to_train(method, value)}, or set "
+        raise UsageError(f"method {method!r} checkpoint {path} is missing; {how_to_train(method, value, model)}, or set "
                          "method.params.checkpoint to a trained file (null: the untrained adapter, i.e. base)")
     meta = read_metadata(path)
     if meta.get("format") != FORMAT:

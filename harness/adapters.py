@@ -16,9 +16,12 @@ adapted model is the base model bit for bit.
 
 NoiseRefiner (AutoRefiner Sec. 3.4, after HyperNoise's zero-initialised output layer): the base
 network with LoRA on its adapter targets and, in place of its output head, a head of its own whose
-weight and bias are zero (and frozen) with LoRA on it. Its output is then that head's LoRA branch
-alone, exactly zero until training moves B: Δε = 0 and the refined noise is the base noise, bit for
-bit. One call refines one chunk's noise; its reflective KV cache is the attention context of that call:
+weight and bias start at zero. Its output is exactly zero until training moves that head: Δε = 0 and
+the refined noise is the base noise, bit for bit. The head is trained in full (`head: full`, the
+default), unconstrained as the paper's is on Wan (a rank-128 LoRA on a head of 64 outputs), or stays
+frozen with LoRA on it (`head: lora`), which confines Δε to `rank` of a token's output dimensions (8
+of the toy's 64); refiners trained before the choice existed are `lora` (TrainedMethod.legacy_arch).
+One call refines one chunk's noise; its reflective KV cache is the attention context of that call:
   - history: K/V of the clean past chunks in the refiner's own cache (its adapters change K/V), filled
     at every commit and evicted like the base model's (local attention);
   - previous output: one clean pass (timestep 0) of the previous step's denoised x0 at the chunk's
@@ -90,6 +93,15 @@ def check_rank(rank: object, alpha: object) -> None:
         raise UsageError(f"method.params.alpha={alpha!r} is out of range; use a number > 0 (null: = rank)")
 
 
+HEADS = ("full", "lora")  # how a refiner's zero-initialised output head is trained (module docstring)
+
+
+def check_head(value: object) -> None:
+    if value is not None and value not in HEADS:
+        raise UsageError(f"method.params.head={value!r} is not one of {', '.join(HEADS)}; use one of those "
+                         "(null: the checkpoint's)")
+
+
 def check_switch(name: str, value: object) -> None:
     if value is not None and not isinstance(value, bool):
         raise UsageError(f"method.params.{name}={value!r} is not a switch; use true or false "
@@ -99,15 +111,21 @@ def check_switch(name: str, value: object) -> None:
 class NoiseRefiner:
     """The refiner network T_φ (module docstring)."""
 
-    def __init__(self, model: VideoModel, rank: int, alpha: float, history: bool, previous: bool):
+    def __init__(self, model: VideoModel, rank: int, alpha: float, history: bool, previous: bool,
+                 head: str = "full"):
         backend = trainable_backend(model)
         module = shared_copy(backend.trainable)
-        head = module.get_submodule(backend.output_head)
-        zero = nn.Linear(head.in_features, head.out_features, device=head.weight.device, dtype=head.weight.dtype)
+        out = module.get_submodule(backend.output_head)
+        zero = nn.Linear(out.in_features, out.out_features, device=out.weight.device, dtype=out.weight.dtype)
         nn.init.zeros_(zero.weight)
         nn.init.zeros_(zero.bias)
         module.set_submodule(backend.output_head, zero.requires_grad_(False))
-        self.module = add_lora(module, [*backend.lora_targets(module), backend.output_head], rank, alpha)
+        targets = [name for name in backend.lora_targets(module) if name != backend.output_head]
+        if head == "lora":  # the zero head frozen, Δε its LoRA branch alone (within the rank)
+            targets.append(backend.output_head)
+        self.module = add_lora(module, targets, rank, alpha)
+        if head == "full":
+            zero.requires_grad_(True)  # trained in full, after peft froze everything but its adapters
         self.net = backend.with_trainable(self.module)
         self.history, self.previous = history, previous
 
@@ -154,6 +172,7 @@ class TrainedMethod(Method):
     """
 
     arch_defaults: ClassVar[dict[str, Any]] = {"rank": DEFAULT_RANK, "alpha": None}
+    legacy_arch: ClassVar[dict[str, Any]] = {}  # the value of a setting that files older than it had
 
     def prepare(self, spec: ModelSpec, sampler: Sampler, weights_dir: Path) -> None:
         super().prepare(spec, sampler, weights_dir)
@@ -161,8 +180,8 @@ class TrainedMethod(Method):
         completed = self.complete(given, sampler)
         self.adapter: AdapterFile | None = None
         if self.params.checkpoint:
-            self.adapter = load_adapter(self.name, self.params.checkpoint)
-            stored = self.adapter.arch
+            self.adapter = load_adapter(self.name, self.params.checkpoint, spec.name)
+            stored = {**self.legacy_arch, **self.adapter.arch}
             conflicts = [f"{k}={completed[k]!r} (checkpoint: {stored.get(k)!r})" for k in given
                          if given[k] is not None and completed[k] != stored.get(k)]
             if conflicts:

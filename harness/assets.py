@@ -7,6 +7,6 @@ from pathlib import Path
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
 
-def asset(kind: str, name: str) -> Path:
-    """The shipped file `name` of one kind: models, verifiers, world or methods."""
-    return ASSETS / kind / name
+def asset(kind: str, *name: str) -> Path:
+    """The shipped file `name` of one kind: models, verifiers, world or methods (methods/<model>/<file>)."""
+    return ASSETS.joinpath(kind, *name)

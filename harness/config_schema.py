@@ -123,6 +123,7 @@ class ToyModel:
     sampling: Sampling
     num_chunks: int = option(min=1)
     checkpoint: str | None = None
+    real_guidance: float | None = option(None, min=0)  # the DMD teacher's CFG when training on this model
 
 
 @dataclass(frozen=True)
@@ -173,7 +174,10 @@ class TrainSettings:
     batch: int = option(min=1)
     lr: float = option(above=0)
     weight_decay: float = option(min=0)
+    betas: tuple[float, ...] = option()  # AdamW's; Self-Forcing's generator and critic use (0, 0.999)
     grad_clip: float = option(min=0)  # 0: no clipping
+    ema: float = option(min=0, below=1)  # decay of the weights' average the checkpoint holds; 0: none
+    ema_start: int = option(min=0)  # the step the average starts from
     seed: int = option(min=0)
     checkpoint_every: int = option(min=1)
     out: str = option()  # a shipped tag or a .safetensors path
@@ -185,6 +189,9 @@ class TrainSettings:
             raise UsageError(f"train.objective={self.objective!r} is malformed; use {{name: reward, params: {{...}}}}")
         if not self.out:
             raise UsageError("train.out is empty; give a shipped tag (e.g. dmd) or a .safetensors path")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise UsageError(f"train.betas={list(self.betas)} is out of range; use two numbers in [0, 1), "
+                             "e.g. [0.9, 0.999]")
 
 
 @dataclass(frozen=True)

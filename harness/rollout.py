@@ -29,7 +29,8 @@ with autograd on instead of in inference mode. Nothing is recorded unless it dep
 requires grad, so only what a method computes from its trainable parameters (at the steps it chooses,
 see harness.train) is differentiable; the model wrapper then calls the backend's denoise and decode
 beneath their no_grad decorators (harness.ledger), while commits stay gradient-free: no gradient
-flows through the history.
+flows through the history. An objective that reads only latents (DMD) skips the decoding
+(`decode=False`: the result has no videos).
 """
 from __future__ import annotations
 
@@ -81,16 +82,22 @@ class Sampler:
                 raise UsageError(f"sampler.timesteps={t} is not {self.steps} decreasing timesteps in (0, "
                                  f"{TABLE_STEPS}]; give one per step (sampler.steps), e.g. [1000, 757, 522]")
 
+    @property
+    def step_list(self) -> list[float]:
+        """The denoising step list the levels come from (1000 = noise): `timesteps`, or evenly spaced
+        1000 (1 - i / steps). Steps are named by it (Self-Forcing's 750, 500, 250, whatever the warp)."""
+        if self.timesteps is not None:
+            return list(self.timesteps)
+        return (TABLE_STEPS * torch.linspace(1.0, 0.0, self.steps + 1, dtype=torch.float64)[:-1]).tolist()
+
     @cached_property  # hooks read it at every step
     def sigmas(self) -> list[NoiseLevel]:
         """The noise level of every step, each with the timestep the model is conditioned on, as
         upstream's float32 FlowMatchScheduler table gives them (a warped timestep that falls between
         its entries, e.g. 3 even steps, takes the shift formula in float64)."""
-        given = torch.tensor(self.timesteps, dtype=torch.float64) if self.timesteps is not None else \
-            TABLE_STEPS * torch.linspace(1.0, 0.0, self.steps + 1, dtype=torch.float64)[:-1]
         sigmas, timesteps = flow_match_table(self.shift)
         levels = []
-        for t in given.tolist():
+        for t in self.step_list:
             if not self.warp:
                 i = int((timesteps - t).abs().argmin())
                 levels.append(NoiseLevel(sigmas[i].item(), t))
@@ -164,7 +171,7 @@ class Context:
 
 @dataclass
 class RolloutResult:
-    videos: torch.Tensor  # (B, F, 3, H, W) in [0, 1]
+    videos: torch.Tensor | None  # (B, F, 3, H, W) in [0, 1]; None for a rollout with decode=False
     latents: torch.Tensor  # (B, F, C, h, w)
     ledger: Ledger
     state: dict[str, Any] = field(default_factory=dict)  # the method's per-rollout state (Context.state)
@@ -176,9 +183,10 @@ def sampler_path_noise(x: torch.Tensor, x0: torch.Tensor, ctx: Context) -> torch
 
 
 def rollout(model: VideoModel, method: "Method", prompts: list[str], seeds: list[int], sampler: Sampler,
-            ledger: Ledger | None = None, exit_step: int | None = None) -> RolloutResult:
+            ledger: Ledger | None = None, exit_step: int | None = None, decode: bool = True) -> RolloutResult:
     """Generate one video per (prompt, seed) pair, chunk by chunk. `exit_step`: a training rollout
-    (module docstring), whose videos are differentiable where a method made them so."""
+    (module docstring), whose videos are differentiable where a method made them so; `decode=False`:
+    latents only."""
     if exit_step is not None and not 0 <= exit_step < sampler.steps:
         raise ValueError(f"exit_step {exit_step} is not one of the sampler's steps 0..{sampler.steps - 1}")
     ledger = ledger or Ledger()
@@ -207,8 +215,9 @@ def rollout(model: VideoModel, method: "Method", prompts: list[str], seeds: list
             if chunk < spec.num_chunks - 1:  # the last chunk has no successor to attend to it
                 method.commit(x0, ctx)
         latents = torch.cat(ctx.history, dim=1)
-        videos = ctx.decoded.finish(ctx.history)
-        ledger.frames += videos.shape[0] * videos.shape[1]
+        videos = ctx.decoded.finish(ctx.history) if decode else None
+        if videos is not None:
+            ledger.frames += videos.shape[0] * videos.shape[1]
     return RolloutResult(videos, latents, ledger, ctx.state)
 
 

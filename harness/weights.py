@@ -60,9 +60,9 @@ def needed_files(cfg: DictConfig) -> list[NeededFile]:
     if params.get("checkpoint"):  # a trained method's adapter
         from harness.adapter_files import checkpoint_path, how_to_train
 
-        path = checkpoint_path(cfg.method.name, str(params.checkpoint))
+        path = checkpoint_path(cfg.method.name, str(params.checkpoint), cfg.model.name)
         owners.append((f"method {cfg.method.name}", (WeightFile(str(path.resolve()), how_to_train(
-            cfg.method.name, str(params.checkpoint))),)))
+            cfg.method.name, str(params.checkpoint), cfg.model.name)),)))
     for name, options in cfg.metric.items():
         options = OmegaConf.to_container(options) if options is not None else {}
         owners.append((f"metric {name}", METRICS.get(name).required_weights(options)))

@@ -20,9 +20,9 @@ adds reg_weight times ½||Δε_s||² (summed over chunks, averaged over videos).
 the history or the previous output.
 
 Ablation switches (the paper's Tables 3, 4 and 6): `timesteps`, the refined intermediate timesteps
-(any non-empty subset of the schedule's, timestep = round(1000 sigma); the 4-step schedule with shift 1
-has 750, 500, 250 as in the paper), `history`, `previous_output`, `rank` (and `alpha`). Null takes the
-checkpoint's value; training defaults: every intermediate timestep, both switches on, rank 8, alpha = rank.
+(any non-empty subset of the schedule's, named by the denoising step list: 750, 500, 250 for
+Self-Forcing's 4 steps, warped or not), `history`,
+`previous_output`, `rank` (and `alpha`). Null takes the checkpoint's value; training defaults: every intermediate timestep, both switches on, rank 8, alpha = rank.
 """
 from __future__ import annotations
 
@@ -34,12 +34,14 @@ import torch
 from harness.errors import UsageError
 from harness.models.base import ModelSpec, VideoModel
 from harness.rollout import Context, Sampler
-from harness.adapters import DEFAULT_RANK, NoiseRefiner, TrainedMethod, check_rank, check_switch
+from harness.adapters import DEFAULT_RANK, NoiseRefiner, TrainedMethod, check_head, check_rank, check_switch
 
 
 def intermediate_timesteps(sampler: Sampler) -> list[int]:
-    """The timesteps the path noise renoises to: every step's level but the first."""
-    return [round(1000 * s) for s in sampler.sigmas[1:]]
+    """The timesteps the path noise renoises to, every step's but the first, as the denoising step list
+    names them (Sampler.step_list): Self-Forcing's 750, 500, 250, warped to sigma 0.9375, 0.833, 0.625
+    (the paper's Table 3 labels); CausVid's 757, 522."""
+    return [round(t) for t in sampler.step_list[1:]]
 
 
 @dataclass(frozen=True)
@@ -48,12 +50,14 @@ class AutoRefinerParams:
     rank: int | None = None
     alpha: float | None = None
     history: bool | None = None
+    head: str | None = None  # full | lora: how the zero-initialised output head trains (null: the checkpoint's)
     previous_output: bool | None = None
     timesteps: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         check_rank(self.rank, self.alpha)
         check_switch("history", self.history)
+        check_head(self.head)
         check_switch("previous_output", self.previous_output)
         if self.timesteps is None:
             return
@@ -70,7 +74,8 @@ class AutoRefiner(TrainedMethod):
     description = ("AutoRefiner: a zero-initialised LoRA noise refiner of the intermediate path noises, "
                    "conditioned on the history and the previous denoised output (reflective KV cache)")
     Params = AutoRefinerParams
-    arch_defaults: ClassVar[dict[str, Any]] = {"rank": DEFAULT_RANK, "alpha": None, "history": True,
+    legacy_arch: ClassVar[dict[str, Any]] = {"head": "lora"}
+    arch_defaults: ClassVar[dict[str, Any]] = {"rank": DEFAULT_RANK, "alpha": None, "history": True, "head": "full",
                                                "previous_output": True, "timesteps": None}
 
     def complete(self, given: dict[str, Any], sampler: Sampler) -> dict[str, Any]:
@@ -95,7 +100,7 @@ class AutoRefiner(TrainedMethod):
 
     def build(self, model: VideoModel) -> VideoModel:
         self.refiner = NoiseRefiner(model, self.arch["rank"], self.arch["alpha"], self.arch["history"],
-                                    self.arch["previous_output"])
+                                    self.arch["previous_output"], self.arch["head"])
         self.adapted = self.refiner.module
         return model
 

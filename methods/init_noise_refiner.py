@@ -25,7 +25,7 @@ import torch
 
 from harness.models.base import VideoModel
 from harness.rollout import Context
-from harness.adapters import DEFAULT_RANK, NoiseRefiner, TrainedMethod, check_rank, check_switch
+from harness.adapters import DEFAULT_RANK, NoiseRefiner, TrainedMethod, check_head, check_rank, check_switch
 
 
 @dataclass(frozen=True)
@@ -34,10 +34,12 @@ class InitNoiseRefinerParams:
     rank: int | None = None
     alpha: float | None = None
     history: bool | None = None
+    head: str | None = None  # full | lora: how the zero-initialised output head trains (null: the checkpoint's)
 
     def __post_init__(self) -> None:
         check_rank(self.rank, self.alpha)
         check_switch("history", self.history)
+        check_head(self.head)
 
 
 class InitNoiseRefiner(TrainedMethod):
@@ -45,11 +47,12 @@ class InitNoiseRefiner(TrainedMethod):
     description = ("a LoRA noise refiner of each chunk's initial noise, zero-initialised "
                    "(one refiner call per chunk)")
     Params = InitNoiseRefinerParams
-    arch_defaults: ClassVar[dict[str, Any]] = {"rank": DEFAULT_RANK, "alpha": None, "history": True}
+    legacy_arch: ClassVar[dict[str, Any]] = {"head": "lora"}
+    arch_defaults: ClassVar[dict[str, Any]] = {"rank": DEFAULT_RANK, "alpha": None, "history": True, "head": "full"}
 
     def build(self, model: VideoModel) -> VideoModel:
         self.refiner = NoiseRefiner(model, self.arch["rank"], self.arch["alpha"], self.arch["history"],
-                                    previous=False)
+                                    previous=False, head=self.arch["head"])
         self.adapted = self.refiner.module
         return model
 

@@ -27,7 +27,7 @@ def test_cell_keys_and_shipped_digests_keep_their_values(toy):
 
     assert WorldReward().digest() == "8d194067aa2666d7"
     assert safetensors_digest(PROBE) == "d678aa317203e1b2"
-    assert safetensors_digest(checkpoint_path("autorefiner", "dmd")) == "8e3a626fa2b2d6d7"
+    assert safetensors_digest(checkpoint_path("autorefiner", "dmd", "toy")) == "8e3a626fa2b2d6d7"
 
 
 def test_sha256_hex_of_chunks_is_that_of_their_concatenation():

@@ -64,7 +64,8 @@ class Recording:
 @pytest.mark.parametrize("guidance", [0.0, 3.0])
 def test_dmd_guides_its_real_score_and_trains_its_fake_score_online(toy, guidance):
     """The generator's gradient is Self-Forcing's: (x0_fake - x0_real) / mean|x - x0_real| / numel with
-    x0_real = x0_c + g (x0_c - x0_u) from the real score's two branches; the fake score learns online."""
+    x0_real = x0_c + g (x0_c - x0_u) from the real score's two branches; the fake score learns online,
+    one update per fresh rollout."""
     from harness.rollout import Sampler
     from harness.train.objectives import DmdObjective
 
@@ -88,7 +89,14 @@ def test_dmd_guides_its_real_score_and_trains_its_fake_score_online(toy, guidanc
     objective.real, objective.fake = real, fake
     real_before = [p.clone() for p in real.module.parameters()]
     fake_before = [p.clone() for p in fake.module.parameters()]
-    objective.update(RolloutResult(None, x, None), ["a red circle bouncing"], torch.Generator().manual_seed(1))
+    drawn = []
+
+    def fresh(k: int) -> tuple[RolloutResult, list[str]]:  # each critic update gets a rollout of its own
+        drawn.append(k)
+        return RolloutResult(None, x + k, None), ["a red circle bouncing"]
+
+    objective.update(RolloutResult(None, x, None), ["a red circle bouncing"], torch.Generator().manual_seed(1), fresh)
+    assert drawn == list(range(objective.params.fake_updates)) == list(range(5))  # Self-Forcing's ratio
     assert all(torch.equal(a, b) for a, b in zip(real_before, real.module.parameters()))
     assert any(not torch.equal(a, b) for a, b in zip(fake_before, fake.module.parameters()))
 

@@ -43,11 +43,12 @@ def model(request, toy, wan_tiny):
 
 
 def randomise_adapters(method) -> None:
-    """Move every LoRA B away from zero, as training would, so the adapters change the output."""
+    """Move every trainable tensor that starts at zero (LoRA B, a refiner's output head) away from it,
+    as training would, so the adapters change the output."""
     torch.manual_seed(1)
     with torch.no_grad():
         for name, p in method.adapted.named_parameters():
-            if "lora_B" in name:
+            if p.requires_grad and not p.abs().max():
                 p.normal_(std=0.05)
 
 
@@ -233,7 +234,7 @@ def test_a_checkpoint_round_trips_and_its_settings_are_the_methods(model, tmp_pa
     loaded = AutoRefiner(checkpoint=path)
     loaded.prepare(model.spec, Sampler(), Path("weights"))
     assert loaded.arch == trained.arch
-    assert loaded.describe()["checkpoint_digest"] == load_adapter("autorefiner", path).digest
+    assert loaded.describe()["checkpoint_digest"] == load_adapter("autorefiner", path, model.spec.name).digest
     a = rollout(model, trained, PROMPTS, SEEDS, Sampler()).latents
     b = prepared_rollout(model, loaded, PROMPTS, SEEDS, Sampler()).latents
     assert torch.equal(a, b)
@@ -272,3 +273,36 @@ def test_sampling_a_trained_method_never_imports_the_trainer():
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("head", ["full", "lora"])
+@pytest.mark.parametrize("cls", [InitNoiseRefiner, AutoRefiner], ids=lambda c: c.name)
+def test_the_refiners_output_head_starts_at_zero_and_trains_in_full_or_within_the_rank(model, cls, head):
+    """head=full: Δε is not confined to a low-rank subspace; the head's own weight and bias start at zero
+    and one backward pass reaches all of its output dimensions (a gradient of full rank). head=lora:
+    the zero head stays frozen and Δε is its rank-r LoRA branch."""
+    method = bound(cls, model, head=head, rank=2)
+    out = method.adapted.get_submodule(model.output_head)
+    zero = out.base_layer if head == "lora" else out
+    assert not zero.weight.abs().max() and not zero.bias.abs().max()
+    assert zero.weight.requires_grad == zero.bias.requires_grad == (head == "full")
+    cond = model.encode(PROMPTS)
+    eps = torch.randn(len(PROMPTS), model.spec.frames_per_chunk, *model.spec.latent_shape,
+                      generator=torch.Generator().manual_seed(0))
+    delta = method.refiner(eps, 0.75, cond, method.refiner.new_cache(len(PROMPTS)), 0,
+                           eps if cls is AutoRefiner else None, Ledger())
+    (delta * torch.randn_like(delta)).sum().backward()
+    grad = zero.weight.grad if head == "full" else out.lora_B["default"].weight.grad
+    width = min(zero.out_features, zero.in_features)
+    assert torch.linalg.matrix_rank(grad.double()) == (width if head == "full" else 2)
+
+
+def test_refiners_trained_before_the_head_choice_load_as_lora_heads(toy):
+    """The shipped refiners of `toy` predate `head` (their arch lacks it): they are LoRA heads, and asking
+    for a full head from one is a conflict named in one line."""
+    for cls in (InitNoiseRefiner, AutoRefiner):
+        method = cls(checkpoint="dmd")
+        method.prepare(toy.spec, Sampler(), Path("weights"))
+        assert "head" not in method.adapter.arch and method.arch["head"] == "lora"
+        with pytest.raises(UsageError, match="head='full'"):
+            cls(checkpoint="dmd", head="full").prepare(toy.spec, Sampler(), Path("weights"))

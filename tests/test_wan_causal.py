@@ -343,7 +343,7 @@ def test_dmd_scores_are_separate_models_and_the_fake_one_trains(wan_tiny):
     loss, _ = objective.loss(result, PROMPTS, torch.Generator().manual_seed(0))
     loss.backward()
     assert latents.grad.abs().sum() > 0
-    objective.update(result, PROMPTS, torch.Generator().manual_seed(1))
+    objective.update(result, PROMPTS, torch.Generator().manual_seed(1), lambda k: (result, PROMPTS))
     assert all(torch.equal(a, b) for a, b in zip(real_before, objective.real.module.parameters()))
     assert any(not torch.equal(a, b) for a, b in zip(fake_before, objective.fake.module.parameters()))
 

@@ -10,7 +10,8 @@ and may keep its own trained state (DMD's fake score), which resumes with the ru
   `differentiable = True` and plugs in by name. The paper's weights: InternVideo2 0.25, HPSv2.1 0.1,
   CLIP 0.1 (Appendix B).
 - `dmd`: distribution matching distillation as Self-Forcing computes it (model/dmd.py):
-    sigma ~ U[min_sigma, max_sigma] per video (after the sampler's shift), the same for every frame;
+    sigma ~ U[min_sigma, max_sigma] per video, the same for every frame, after the timestep shift
+    (`timestep_shift`; null: the sampler's, as Self-Forcing's timestep_shift is its sampler's);
     x_t = (1 - sigma) x + sigma eps for the rollout's clean latents x;
     x0_real = x0_c + g (x0_c - x0_u), the base model with CFG in Self-Forcing's form (g = real_guidance;
               g = 3 is Self-Forcing's guidance_scale 3.0, i.e. w = 4 in u + w (c - u));
@@ -20,17 +21,18 @@ and may keep its own trained state (DMD's fake score), which resumes with the ru
   The two score networks come from the backend (TrainableBackend.dmd_scores): on Self-Forcing the real
   score is Wan2.1-T2V-14B and the fake score Wan2.1-T2V-1.3B, bidirectional models from local folders;
   on the toy, its own denoiser over whole clips (the block-causal pass diffusion forcing trained) and a
-  copy of it. The fake score is trained online after every generator step with the flow loss
-  ||v(x_t) - (eps - x)||^2 on the rollout's (detached) samples, `fake_updates` times with fresh
-  (sigma, eps), AdamW with betas (0, 0.999) as Self-Forcing's critic. Self-Forcing draws a fresh rollout
-  per critic step; here the critic reuses the generator step's rollout, which halves the cost per step.
+  copy of it (a distilled toy's teacher, harness.models.toy). The fake score (the critic) is trained
+  online as Self-Forcing trains it (trainer/distillation.py, dfake_gen_update_ratio 5): after every
+  generator step, `fake_updates` (5) critic steps, each on a fresh rollout of the updated generator
+  (new prompts, seeds and exit step), with the flow loss ||v(x_t) - (eps - x)||^2 at a fresh
+  (sigma, eps), AdamW with betas (0, 0.999).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +44,7 @@ from harness.rollout import RolloutResult, Sampler
 from harness.verifiers.base import Verifier
 
 Loss = tuple[torch.Tensor, dict[str, float]]  # the loss to minimise, figures for the training log
+Sample = Callable[[int], tuple[RolloutResult, list[str]]]  # k -> the k-th fresh rollout and its prompts
 
 
 def _finite(value: object) -> bool:
@@ -51,6 +54,7 @@ def _finite(value: object) -> bool:
 class Objective:
     name: ClassVar[str]
     Params: ClassVar[type]
+    needs_videos: ClassVar[bool] = True  # False: the loss reads latents only, and rollouts skip decoding
 
     def __init__(self, **params: Any):
         self.params = build_params(self.Params, params, "train.objective.params")
@@ -65,8 +69,10 @@ class Objective:
         """The loss to minimise and the figures to log."""
         raise NotImplementedError
 
-    def update(self, result: RolloutResult, prompts: list[str], gen: torch.Generator) -> dict[str, float]:
-        """After the method's step: train the objective's own state; figures to log."""
+    def update(self, result: RolloutResult, prompts: list[str], gen: torch.Generator,
+               sample: Sample) -> dict[str, float]:
+        """After the method's step: train the objective's own state (on the step's rollout, or on fresh
+        ones from `sample`, harness.train.trainer.Fresh); figures to log."""
         return {}
 
     def state_dict(self) -> dict[str, Any]:
@@ -154,7 +160,8 @@ class DmdParams:
     min_sigma: float = 0.02  # Self-Forcing clamps timesteps to [20, 980]
     max_sigma: float = 0.98
     fake_lr: float = 1e-4
-    fake_updates: int = 1  # critic steps per generator step
+    fake_updates: int = 5  # critic steps per generator step, each on a fresh rollout (Self-Forcing's ratio)
+    timestep_shift: float | None = None  # the shift of the score evaluations' levels; None: the sampler's
 
     def __post_init__(self) -> None:
         if not _finite(self.real_guidance) or self.real_guidance < 0:
@@ -165,6 +172,9 @@ class DmdParams:
                              "are out of range; use 0 < min_sigma <= max_sigma < 1")
         if not _finite(self.fake_lr) or self.fake_lr <= 0:
             raise UsageError(f"train.objective.params.fake_lr={self.fake_lr!r} is out of range; use a rate > 0")
+        if self.timestep_shift is not None and (not _finite(self.timestep_shift) or self.timestep_shift <= 0):
+            raise UsageError(f"train.objective.params.timestep_shift={self.timestep_shift!r} is out of range; "
+                             "use a shift > 0 (null: the sampler's)")
         if isinstance(self.fake_updates, bool) or not isinstance(self.fake_updates, int) or self.fake_updates < 1:
             raise UsageError(f"train.objective.params.fake_updates={self.fake_updates!r} is out of range; "
                              "use >= 1")
@@ -177,6 +187,7 @@ def x0_of(score: ScoreNet, x_t: torch.Tensor, sigma: torch.Tensor, cond: Cond) -
 class DmdObjective(Objective):
     name = "dmd"
     Params = DmdParams
+    needs_videos = False
 
     def setup(self, model: VideoModel, sampler: Sampler, weights_dir: Path) -> None:
         if not callable(getattr(model, "dmd_scores", None)):
@@ -185,7 +196,8 @@ class DmdObjective(Objective):
         if not model.spec.has_uncond:
             raise UsageError(f"objective 'dmd' guides its real score with CFG, and model {model.spec.name!r} "
                              "has no unconditional branch")
-        self.model, self.shift = model, sampler.shift
+        self.model = model
+        self.shift = sampler.shift if self.params.timestep_shift is None else self.params.timestep_shift
         self.real, self.fake = model.dmd_scores(weights_dir)
         self.fake.module.requires_grad_(True)
         self.fake_opt = torch.optim.AdamW(self.fake.module.parameters(), lr=self.params.fake_lr, betas=(0.0, 0.999),
@@ -215,11 +227,13 @@ class DmdObjective(Objective):
         loss = 0.5 * F.mse_loss(x.double(), (x.detach() - grad).double())
         return loss.float(), {"dmd_grad": grad.abs().mean().item()}
 
-    def update(self, result: RolloutResult, prompts: list[str], gen: torch.Generator) -> dict[str, float]:
-        x = result.latents.detach()
-        cond = self.model.encode(prompts)
+    def update(self, result: RolloutResult, prompts: list[str], gen: torch.Generator,
+               sample: Sample) -> dict[str, float]:
         losses = []
-        for _ in range(self.params.fake_updates):
+        for k in range(self.params.fake_updates):
+            fresh, fresh_prompts = sample(k)
+            x = fresh.latents.detach()
+            cond = self.model.encode(fresh_prompts)
             x_t, sigma, eps = self.noised(x, gen)
             loss = F.mse_loss(self.fake.velocity(x_t, sigma, cond).float(), (eps - x).float())
             self.fake_opt.zero_grad(set_to_none=True)

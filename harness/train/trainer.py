@@ -4,24 +4,32 @@ Configuration (Hydra): the root config with the `train` group (sweeps/train/<obj
 sampler and method are those of sampling; method.params set the architecture (rank, alpha, switches,
 refined timesteps); its `checkpoint` is what sampling loads and is not read here: training starts
 from the zero-initialised adapter. train.*: objective {name, params}, reg_weight, steps, batch, lr,
-weight_decay, grad_clip, seed, checkpoint_every, out (a shipped tag or a path), threads.
+weight_decay, betas, grad_clip, ema and ema_start, seed, checkpoint_every, out (a shipped tag or a path),
+threads.
 
 One step: draw `batch` training prompts, their video seeds and an exit step (among the method's
 exit_steps) from a generator keyed by (seed, step); roll them out through harness.rollout with that
 exit step (the one loop, the keyed noise source, a ledger); loss = objective + reg_weight *
 regulariser (½||Δε||² of the refinements that carry gradient); one AdamW step on the adapter; then
-the objective's own update (DMD's fake score). All randomness of a step is keyed by its index, so a
-resumed run repeats exactly what an uninterrupted one does once the adapter, the optimiser and the
-objective's state are restored (harness.train.checkpoints).
+the objective's own update (DMD's fake score), which may draw fresh rollouts of the updated method
+(`Fresh`: prompts, seeds and exit step keyed by (seed, step, k), rolled out without gradient). All
+randomness of a step is keyed by its index, so a resumed run repeats exactly what an uninterrupted
+one does once the adapter, the optimiser and the objective's state (and the average) are restored
+(harness.train.checkpoints). With `ema` > 0 the checkpoint holds an exponential moving average of the
+trained weights from step `ema_start` on (Self-Forcing ships its generator's EMA, 0.99 from step 200).
+
+`run_training` runs any resolved `Training`; `refinery distill` (harness.models.toy_distill) builds
+one whose method is the generator being distilled.
 """
 from __future__ import annotations
 
 import json
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -36,7 +44,7 @@ from harness.ledger import Ledger
 from harness.models.base import VideoModel
 from harness.noise import key_seed
 from harness.resources import check_creatable
-from harness.rollout import Sampler, rollout
+from harness.rollout import RolloutResult, Sampler, rollout
 from harness.schema import check
 from harness.train.checkpoints import TrainingLog, load_resume, log_path, resume_path, save_resume
 from harness.train.objectives import Objective
@@ -91,7 +99,7 @@ def resolve_training(cfg: DictConfig) -> Training:
         raise UsageError("no train config; use `refinery train [train=reward|dmd] method=... [train.steps=...]`")
     validate(cfg)  # every section typed, train.* against TrainSettings
     settings = check(TrainSettings, resolved(cfg)["train"], "train")
-    check_creatable(checkpoint_path(cfg.method.name, settings.out), "train.out")  # before any compute
+    check_creatable(checkpoint_path(cfg.method.name, settings.out, cfg.model.name), "train.out")  # before any compute
     method_cls = METHODS.get(cfg.method.name)
     if not (isinstance(method_cls, type) and issubclass(method_cls, TrainedMethod)):
         trainable = [n for n in METHODS.names() if issubclass(METHODS.get(n), TrainedMethod)]
@@ -113,18 +121,24 @@ def resolve_training(cfg: DictConfig) -> Training:
               "sampler": asdict(sampler),
               "method": {"name": method.name, "version": method.version, "arch": method.arch},
               "train": {**asdict(settings), "objective": objective.describe()}}
-    return Training(model, method, sampler, objective, settings, checkpoint_path(method.name, settings.out),
+    return Training(model, method, sampler, objective, settings,
+                    checkpoint_path(method.name, settings.out, model.spec.name),
                     config, prompts, method.trainable_parameters())
 
 
 def train(cfg: DictConfig, progress: bool = True) -> Path:
     """Train (or resume, or find complete) the run `cfg` describes; returns the adapter file."""
-    t = resolve_training(cfg)
+    return run_training(resolve_training(cfg), progress)
+
+
+def run_training(t: Training, progress: bool = True) -> Path:
+    """Train (or resume, or find complete) a resolved run; returns the adapter file."""
     s = t.settings
     if s.threads:
         torch.set_num_threads(s.threads)
-    optimizer = torch.optim.AdamW(t.parameters, lr=s.lr, weight_decay=s.weight_decay)
-    start = restore(t, optimizer)
+    optimizer = torch.optim.AdamW(t.parameters, lr=s.lr, weight_decay=s.weight_decay, betas=s.betas)
+    average = Average(s.ema, s.ema_start)
+    start = restore(t, optimizer, average)
     if start == s.steps:
         return t.out
     log = TrainingLog(log_path(t.out), keep=start)
@@ -134,10 +148,11 @@ def train(cfg: DictConfig, progress: bool = True) -> Path:
         for step in range(start, s.steps):
             record = train_step(t, optimizer, step)
             log.append(record)
+            average.update(record["step"], t.method.adapter_state())
             bar.update()
             bar.set_postfix({k: f"{record[k]:.4g}" for k in ("loss", "reward", "regulariser") if k in record})
             if record["step"] % s.checkpoint_every == 0 or record["step"] == s.steps:
-                save(t, optimizer, record["step"])
+                save(t, optimizer, average, record["step"])
     finally:
         bar.close()
         log.close()
@@ -150,12 +165,10 @@ def train_step(t: Training, optimizer: torch.optim.Optimizer, step: int) -> dict
     s = t.settings
     began = time.perf_counter()
     gen = torch.Generator().manual_seed(key_seed(s.seed, "train", step))
-    prompts = [t.prompts[i] for i in torch.randint(len(t.prompts), (s.batch,), generator=gen).tolist()]
-    seeds = [key_seed(s.seed, "video", step, i) for i in range(s.batch)]
-    exits = t.method.exit_steps(t.sampler)
-    exit_step = exits[int(torch.randint(len(exits), (1,), generator=gen))]
+    prompts, seeds, exit_step = draw(t, gen, step)
     ledger = Ledger()
-    result = rollout(t.model, t.method, prompts, seeds, t.sampler, ledger, exit_step=exit_step)
+    result = rollout(t.model, t.method, prompts, seeds, t.sampler, ledger, exit_step=exit_step,
+                     decode=t.objective.needs_videos)
     loss, figures = t.objective.loss(result, prompts, gen)
     reg = t.method.regulariser(result)
     total = loss if reg is None else loss + s.reg_weight * reg
@@ -163,23 +176,82 @@ def train_step(t: Training, optimizer: torch.optim.Optimizer, step: int) -> dict
     total.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(t.parameters, s.grad_clip or math.inf)
     optimizer.step()
-    figures.update(t.objective.update(result, prompts, gen))
+    figures.update(t.objective.update(result, prompts, gen, Fresh(t, step)))
     return {"step": step + 1, "loss": total.item(), "objective": loss.item(),
             "regulariser": 0.0 if reg is None else reg.item(), **figures, "grad_norm": grad_norm.item(),
             "exit_step": exit_step, "nfe": ledger.nfe, "refiner_calls": ledger.refiner_calls,
             "seconds": time.perf_counter() - began}
 
 
-def save(t: Training, optimizer: torch.optim.Optimizer, step: int) -> None:
+def draw(t: Training, gen: torch.Generator, *key: object) -> tuple[list[str], list[int], int]:
+    """A training rollout's prompts, video seeds (keyed by `key`) and exit step, drawn from `gen`."""
+    s = t.settings
+    prompts = [t.prompts[i] for i in torch.randint(len(t.prompts), (s.batch,), generator=gen).tolist()]
+    seeds = [key_seed(s.seed, "video", *key, i) for i in range(s.batch)]
+    exits = t.method.exit_steps(t.sampler)
+    return prompts, seeds, exits[int(torch.randint(len(exits), (1,), generator=gen))]
+
+
+@contextmanager
+def frozen(parameters: list[torch.nn.Parameter]) -> Iterator[None]:
+    """The method's parameters without gradient: a rollout then records no graph."""
+    for p in parameters:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in parameters:
+            p.requires_grad_(True)
+
+
+class Fresh:
+    """Fresh training rollouts of the method as it is now, for an objective's own updates (DMD's critic
+    steps on new samples, as Self-Forcing draws them): the k-th is keyed by (seed, step, k)."""
+
+    def __init__(self, t: Training, step: int):
+        self.t, self.step = t, step
+
+    def __call__(self, k: int) -> tuple[RolloutResult, list[str]]:
+        t = self.t
+        gen = torch.Generator().manual_seed(key_seed(t.settings.seed, "fresh", self.step, k))
+        prompts, seeds, exit_step = draw(t, gen, "fresh", self.step, k)
+        with frozen(t.parameters):
+            return rollout(t.model, t.method, prompts, seeds, t.sampler, exit_step=exit_step,
+                           decode=t.objective.needs_videos), prompts
+
+
+class Average:
+    """The exponential moving average of the trained weights from step `start` on (decay 0: none)."""
+
+    def __init__(self, decay: float, start: int):
+        self.decay, self.start = decay, start
+        self.state: dict[str, torch.Tensor] | None = None
+
+    def update(self, step: int, weights: dict[str, torch.Tensor]) -> None:
+        if not self.decay or step < self.start:
+            return
+        if self.state is None:
+            self.state = {name: value.clone() for name, value in weights.items()}
+            return
+        for name, value in weights.items():
+            self.state[name].lerp_(value, 1 - self.decay)
+
+    def of(self, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """What the checkpoint holds: the average once it has started, else the weights."""
+        return weights if self.state is None else self.state
+
+
+def save(t: Training, optimizer: torch.optim.Optimizer, average: Average, step: int) -> None:
     """The resume state first (harness.train.checkpoints), then the adapter file (harness.adapter_files)."""
     adapter = t.method.adapter_state()
     save_resume(resume_path(t.out), {"step": step, "identity": t.identity, "adapter": adapter,
-                                     "optimizer": optimizer.state_dict(), "objective": t.objective.state_dict()})
-    save_adapter(t.out, adapter, t.method.name, t.method.arch, t.model.spec.name, t.config["model"]["digest"],
-                 step, t.config)
+                                     "average": average.state, "optimizer": optimizer.state_dict(),
+                                     "objective": t.objective.state_dict()})
+    save_adapter(t.out, average.of(adapter), t.method.name, t.method.arch, t.model.spec.name,
+                 t.config["model"]["digest"], step, t.config)
 
 
-def restore(t: Training, optimizer: torch.optim.Optimizer) -> int:
+def restore(t: Training, optimizer: torch.optim.Optimizer, average: Average) -> int:
     """The step to start from: the resume state's, s.steps for a finished run, or 0."""
     resume = resume_path(t.out)
     state = load_resume(resume)
@@ -191,6 +263,7 @@ def restore(t: Training, optimizer: torch.optim.Optimizer) -> int:
         t.method.load_adapter_state(state["adapter"], str(resume))
         optimizer.load_state_dict(state["optimizer"])
         t.objective.load_state_dict(state["objective"])
+        average.state = state["average"]
         return state["step"]
     if not t.out.exists():
         return 0
