@@ -17,6 +17,8 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/refinery sweep experiment=quickstart
 	$(BIN)/refinery report experiment=quickstart
+	$(BIN)/refinery sweep experiment=toy_models
+	$(BIN)/refinery report experiment=toy_models
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

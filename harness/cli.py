@@ -69,6 +69,14 @@ def cmd_train_world(overrides: list[str]) -> None:
     print(f"toy model written to {path}")
 
 
+def cmd_distill(overrides: list[str]) -> None:
+    from harness.config_schema import command_options
+    from harness.models.toy_distill import DistillConfig, distill
+
+    path = distill(DistillConfig(**command_options("distill", DistillConfig, overrides)))
+    print(f"distilled model written to {path}")
+
+
 def cmd_train(overrides: list[str]) -> None:
     """The train group is not in the root config's defaults (sampling never reads it), so the chosen
     option is appended to them."""
@@ -309,6 +317,8 @@ COMMANDS = {
                      "refinery train [train=reward|dmd] method=autorefiner [train.out=...]"),
     "train-world": Command(cmd_train_world, "retrain the toy model from scratch",
                            "refinery train-world [steps=2500 out=path threads=2]", takes="options"),
+    "distill": Command(cmd_distill, "distil toy_sf or toy_causvid from the toy",
+                       "refinery distill recipe=self_forcing|causvid [steps=100 threads=1]", takes="options"),
     "train-reward": Command(cmd_train_reward, "retrain the world reward verifier",
                             "refinery train-reward [steps=1200 out=path]", takes="options"),
     "train-probe": Command(cmd_train_probe, "retrain the world probe (features)",
@@ -356,9 +366,10 @@ def _epilog(name: str, command: Command) -> str:
 def _own_options(name: str) -> list[str]:
     """A command's own options with their defaults (null: the command's built-in one)."""
     from harness.config_schema import TrainerOptions
+    from harness.models.toy_distill import DistillConfig
     from harness.models.toy_train import TrainWorldConfig
 
-    schema = TrainWorldConfig if name == "train-world" else TrainerOptions
+    schema = {"train-world": TrainWorldConfig, "distill": DistillConfig}.get(name, TrainerOptions)
     return [f"{f.name}={'' if f.default is MISSING else 'null' if f.default is None else f.default}"
             for f in fields(schema)]
 

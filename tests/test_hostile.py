@@ -47,6 +47,9 @@ CASES: dict[str, tuple[list[str], str]] = {
     "vbench crf": (["run", "vbench.crf=99"], "vbench.crf=99 is out of range"),
     "bench repeats": (["run", "report.bench.repeats=0"], "report.bench.repeats=0 is out of range"),
     "unknown method": (["run", "method=bonn"], "did you mean 'bon'"),
+    "refiner head": (["run", "method=autorefiner", "method.params.head=half"], "method.params.head='half' is not one of"),
+    "head vs checkpoint": (["run", "method=init_noise_refiner", "method.params.head=full"], "head='full' (checkpoint: 'lora')"),
+    "no adapter for model": (["run", "model=toy_causvid", "method=lora"], "lora_reward.safetensors is missing"),
     # the other commands
     "sweep bad point": (["sweep", "sampler.steps=2,abc"], "sampler.steps='abc' is not an integer"),
     "sweep misspelled": (["sweep", "sampler.stepz=2,3"], "sampler.stepz is not an option"),
@@ -66,6 +69,9 @@ CASES: dict[str, tuple[list[str], str]] = {
     "train-reward": (["train-reward", "steps=0"], "train-reward: steps=0 is out of range"),
     "train-reward out": (["train-reward", "out=FILE/reward.safetensors"], "a plain file"),
     "train-probe": (["train-probe", "threads=abc"], "train-probe: threads='abc' is not an integer"),
+    "distill recipe": (["distill", "recipe=dmd2"], "distill: recipe='dmd2' is not one of"),
+    "distill range": (["distill", "ema=1"], "distill: ema=1.0 is out of range"),
+    "distill out": (["distill", "out=FILE/toy_sf.safetensors"], "a plain file"),
     "weights check": (["weights", "check", "sampler.stepz=1"], "sampler.stepz is not an option"),
     "weights convert": (["weights", "convert", "model=self_forcing"], "needs checkpoint=PATH"),
     "vbench folder": (["vbench", "aggregate", "TMP/results"], "holds no *_eval_results.json"),
@@ -74,7 +80,7 @@ CASES: dict[str, tuple[list[str], str]] = {
     "vbench command": (["vbench", "agregate"], "did you mean 'aggregate'"),
     "unknown command": (["rnu"], "did you mean 'run'"),
 }
-STORE_FREE = {"train", "train-world", "train-reward", "train-probe", "vbench", "rnu"}  # take no paths.store
+STORE_FREE = {"train", "train-world", "distill", "train-reward", "train-probe", "vbench", "rnu"}  # take no paths.store
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, str]]:

@@ -37,19 +37,22 @@ def _cached(build: Callable[[dict[str, Any], Path], VideoModel]) -> Callable[[di
 
 
 def load_toy_model(cfg: dict[str, Any], weights_dir: Path) -> VideoModel:
-    """The toy backend at cfg['checkpoint'] (None: the shipped weights)."""
+    """The toy backend at cfg['checkpoint'] (None: the shipped weights of the model cfg['name']), named
+    by its config: the name its cells and its shipped adapters go by."""
     from harness.models.toy import load_toy
 
-    return load_toy(cfg.get("checkpoint"))
+    model = load_toy(cfg.get("checkpoint") or cfg["name"])
+    model.name = cfg["name"]
+    return model
 
 
 def toy_weight_files(cfg: dict[str, Any], weights_dir: Path) -> tuple[WeightFile, ...]:
-    from harness.models.toy import SHIPPED_WEIGHTS
+    from harness.models.toy import REBUILD, shipped_or_path
 
     checkpoint = cfg.get("checkpoint")
-    origin = "your `refinery train-world out=...` run" if checkpoint else \
-        "ships with the package; rebuild it with `refinery train-world`"
-    return (WeightFile(str(checkpoint or SHIPPED_WEIGHTS), origin),)
+    origin = "your `refinery train-world out=...` or `refinery distill out=...` run" if checkpoint else \
+        f"ships with the package; rebuild it with `{REBUILD.get(cfg['name'], 'refinery train-world')}`"
+    return (WeightFile(str(shipped_or_path(checkpoint or cfg["name"])), origin),)
 
 
 def load_wan_model(cfg: dict[str, Any], weights_dir: Path) -> VideoModel:

@@ -1,6 +1,13 @@
-"""The embedded `toy` backend: a small Self-Forcing-shaped AR video diffusion model of the shapes world.
+"""The embedded `toy` backend: small Self-Forcing-shaped AR video diffusion models of the shapes world.
 
-Three parts, trained by `harness.models.toy_train`:
+Three shipped models share one architecture (assets/models/):
+- `toy`, the flow-matching model trained by `harness.models.toy_train` (`refinery train-world`) under
+  diffusion forcing: not step-distilled, so many ODE steps with CFG sample it best; the teacher of
+- `toy_sf`, a 4-step generator distilled from it the Self-Forcing way, and `toy_causvid`, a 3-step
+  generator distilled CausVid's way (`harness.models.toy_distill`, `refinery distill`). A distilled
+  model names its teacher, whose denoiser is DMD's real score when adapters are trained on it.
+
+Three parts:
 - `FrameAutoencoder`, the "VAE": 32x32 RGB frame <-> 4x16x16 latent, normalised to unit scale;
 - `TextEncoder`: word embeddings over the world's vocabulary and a small transformer; the empty
   prompt is the unconditional branch (a learned null token);
@@ -267,13 +274,14 @@ class ToyVideoModel(nn.Module):
         self.denoiser = CausalDenoiser(self.cfg)
         self.num_chunks = self.cfg.num_chunks  # rollout length; may differ from training's
         self.source = "untrained"
+        self.name = "toy"  # a model trained from scratch is a flow model; distillation renames it
+        self.teacher: str | None = None  # the shipped name or file this model was distilled from
         self.loaded_digest: str | None = None  # set by load_toy
 
     @property
     def spec(self) -> ModelSpec:
         c = self.cfg
-        return ModelSpec(name="toy", frames_per_chunk=c.frames_per_chunk,
-                                                  num_chunks=self.num_chunks,
+        return ModelSpec(name=self.name, frames_per_chunk=c.frames_per_chunk, num_chunks=self.num_chunks,
                          latent_shape=(c.latent_channels, c.latent_size, c.latent_size),
                          video_shape=(3, c.frame_size, c.frame_size),
                          cache_bytes_per_frame=c.depth * 2 * c.tokens_per_frame * c.dim * 4)
@@ -365,8 +373,8 @@ class ToyVideoModel(nn.Module):
         return self.loaded_digest or module_digest(self)
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": "toy", "config": asdict(self.cfg), "num_chunks": self.num_chunks, "source": self.source,
-                "parameters": sum(p.numel() for p in self.parameters())}
+        return {"backend": "toy", "name": self.name, "config": asdict(self.cfg), "num_chunks": self.num_chunks,
+                "source": self.source, "teacher": self.teacher, "parameters": sum(p.numel() for p in self.parameters())}
 
 
     # -- training (harness.models.base.TrainableBackend) -------------------------------------------
@@ -399,9 +407,11 @@ class ToyVideoModel(nn.Module):
                              repeat=repeat)
 
     def dmd_scores(self, weights_dir: Path) -> tuple["ToyClipScore", "ToyClipScore"]:
-        """The toy's own denoiser as the real score, over whole clips (block-causal, as diffusion
-        forcing trained it); the fake score starts as a copy of it."""
-        return ToyClipScore(self.denoiser, self.cfg), ToyClipScore(copy.deepcopy(self.denoiser), self.cfg)
+        """DMD's score networks over whole clips (block-causal, as diffusion forcing trained them): the
+        real score is the teacher's denoiser (the model's own when it has none, as the flow model `toy`),
+        and the fake score starts as a copy of it, as Self-Forcing's critic starts from Wan's base."""
+        real = load_toy(self.teacher).denoiser if self.teacher else self.denoiser
+        return ToyClipScore(real, self.cfg), ToyClipScore(copy.deepcopy(real), self.cfg)
 
 
 class ToyClipScore:
@@ -420,18 +430,30 @@ class ToyClipScore:
 # ----------------------------------------------------------------------------------------------
 # weights
 
-SHIPPED_WEIGHTS = asset("models", "toy.safetensors")
+SHIPPED = {name: asset("models", f"{name}.safetensors") for name in ("toy", "toy_sf", "toy_causvid")}
+SHIPPED_WEIGHTS = SHIPPED["toy"]  # `model=toy`, the flow-matching teacher of the distilled ones
+REBUILD = {"toy": "refinery train-world", "toy_sf": "refinery distill recipe=self_forcing",
+           "toy_causvid": "refinery distill recipe=causvid"}
+
+
+def shipped_or_path(value: str | Path | None) -> Path:
+    """A shipped model's name (toy, toy_sf, toy_causvid) or a checkpoint path; None: toy."""
+    if value is None:
+        return SHIPPED_WEIGHTS
+    return SHIPPED.get(str(value), Path(value))
 
 
 def load_toy(path: str | Path | None = None) -> ToyVideoModel:
-    """Load toy weights (the shipped file when `path` is None); only through safetensors."""
+    """Load toy weights (a shipped model's name or a path; None: toy) only through safetensors."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    path = Path(path) if path else SHIPPED_WEIGHTS
+    path = shipped_or_path(path)
     if not path.is_file():
-        raise UsageError(f"toy checkpoint {path} is missing; it ships with the package "
-                         "(assets/models/toy.safetensors) or is rebuilt by `refinery train-world`")
+        shipped = next((name for name, p in SHIPPED.items() if p == path), None)
+        raise UsageError(f"toy checkpoint {path} is missing; " + (
+            f"it ships with the package (assets/models/) and is rebuilt by `{REBUILD[shipped]}`" if shipped else
+            "give a file written by `refinery train-world` or `refinery distill`"))
     try:
         from safetensors import safe_open
         with safe_open(str(path), "pt") as f:
@@ -439,7 +461,7 @@ def load_toy(path: str | Path | None = None) -> ToyVideoModel:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise UsageError(f"toy checkpoint {path} is corrupt or not a safetensors file ({exc}); "
-                         "restore it from the package or rebuild it with `refinery train-world`") from None
+                         "restore it from the package or rebuild it (`refinery train-world`, `refinery distill`)") from None
     import json
     cfg = ToyConfig(**json.loads(meta.get("toy_config", "{}")))
     model = ToyVideoModel(cfg)
@@ -447,7 +469,9 @@ def load_toy(path: str | Path | None = None) -> ToyVideoModel:
     if missing or unexpected:
         raise UsageError(f"toy checkpoint {path} does not fit the toy architecture "
                          f"(missing {len(missing)}, unexpected {len(unexpected)} tensors); "
-                         "rebuild it with `refinery train-world`")
+                         "rebuild it (`refinery train-world`, `refinery distill`)")
     model.source = str(path)
+    model.name = meta.get("name", "toy")  # the flow model's file predates the name
+    model.teacher = meta.get("teacher") or None
     model.loaded_digest = module_digest(model)
     return model.eval()

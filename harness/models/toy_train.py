@@ -185,8 +185,9 @@ def train_denoiser(model: ToyVideoModel, latents: torch.Tensor, labels: list[str
 
 
 def save_toy(model: ToyVideoModel, path: str | Path, meta: dict) -> None:
-    save_safetensors(model.state_dict(), path, {"toy_config": json.dumps(asdict(model.cfg)),
-                                                "training": json.dumps(meta)})
+    """Weights, architecture, name, teacher (a distilled model's) and how it was trained."""
+    save_safetensors(model.state_dict(), path, {"toy_config": json.dumps(asdict(model.cfg)), "name": model.name,
+                                                "teacher": model.teacher or "", "training": json.dumps(meta)})
 
 
 def train_world(cfg: TrainWorldConfig) -> Path:
