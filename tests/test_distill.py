@@ -143,17 +143,3 @@ def test_bad_distill_input_is_one_line(tmp_path, capsys):
         assert err.startswith("refinery: error:") and err.count("\n") == 1 and reason in err, err
     assert not out.exists()
 
-
-METHODS = ["base", "bon", "sop", "pnp", "cfg", "cfg_zero", "lora", "init_noise_refiner", "autorefiner"]
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("method", METHODS)
-def test_every_method_runs_on_toy_sf_with_its_shipped_adapters(tmp_path, method, capsys):
-    """The trained methods take toy_sf's own DMD adapters (assets/methods/toy_sf/), under its warped sampler."""
-    trained = ["method.params.checkpoint=dmd"] if method in ("lora", "init_noise_refiner", "autorefiner") else []
-    code = main(["run", "model=toy_sf", "model.num_chunks=2", f"method={method}", *trained, "suite=world_smoke",
-                 "samples_per_prompt=1", f"paths.store={tmp_path}"])
-    out = capsys.readouterr()
-    assert code == 0, out.err
-    assert "4 videos generated" in out.out

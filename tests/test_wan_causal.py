@@ -303,10 +303,13 @@ METHODS = ["base", "bon", "sop", "pnp", "cfg", "cfg_zero", "lora", "init_noise_r
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("model,adapter", [("wan_tiny", "null"), ("toy_sf", "dmd")])
 @pytest.mark.parametrize("method", METHODS)
-def test_every_method_runs_on_wan_tiny(tmp_path, method, capsys):
-    extra = ["method.params.checkpoint=null"] if method in ("lora", "init_noise_refiner", "autorefiner") else []
-    code = main(["run", "model=wan_tiny", "model.num_chunks=2", f"method={method}", *extra, "suite=world_smoke",
+def test_every_method_runs_on_wan_tiny_and_toy_sf(tmp_path, method, model, adapter, capsys):
+    """Every method through the real backend, and on the distilled toy base under its warped sampler
+    with its own shipped DMD adapters (assets/methods/toy_sf/)."""
+    extra = [f"method.params.checkpoint={adapter}"] if method in ("lora", "init_noise_refiner", "autorefiner") else []
+    code = main(["run", f"model={model}", "model.num_chunks=2", f"method={method}", *extra, "suite=world_smoke",
                  "samples_per_prompt=1", f"paths.store={tmp_path}"])
     out = capsys.readouterr()
     assert code == 0, out.err
