@@ -81,12 +81,12 @@ def test_causvid_student_denoises_data_at_its_chunks_levels_on_clean_data_contex
     spy(monkeypatch, "denoise", denoised)
     spy(monkeypatch, "commit", committed)
     prompts, seeds = ["a red circle bouncing", "a green triangle falling"], [3, 4]
-    rollout(t.model, t.method, prompts, seeds, t.sampler, exit_step=t.sampler.steps - 1)
+    result = rollout(t.model, t.method, prompts, seeds, t.sampler, exit_step=t.sampler.steps - 1)
     chunks = toy_distill.world_latents(t.model, prompts, seeds).split(3, dim=1)
     assert len(committed) == 2 and all(torch.equal(c[0], d) for c, d in zip(committed, chunks))
     assert len(denoised) == 3  # one student call per chunk, at the chunk's level
     noise, sigmas = NoiseSource(seeds, (3, *t.model.spec.latent_shape)), t.sampler.sigmas
-    for chunk, ((x, sigma), level) in enumerate(zip(denoised, t.method.levels)):
+    for chunk, ((x, sigma), level) in enumerate(zip(denoised, result.state["levels"])):
         assert float(sigma) == float(sigmas[level])
         expected = noise.initial(chunk) if level == 0 else \
             renoise(chunks[chunk], noise.path(chunk, level - 1), sigmas[level])

@@ -35,16 +35,15 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from harness.errors import UsageError
-from harness.schema import option
+from harness.adapters import trainable_backend
+from harness.config_schema import TrainSettings
 from harness.models.base import VideoModel
 from harness.models.toy import SHIPPED, ToyVideoModel, load_toy
 from harness.models.toy_train import save_toy
 from harness.noise import key_seed
-from harness.rollout import Context, Sampler
-from harness.adapters import trainable_backend
-from harness.config_schema import TrainSettings
 from harness.resources import check_creatable
+from harness.rollout import Context, Sampler
+from harness.schema import option
 from harness.train.objectives import DmdObjective
 from harness.train.trainer import Training, run_training
 from harness.world.grammar import parse
@@ -82,7 +81,8 @@ class TeacherForcedStudent(Student):
     In the rollout loop: before its chunk's level, a step returns the data chunk as its x0, so the
     loop's renoise brings the data to the level with the keyed path noise; at the level, the student
     denoises it (with gradient); after it, the prediction stands. The cache receives the data chunk.
-    Levels are one per chunk, shared by the batch, keyed by the rollout's video seeds."""
+    Levels are one per chunk, shared by the batch, keyed by the rollout's video seeds; the rollout's
+    data, levels and prediction live in its context's state."""
 
     name = "causvid_student"
     description = "a full copy of the teacher's denoiser, trained by diffusion forcing on clean context (refinery distill)"
@@ -96,22 +96,22 @@ class TeacherForcedStudent(Student):
 
     def begin(self, ctx: Context) -> None:
         super().begin(ctx)
-        self.clean = world_latents(self.data_model, list(ctx.cond.prompts), ctx.noise.seeds)
+        ctx.state["clean"] = world_latents(self.data_model, list(ctx.cond.prompts), ctx.noise.seeds)
         gen = torch.Generator().manual_seed(key_seed(*ctx.noise.seeds, "diffusion-forcing levels"))
-        self.levels = torch.randint(ctx.sampler.steps, (ctx.model.spec.num_chunks,), generator=gen).tolist()
+        ctx.state["levels"] = torch.randint(ctx.sampler.steps, (ctx.model.spec.num_chunks,), generator=gen).tolist()
 
     def data_chunk(self, ctx: Context) -> torch.Tensor:
         f = ctx.model.spec.frames_per_chunk
-        return self.clean[:, ctx.chunk * f: (ctx.chunk + 1) * f]
+        return ctx.state["clean"][:, ctx.chunk * f: (ctx.chunk + 1) * f]
 
     def denoise(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
-        level = self.levels[ctx.chunk]
+        level = ctx.state["levels"][ctx.chunk]
         if ctx.step < level:
             return self.data_chunk(ctx)
         if ctx.step == level:
             with torch.set_grad_enabled(ctx.training):
-                self.prediction = ctx.model.denoise(x, ctx.sigma, ctx.cond, ctx.cache)
-        return self.prediction
+                ctx.state["prediction"] = ctx.model.denoise(x, ctx.sigma, ctx.cond, ctx.cache)
+        return ctx.state["prediction"]
 
     def commit(self, x0: torch.Tensor, ctx: Context) -> None:
         super().commit(self.data_chunk(ctx), ctx)
