@@ -59,12 +59,23 @@ def cluster(tmp_path_factory):
     assert not alive, f"daemons still running after stop: {alive}"
 
 
-def refinery(env, cwd, *args, wait=True, path=str(ROOT)):
+def refinery(env, cwd, *args, wait=True, path=str(ROOT), log: Path | None = None):
+    """Run the CLI in `cwd`; wait=False: started in the background, its output going to the file `log`
+    (a pipe that nobody reads until the end would fill up and block it)."""
     cmd = [sys.executable, "-m", "harness.cli", *args]
     env = {**env, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"}
     if not wait:
-        return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        with open(log, "w") as out:
+            return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, text=True,
+                                    preexec_fn=default_ctrl_c)
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+
+
+def default_ctrl_c() -> None:
+    """In the child: Ctrl-C as a user's shell leaves it (delivered, default action), whatever the test
+    process's own disposition or signal mask is."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +131,7 @@ def test_an_array_task_cancelled_mid_cell_is_finished_by_a_rerun(cluster, local_
     (slow / "sitecustomize.py").write_text(SLOW_DISK)  # every Python process of this sweep imports it
     one_cell = [*CELLS, "sampler.steps=2"]  # one of local_store's cells
     sweep = refinery(cluster.env, work, "sweep", *one_cell, *SLURM, f"paths.store={store}", wait=False,
-                     path=f"{slow}:{ROOT}")
+                     path=f"{slow}:{ROOT}", log=tmp_path / "sweep.log")
     try:
         cell, status = _running_cell(store)
         subprocess.run(["scancel", status["job"]], env=cluster.env, check=True)
