@@ -265,3 +265,13 @@ class TrainedMethod(Method):
         """A rollout's L2 regulariser: summed over its chunks, averaged over its videos."""
         penalties = result.state.get("penalties")
         return torch.stack(penalties).sum(0).mean() if penalties else None
+
+
+class TrainedGenerator(TrainedMethod):
+    """A trained method whose adapted denoiser is the generator, trained as Self-Forcing trains its own:
+    a training rollout runs without gradient and stops every chunk at its exit step, whose denoising
+    call alone carries the gradient (LoRA, and the students of `refinery distill`)."""
+
+    def denoise(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
+        with torch.set_grad_enabled(ctx.training and ctx.is_last_step):
+            return super().denoise(x, ctx)

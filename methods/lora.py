@@ -18,11 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from harness.models.base import VideoModel
-from harness.rollout import Context
-from harness.adapters import TrainedMethod, adapted_copy, check_rank, trainable_backend
+from harness.adapters import TrainedGenerator, adapted_copy, check_rank, trainable_backend
 
 
 @dataclass(frozen=True)
@@ -35,7 +32,7 @@ class LoraParams:
         check_rank(self.rank, self.alpha)
 
 
-class Lora(TrainedMethod):
+class Lora(TrainedGenerator):
     name = "lora"
     description = "LoRA on every linear layer of the base denoiser, fine-tuned on the objective (ΔNFE 0)"
     Params = LoraParams
@@ -43,7 +40,3 @@ class Lora(TrainedMethod):
     def build(self, model: VideoModel) -> VideoModel:
         self.adapted = adapted_copy(model, self.arch["rank"], self.arch["alpha"])
         return trainable_backend(model).with_trainable(self.adapted)
-
-    def denoise(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
-        with torch.set_grad_enabled(ctx.training and ctx.is_last_step):
-            return super().denoise(x, ctx)

@@ -30,9 +30,18 @@ def randomized_toy(request):
 
 @pytest.fixture(scope="session")
 def toy():
+    """The default embedded base, `toy` = toy_sf (the Self-Forcing-distilled toy)."""
     from harness.models.toy import load_toy
 
     return load_toy()
+
+
+@pytest.fixture(scope="session")
+def toy_flow():
+    """The flow-matching toy, the distilled bases' teacher."""
+    from harness.models.toy import load_toy
+
+    return load_toy("toy_flow")
 
 
 @pytest.fixture(scope="session")

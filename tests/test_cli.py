@@ -69,7 +69,7 @@ def test_weights_check_lists_every_file_and_fails_while_one_is_missing(tmp_path)
     shipped = refinery("weights", "check", "method=bon", f"paths.weights={tmp_path}")
     assert shipped.returncode == 0, shipped.stderr
     assert [line.split()[:3] for line in shipped.stdout.splitlines()] == [
-        ["ok", "model", "toy"], ["ok", "verifier", "world_reward"]]
+        ["ok", "model", "toy_sf"], ["ok", "verifier", "world_reward"]]
     external = refinery("weights", "check", "method=bon", "method.params.verifier=clip_score", f"paths.weights={tmp_path}")
     assert external.returncode == 2
     missing = [line for line in external.stdout.splitlines() if line.startswith("MISSING")]

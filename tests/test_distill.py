@@ -51,7 +51,7 @@ def test_the_self_forcing_students_training_rollouts_are_sampling_rollouts(tmp_p
     calls = recorded_rollouts(monkeypatch)
     trainer.train_step(t, torch.optim.AdamW(t.parameters, lr=1e-3, betas=(0.0, 0.999)), 0)
     assert len(calls) == 1 + TINY["fake_updates"]  # the generator's rollout, then one per critic update
-    teacher = load_toy("toy").with_chunks(TINY["num_chunks"])
+    teacher = load_toy("toy_flow").with_chunks(TINY["num_chunks"])
     (model, method, prompts, seeds, sampler, *_), kwargs, result = calls[0]
     assert model is t.model and method is t.method and kwargs["exit_step"] is not None
     assert result.latents.requires_grad  # the exit step's denoising carries gradient into the student
@@ -115,23 +115,29 @@ def test_a_killed_distillation_resumes_to_the_uninterrupted_runs_weights(tmp_pat
     assert calls == [2]  # resumed after the checkpoint of steps 1 and 2
     a, b = load_file(whole.out), load_file(killed.out)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    teacher = load_toy("toy").state_dict()
+    teacher = load_toy("toy_flow").state_dict()
     assert any(not torch.equal(a[k], teacher[k]) for k in a if k.startswith("denoiser."))  # it trained
     assert all(torch.equal(a[k], teacher[k]) for k in a if not k.startswith("denoiser."))  # text, VAE: the teacher's
     model = load_toy(whole.out)
-    assert model.name == toy_distill.RECIPES[recipe].model and model.teacher == "toy"
+    assert model.name == toy_distill.RECIPES[recipe].model and model.teacher == "toy_flow"
 
 
-@pytest.mark.parametrize("name,steps,shift", [("toy", 4, 1.0), ("toy_sf", 4, 5.0), ("toy_causvid", 3, 8.0)])
+@pytest.mark.parametrize("name,steps,shift", [("toy_flow", 4, 1.0), ("toy_sf", 4, 5.0), ("toy_causvid", 3, 8.0)])
 def test_the_configs_load_the_shipped_models_with_their_own_samplers(name, steps, shift):
     cfg = compose([f"model={name}"])
     model, sampler = load_model(cfg), sampler_from(cfg)
     assert model.spec.name == cfg.model.name == name
     assert (sampler.steps, sampler.shift) == (steps, shift)
-    assert model.teacher == (None if name == "toy" else "toy")
+    assert model.teacher == (None if name == "toy_flow" else "toy_flow")
     real, _ = model.dmd_scores(Path("weights"))  # a student's real score is its teacher's denoiser
-    teacher = load_toy("toy").denoiser
+    teacher = load_toy("toy_flow").denoiser
     assert all(torch.equal(p, q) for p, q in zip(real.module.parameters(), teacher.parameters()))
+
+
+def test_toy_is_the_self_forcing_base(toy):
+    """`model=toy`, the default, and load_toy() are toy_sf: the same config, weights and cells."""
+    assert compose([]).model == compose(["model=toy"]).model == compose(["model=toy_sf"]).model
+    assert toy.name == "toy_sf" and toy.digest() == load_toy("toy_sf").digest() != load_toy("toy_flow").digest()
 
 
 def test_bad_distill_input_is_one_line(tmp_path, capsys):

@@ -48,7 +48,7 @@ CASES: dict[str, tuple[list[str], str]] = {
     "bench repeats": (["run", "report.bench.repeats=0"], "report.bench.repeats=0 is out of range"),
     "unknown method": (["run", "method=bonn"], "did you mean 'bon'"),
     "refiner head": (["run", "method=autorefiner", "method.params.head=half"], "method.params.head='half' is not one of"),
-    "head vs checkpoint": (["run", "method=init_noise_refiner", "method.params.head=full"], "head='full' (checkpoint: 'lora')"),
+    "head vs checkpoint": (["run", "model=toy_flow", "method=init_noise_refiner", "method.params.head=full"], "head='full' (checkpoint: 'lora')"),
     "no adapter for model": (["run", "model=toy_causvid", "method=lora"], "lora_reward.safetensors is missing"),
     # the other commands
     "sweep bad point": (["sweep", "sampler.steps=2,abc"], "sampler.steps='abc' is not an integer"),

@@ -222,9 +222,9 @@ def test_checkpoints_for_another_method_model_or_architecture_are_refused(model,
     corrupt.write_bytes(b"not a safetensors file")
     with pytest.raises(UsageError, match="corrupt"):
         Lora(checkpoint=str(corrupt)).prepare(model.spec, Sampler(), Path("weights"))
-    from harness.models.toy import SHIPPED_WEIGHTS
+    from harness.models.toy import SHIPPED
     with pytest.raises(UsageError, match="not a Refinery adapter"):
-        Lora(checkpoint=str(SHIPPED_WEIGHTS)).prepare(model.spec, Sampler(), Path("weights"))
+        Lora(checkpoint=str(SHIPPED["toy"])).prepare(model.spec, Sampler(), Path("weights"))
 
 
 def test_a_checkpoint_round_trips_and_its_settings_are_the_methods(model, tmp_path):
@@ -297,12 +297,12 @@ def test_the_refiners_output_head_starts_at_zero_and_trains_in_full_or_within_th
     assert torch.linalg.matrix_rank(grad.double()) == (width if head == "full" else 2)
 
 
-def test_refiners_trained_before_the_head_choice_load_as_lora_heads(toy):
-    """The shipped refiners of `toy` predate `head` (their arch lacks it): they are LoRA heads, and asking
+def test_refiners_trained_before_the_head_choice_load_as_lora_heads(toy_flow):
+    """The shipped refiners of `toy_flow` predate `head` (their arch lacks it): they are LoRA heads, and asking
     for a full head from one is a conflict named in one line."""
     for cls in (InitNoiseRefiner, AutoRefiner):
         method = cls(checkpoint="dmd")
-        method.prepare(toy.spec, Sampler(), Path("weights"))
+        method.prepare(toy_flow.spec, Sampler(), Path("weights"))
         assert "head" not in method.adapter.arch and method.arch["head"] == "lora"
         with pytest.raises(UsageError, match="head='full'"):
-            cls(checkpoint="dmd", head="full").prepare(toy.spec, Sampler(), Path("weights"))
+            cls(checkpoint="dmd", head="full").prepare(toy_flow.spec, Sampler(), Path("weights"))

@@ -1,11 +1,12 @@
 """The embedded `toy` backend: small Self-Forcing-shaped AR video diffusion models of the shapes world.
 
 Three shipped models share one architecture (assets/models/):
-- `toy`, the flow-matching model trained by `harness.models.toy_train` (`refinery train-world`) under
-  diffusion forcing: not step-distilled, so many ODE steps with CFG sample it best; the teacher of
+- `toy_flow`, the flow-matching model trained by `harness.models.toy_train` (`refinery train-world`)
+  under diffusion forcing: not step-distilled, so many ODE steps with CFG sample it best; the teacher of
 - `toy_sf`, a 4-step generator distilled from it the Self-Forcing way, and `toy_causvid`, a 3-step
   generator distilled CausVid's way (`harness.models.toy_distill`, `refinery distill`). A distilled
   model names its teacher, whose denoiser is DMD's real score when adapters are trained on it.
+`toy` is the default base's name: `toy_sf`, as the real bases the papers refine are step-distilled.
 
 Three parts:
 - `FrameAutoencoder`, the "VAE": 32x32 RGB frame <-> 4x16x16 latent, normalised to unit scale;
@@ -274,7 +275,7 @@ class ToyVideoModel(nn.Module):
         self.denoiser = CausalDenoiser(self.cfg)
         self.num_chunks = self.cfg.num_chunks  # rollout length; may differ from training's
         self.source = "untrained"
-        self.name = "toy"  # a model trained from scratch is a flow model; distillation renames it
+        self.name = "toy_flow"  # a model trained from scratch is a flow model; distillation renames it
         self.teacher: str | None = None  # the shipped name or file this model was distilled from
         self.loaded_digest: str | None = None  # set by load_toy
 
@@ -408,7 +409,7 @@ class ToyVideoModel(nn.Module):
 
     def dmd_scores(self, weights_dir: Path) -> tuple["ToyClipScore", "ToyClipScore"]:
         """DMD's score networks over whole clips (block-causal, as diffusion forcing trained them): the
-        real score is the teacher's denoiser (the model's own when it has none, as the flow model `toy`),
+        real score is the teacher's denoiser (the model's own when it has none, as the flow model `toy_flow`),
         and the fake score starts as a copy of it, as Self-Forcing's critic starts from Wan's base."""
         real = load_toy(self.teacher).denoiser if self.teacher else self.denoiser
         return ToyClipScore(real, self.cfg), ToyClipScore(copy.deepcopy(real), self.cfg)
@@ -430,21 +431,23 @@ class ToyClipScore:
 # ----------------------------------------------------------------------------------------------
 # weights
 
-SHIPPED = {name: asset("models", f"{name}.safetensors") for name in ("toy", "toy_sf", "toy_causvid")}
-SHIPPED_WEIGHTS = SHIPPED["toy"]  # `model=toy`, the flow-matching teacher of the distilled ones
-REBUILD = {"toy": "refinery train-world", "toy_sf": "refinery distill recipe=self_forcing",
+DEFAULT = "toy_sf"  # what `toy` (sweeps/model/toy.yaml) and load_toy() name
+SHIPPED = {name: asset("models", f"{name}.safetensors") for name in ("toy_flow", "toy_sf", "toy_causvid")}
+SHIPPED["toy"] = SHIPPED[DEFAULT]
+FLOW_WEIGHTS = SHIPPED["toy_flow"]  # what `refinery train-world` writes: the teacher of the distilled ones
+REBUILD = {"toy_flow": "refinery train-world", "toy_sf": "refinery distill recipe=self_forcing",
            "toy_causvid": "refinery distill recipe=causvid"}
+REBUILD["toy"] = REBUILD[DEFAULT]
 
 
 def shipped_or_path(value: str | Path | None) -> Path:
-    """A shipped model's name (toy, toy_sf, toy_causvid) or a checkpoint path; None: toy."""
-    if value is None:
-        return SHIPPED_WEIGHTS
-    return SHIPPED.get(str(value), Path(value))
+    """A shipped model's name (toy, toy_flow, toy_sf, toy_causvid) or a checkpoint path; None: toy."""
+    key = "toy" if value is None else str(value)
+    return SHIPPED.get(key, Path(key))
 
 
 def load_toy(path: str | Path | None = None) -> ToyVideoModel:
-    """Load toy weights (a shipped model's name or a path; None: toy) only through safetensors."""
+    """Load toy weights (a shipped model's name or a path; None: toy, i.e. toy_sf) only through safetensors."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -471,7 +474,7 @@ def load_toy(path: str | Path | None = None) -> ToyVideoModel:
                          f"(missing {len(missing)}, unexpected {len(unexpected)} tensors); "
                          "rebuild it (`refinery train-world`, `refinery distill`)")
     model.source = str(path)
-    model.name = meta.get("name", "toy")  # the flow model's file predates the name
+    model.name = meta.get("name", "toy_flow")  # the flow model's file predates the name
     model.teacher = meta.get("teacher") or None
     model.loaded_digest = module_digest(model)
     return model.eval()

@@ -1,4 +1,4 @@
-"""`refinery distill`: the few-step toy models, distilled from the flow teacher `toy` with DMD.
+"""`refinery distill`: the few-step toy models, distilled from the flow teacher `toy_flow` with DMD.
 
 Two recipes, after the two AR-VDM paradigms of the AutoRefiner paper's Table 1:
 
@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from harness.adapters import trainable_backend
+from harness.adapters import TrainedGenerator, trainable_backend
 from harness.config_schema import TrainSettings
 from harness.models.base import VideoModel
 from harness.models.toy import SHIPPED, ToyVideoModel, load_toy
@@ -49,7 +49,6 @@ from harness.train.trainer import Training, run_training
 from harness.world.grammar import parse
 from harness.world.prompts import train_prompts
 from harness.world.render import render
-from methods.lora import Lora
 
 
 @dataclass(frozen=True)
@@ -57,9 +56,9 @@ class StudentParams:
     checkpoint: str | None = None  # never read: a student starts as a copy of its teacher
 
 
-class Student(Lora):
+class Student(TrainedGenerator):
     """The generator being distilled, Self-Forcing's way: LoRA's limit, the whole trainable module (a
-    copy of the teacher's) trained; a training rollout's exit step alone carries gradient (Lora)."""
+    copy of the teacher's) trained; a training rollout's exit step alone carries gradient."""
 
     name = "self_forcing_student"
     description = "a full copy of the teacher's denoiser, trained on its own rollouts (refinery distill)"
@@ -148,7 +147,7 @@ RECIPES = {
 @dataclass
 class DistillConfig:
     recipe: str = option("self_forcing", choices=tuple(RECIPES))  # self_forcing -> toy_sf, causvid -> toy_causvid
-    teacher: str = "toy"  # a shipped model's name or a toy checkpoint
+    teacher: str = "toy_flow"  # a shipped model's name or a toy checkpoint
     out: str = ""  # the distilled model file; "": the shipped one of the recipe's model
     work: str = "runs/distill"  # the trainer's checkpoint, resume state and log (<model>.student.*)
     num_chunks: int = option(7, min=1)  # chunks of the training rollouts (the teacher's 7; fewer only for tests)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from harness.models.toy import SHIPPED_WEIGHTS, ToyConfig, ToyVideoModel, block_causal_mask, load_toy, tokenize
+from harness.models.toy import FLOW_WEIGHTS, ToyConfig, ToyVideoModel, block_causal_mask, load_toy, tokenize
 from harness.rollout import Sampler
 from harness.schema import option
 from harness.weights import save_safetensors
@@ -35,7 +35,7 @@ from harness.world.render import render
 
 @dataclass
 class TrainWorldConfig:
-    out: str = str(SHIPPED_WEIGHTS)
+    out: str = str(FLOW_WEIGHTS)
     seed: int = option(0, min=0)
     videos_per_prompt: int = option(8, min=1)
     vae_steps: int = option(600, min=0)
