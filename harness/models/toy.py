@@ -437,7 +437,6 @@ SHIPPED["toy"] = SHIPPED[DEFAULT]
 FLOW_WEIGHTS = SHIPPED["toy_flow"]  # what `refinery train-world` writes: the teacher of the distilled ones
 REBUILD = {"toy_flow": "refinery train-world", "toy_sf": "refinery distill recipe=self_forcing",
            "toy_causvid": "refinery distill recipe=causvid"}
-REBUILD["toy"] = REBUILD[DEFAULT]
 
 
 def shipped_or_path(value: str | Path | None) -> Path:
