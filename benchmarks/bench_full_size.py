@@ -23,11 +23,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness.ledger import Ledger  # noqa: E402
-from harness.models.wan_causal.loader import ARCHITECTURES, TINY_TEXT, TINY_VAE  # noqa: E402
+from harness.engine.ledger import Ledger
+from harness.models.wan_causal.parts import ARCHITECTURES, TINY_TEXT, TINY_VAE  # noqa: E402
 from harness.models.wan_causal.model import WanCausalConfig, WanCausalModel  # noqa: E402
 from harness.models.wan_causal.text import WanTextEncoder, byte_tokenizer  # noqa: E402
-from harness.rollout import Sampler, rollout  # noqa: E402
+from harness.engine.samplers import Sampler
+from harness.engine.rollout import rollout
 from harness.verifiers.base import Verifier  # noqa: E402
 from methods.autorefiner import AutoRefiner  # noqa: E402
 from methods.base import Base  # noqa: E402

@@ -25,12 +25,12 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from harness.errors import UsageError
-from harness.experiment import (CONFIG_DIR, CellPlan, Experiment, compose, experiment, load_plugins, record,
-                                searchpath_overrides)
+from harness.assets import CONFIG_DIR
+from harness.experiment.plans import CellPlan, Experiment, compose, experiment, load_plugins, record, searchpath_overrides
 
 if TYPE_CHECKING:
-    from harness.report import CellRef
-    from harness.store import Cell, Damage, Store
+    from harness.store.cells import CellRef
+    from harness.store.cells import Cell, Damage, Store
 
 __all__ = ["run", "sweep", "score", "report", "bench", "leaderboard", "verify", "plans", "scores"]
 
@@ -50,7 +50,8 @@ def scores(overrides: Sequence[str] = ()) -> pd.DataFrame:
 def _collect(store: Store, refs: list[CellRef]) -> pd.DataFrame:
     """The long form of the cells' scores, each cell once (a sweep may list a point twice); a label
     that is already a column (seed) is that column."""
-    from harness.report import SCORE_COLUMNS, CellRef, collect
+    from harness.report.tables import SCORE_COLUMNS, collect
+    from harness.store.cells import CellRef
 
     unique: dict[str, CellRef] = {}
     for ref in refs:
@@ -65,7 +66,7 @@ def _collect(store: Store, refs: list[CellRef]) -> pd.DataFrame:
 
 def run(overrides: Sequence[str] = ()) -> pd.DataFrame:
     """Generate one cell (what is missing or damaged) and score what is stale; its scores."""
-    from harness.report import CellRef
+    from harness.store.cells import CellRef
 
     cfg = compose(list(overrides))
     key = run_cell(cfg, list(overrides))
@@ -75,10 +76,10 @@ def run(overrides: Sequence[str] = ()) -> pd.DataFrame:
 def run_cell(cfg: DictConfig, overrides: list[str] | None = None) -> str:
     """One cell: generate, score, print its headline; the body of every sweep job too, whose
     overrides (None) Hydra knows. Returns the cell's key."""
-    from harness.launchers import follow_sweep
-    from harness.pipeline import generate, resolve_run
-    from harness.pipeline import score as score_cell
-    from harness.report import headline_lines
+    from harness.experiment.launchers import follow_sweep
+    from harness.experiment.pipeline import generate, resolve_run
+    from harness.experiment.pipeline import score as score_cell
+    from harness.report.tables import headline_lines
 
     follow_sweep()
     load_plugins(cfg)
@@ -113,9 +114,9 @@ def sweep(overrides: Sequence[str] = ()) -> pd.DataFrame:
     the report's baseline cell when the sweep does not hold it; the scores of all of them."""
     import hydra
 
-    from harness.launchers import check_launcher, mark_sweep
-    from harness.pipeline import resolve_run
-    from harness.report import CellRef
+    from harness.experiment.launchers import check_launcher, mark_sweep
+    from harness.experiment.pipeline import resolve_run
+    from harness.store.cells import CellRef
 
     overrides = list(overrides)
     exp = experiment(overrides)
@@ -159,13 +160,13 @@ def _argv(args: list[str]) -> Iterator[None]:
 
 
 def _store(cfg: DictConfig) -> Store:
-    from harness.store import Store
+    from harness.store.cells import Store
 
     return Store(Path(cfg.paths.store))
 
 
 def resampling_of(cfg: DictConfig):
-    from harness.stats import Resampling
+    from harness.report.stats import Resampling
 
     return Resampling(**OmegaConf.to_container(cfg.report.stats))
 
@@ -176,7 +177,7 @@ def resampling_of(cfg: DictConfig):
 
 def score(overrides: Sequence[str] = ()) -> pd.DataFrame:
     """Rescore every stored cell of `overrides` with its metric config; the scores."""
-    from harness.pipeline import score as score_cell
+    from harness.experiment.pipeline import score as score_cell
 
     exp = experiment(list(overrides))
     store, refs = exp.store, exp.refs()
@@ -205,8 +206,8 @@ def _reportable(overrides: list[str]) -> _Reportable:
 def report(overrides: Sequence[str] = ()) -> pd.DataFrame:
     """Write the experiment's report (Markdown, CSV, LaTeX, HTML, figures) from the store; its
     summary, one row per cell x metric (report.csv), with the written files in `.attrs["files"]`."""
-    from harness.report import report_folder, write_report
-    from harness.timing import read_timings
+    from harness.report.write import report_folder, write_report
+    from harness.report.timing import read_timings
 
     overrides = list(overrides)
     r = _reportable(overrides)
@@ -245,8 +246,8 @@ def bench(overrides: Sequence[str] = ()) -> pd.DataFrame:
 
 
 def _bench(cells: list, baseline: tuple[str, DictConfig], store: Store) -> pd.DataFrame:
-    from harness.pipeline import resolve_run
-    from harness.timing import time_against, write_timing
+    from harness.experiment.pipeline import resolve_run
+    from harness.report.timing import time_against, write_timing
 
     options = baseline[1].report.bench
     if options.threads:  # e.g. 1 on a shared machine: no thread of the pass waits on a descheduled sibling
@@ -275,10 +276,10 @@ def leaderboard(overrides: Sequence[str] = ()) -> pd.DataFrame:
     """`experiment=a,b [...]`: the cells of every named experiment (each composed with the other
     overrides), read from paths.store and report.leaderboard.stores, ranked on one frozen suite;
     the leaderboard's table (leaderboard.csv), with the written files in `.attrs["files"]`."""
-    from harness.leaderboard import Stores, write_leaderboard
-    from harness.report import report_folder
-    from harness.store import Store
-    from harness.timing import read_timings
+    from harness.report.leaderboard import Stores, write_leaderboard
+    from harness.report.write import report_folder
+    from harness.store.cells import Store
+    from harness.report.timing import read_timings
 
     named = [o.partition("=")[2] for o in overrides if o.partition("=")[0] == "experiment"]
     rest = [o for o in overrides if o.partition("=")[0] != "experiment"]
@@ -320,7 +321,7 @@ def verify(overrides: Sequence[str] = ()) -> pd.DataFrame:
     """Check the cells of `overrides` (with no setting but paths.*, every cell of the store): one row
     per damaged or missing file (cell, file, problem, fix), each also printed with its repair.
     Reading a whole store needs no model (nor torch)."""
-    from harness.store import Store
+    from harness.store.cells import Store
 
     overrides = list(overrides)
     listed = [o for o in overrides if not o.lstrip("+~").startswith("paths.")]

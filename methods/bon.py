@@ -16,18 +16,19 @@ from typing import Any
 
 import torch
 
-from harness.method import Method
+from harness.engine.method import Method
 from harness.models.base import ModelSpec
-from harness.registry import VERIFIERS
-from harness.rollout import Context, Sampler
-from harness.schema import option
+from harness.engine.registry import VERIFIERS
+from harness.engine.context import Context
+from harness.engine.samplers import Sampler
+from harness.engine.schema import option
 from harness.verifiers.base import Verifier
 
 
 @dataclass(frozen=True)
 class SearchParams:
     n: int = option(5, min=1)  # candidates per video
-    verifier: str = "world_reward"  # a harness.registry.VERIFIERS name
+    verifier: str = "world_reward"  # a harness.engine.registry.VERIFIERS name
 
 
 class BestOfN(Method):

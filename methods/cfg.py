@@ -44,10 +44,11 @@ from pathlib import Path
 import torch
 
 from harness.errors import UsageError
-from harness.method import Method
+from harness.engine.method import Method
 from harness.models.base import ModelSpec
-from harness.rollout import Context, Sampler
-from harness.schema import option
+from harness.engine.context import Context
+from harness.engine.samplers import Sampler
+from harness.engine.schema import option
 
 
 def guided_velocity(v_c: torch.Tensor, v_u: torch.Tensor, scale: float,

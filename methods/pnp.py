@@ -57,10 +57,11 @@ from pathlib import Path
 import torch
 
 from harness.errors import UsageError
-from harness.method import Method
+from harness.engine.method import Method
 from harness.models.base import ModelSpec
-from harness.rollout import Context, Sampler, renoise
-from harness.schema import option
+from harness.engine.context import Context
+from harness.engine.samplers import Sampler, renoise
+from harness.engine.schema import option
 
 MAX_ITERATIONS = 999  # the noise key step * 1000 + k must not reach the next step's keys
 PlanEntry = tuple[int, int, int]

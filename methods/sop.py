@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from harness.rollout import Context, sampler_path_noise
+from harness.engine.context import Context
+from harness.engine.samplers import sampler_path_noise
 from methods.bon import BestOfN
 
 

@@ -47,15 +47,15 @@ def toy_flow():
 @pytest.fixture(scope="session")
 def wan_tiny():
     """The wan_causal backend at its tiny random-weight size (sweeps/model/wan_tiny.yaml)."""
-    from harness.experiment import compose
-    from harness.pipeline import load_model
+    from harness.experiment.plans import compose
+    from harness.experiment.pipeline import load_model
 
     return load_model(compose(["model=wan_tiny"]))
 
 
 def prepared_rollout(model, method, prompts, seeds, sampler, ledger=None):
     """A rollout of a method prepared as the pipeline prepares it (resolve_run) before any compute."""
-    from harness.rollout import rollout
+    from harness.engine.rollout import rollout
 
     method.prepare(model.spec, sampler, Path("weights"))
     return rollout(model, method, prompts, seeds, sampler, ledger)

@@ -13,9 +13,10 @@ import pytest
 
 from chromium import Chromium, executable
 from conftest import FAST, ROOT
-from harness.leaderboard import Stores, write_leaderboard
-from harness.report import CellRef, write_report
-from harness.store import Store
+from harness.report.leaderboard import Stores, write_leaderboard
+from harness.store.cells import CellRef
+from harness.report.write import write_report
+from harness.store.cells import Store
 from synthetic import base_values, write_cell
 
 LAPTOP = 1280

@@ -1,14 +1,13 @@
-"""harness.files: atomic writes leave the old or the new file and no temp file behind; the canonical
+"""harness.store.files: atomic writes leave the old or the new file and no temp file behind; the canonical
 JSON and the digests built on it keep their values, so stored cells and shipped weights keep theirs."""
 import os
 from pathlib import Path
 
 import pytest
 
-from harness.files import (TEMP_NAME, atomic_folder, atomic_write, atomic_write_text, canonical_json, sha256_hex,
-                           temp_path)
-from harness.store import cell_key
-from harness.weights import safetensors_digest
+from harness.store.files import TEMP_NAME, atomic_folder, atomic_write, atomic_write_text, canonical_json, sha256_hex, temp_path
+from harness.store.cells import cell_key
+from harness.models.weights import safetensors_digest
 
 
 def test_canonical_json_is_sorted_and_compact():
@@ -18,11 +17,11 @@ def test_canonical_json_is_sorted_and_compact():
 
 
 def test_cell_keys_and_shipped_digests_keep_their_values(toy, toy_flow):
-    # values from before harness.files existed: a change here orphans every stored cell
+    # values from before harness.store.files existed: a change here orphans every stored cell
     assert cell_key({"a": [1, 2.5, "x"], "b": {"z": None, "y": True}}) == "286d821285f16be7"
     assert toy_flow.digest() == "d90625910f19ebb5"  # README and benchmarks/RESULTS.md quote these
     assert toy.digest() == "4929a9e0aa13191b"
-    from harness.adapter_files import checkpoint_path
+    from harness.train.adapter_files import checkpoint_path
     from harness.verifiers.world_reward import WorldReward
     from harness.world.probe import SHIPPED_WEIGHTS as PROBE
 

@@ -14,9 +14,9 @@ from omegaconf import OmegaConf
 
 from conftest import FAST, ROOT
 from harness.cli import main
-from harness.experiment import compose
-from harness.pipeline import generate, open_store, resolve_run, score
-from harness.rollout import RolloutResult
+from harness.experiment.plans import compose
+from harness.experiment.pipeline import generate, open_store, resolve_run, score
+from harness.engine.context import RolloutResult
 from harness.train.checkpoints import resume_path
 from metrics.temporal_flicker import TemporalFlicker
 from methods.base import Base
@@ -66,7 +66,7 @@ def test_dmd_guides_its_real_score_and_trains_its_fake_score_online(toy, guidanc
     """The generator's gradient is Self-Forcing's: (x0_fake - x0_real) / mean|x - x0_real| / numel with
     x0_real = x0_c + g (x0_c - x0_u) from the real score's two branches; the fake score learns online,
     one update per fresh rollout."""
-    from harness.rollout import Sampler
+    from harness.engine.samplers import Sampler
     from harness.train.objectives import DmdObjective
 
     model = toy.with_chunks(2)

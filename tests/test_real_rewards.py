@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from harness.experiment import compose
+from harness.experiment.plans import compose
 from harness.errors import UsageError
-from harness.rollout import RolloutResult
-from harness.ledger import Ledger
+from harness.engine.context import RolloutResult
+from harness.engine.ledger import Ledger
 from harness.train.objectives import RewardObjective
 from harness.verifiers.hpsv2 import HPS_V2_1, HpsV2
 from harness.verifiers.video_reward import InternVideo2, VideoReward

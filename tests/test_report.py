@@ -9,11 +9,13 @@ import pytest
 from PIL import Image
 
 from harness.errors import UsageError
-from harness.report import CellRef, collect, report_folder, summarize, write_report
-from harness.report_figures import pareto_front
-from harness.stats import Resampling, clustered_mean, holm, paired_difference
-from harness.store import Store
-from harness.timing import Timing, write_timing
+from harness.store.cells import CellRef
+from harness.report.tables import collect, summarize
+from harness.report.write import report_folder, write_report
+from harness.report.figures import pareto_front
+from harness.report.stats import Resampling, clustered_mean, holm, paired_difference
+from harness.store.cells import Store
+from harness.report.timing import Timing, write_timing
 from synthetic import PROMPTS, base_values, write_cell
 
 N = len(PROMPTS) * 2

@@ -1,12 +1,11 @@
-"""harness.stats against hand computations, exact enumerations and scipy."""
+"""harness.report.stats against hand computations, exact enumerations and scipy."""
 import itertools
 
 import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from harness.stats import (Resampling, clustered_mean, holm, paired_difference, rank_intervals,
-                           sign_flip_p)
+from harness.report.stats import Resampling, clustered_mean, holm, paired_difference, rank_intervals, sign_flip_p
 
 # A small fixed table: 3 prompts, 2 seeds each (prompt-major), a method and its baseline.
 PROMPTS = np.array(["a", "a", "b", "b", "c", "c"])
@@ -43,7 +42,7 @@ def test_the_bootstrap_resamples_prompts_not_videos():
     values = np.array([0.1, 0.12, 0.11, 0.5, 0.52, 0.48, 0.9, 0.88, 0.91, 0.3, 0.29, 0.33])
     per_prompt = values.reshape(4, 3).mean(axis=1)
     exact = [per_prompt[list(draw)].mean() for draw in itertools.product(range(4), repeat=4)]
-    from harness.stats import bootstrap_means, cluster_sums
+    from harness.report.stats import bootstrap_means, cluster_sums
 
     sums, counts = cluster_sums(values, prompts)
     draws = bootstrap_means(sums, counts, Resampling(draws=20000, seed=1))[0]

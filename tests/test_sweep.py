@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from conftest import FAST, ROOT
-from harness.lease import pid_alive
-from harness.store import Store
+from harness.store.lease import pid_alive
+from harness.store.cells import Store
 from stores import contents, leftovers
 
 pytestmark = pytest.mark.slow  # CLI sweeps in subprocesses, killed and resumed

@@ -9,10 +9,11 @@ import torch
 from safetensors import safe_open
 
 from harness.cli import main
-from harness.experiment import compose
+from harness.experiment.plans import compose
 from harness.errors import UsageError
-from harness.registry import VERIFIERS
-from harness.rollout import Sampler, rollout
+from harness.engine.registry import VERIFIERS
+from harness.engine.samplers import Sampler
+from harness.engine.rollout import rollout
 from harness.train import trainer
 from harness.train.checkpoints import log_path, resume_path
 from harness.train.trainer import resolve_training, train, train_step

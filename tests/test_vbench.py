@@ -11,8 +11,9 @@ import pytest
 from conftest import FAST, ROOT
 from harness.cli import main
 from harness.errors import UsageError
-from harness.report import CellRef, collect
-from harness.store import Store, cell_key
+from harness.store.cells import CellRef
+from harness.report.tables import collect
+from harness.store.cells import Store, cell_key
 from harness.vbench.evaluate import REQUIRED, Settings, check_videos, missing_weights, preflight, probe_video
 from harness.vbench.export import export_cell, read_export, write_mp4
 from harness.vbench.ingest import ingest

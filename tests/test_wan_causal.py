@@ -14,12 +14,14 @@ import torch
 
 from conftest import ROOT
 from harness.cli import main
-from harness.experiment import compose
+from harness.experiment.plans import compose
 from harness.models.base import NoiseLevel
-from harness.models.wan_causal.loader import ARCHITECTURES, build_tiny, save_tiny
+from harness.models.wan_causal.loader import build_tiny, save_tiny
+from harness.models.wan_causal.parts import ARCHITECTURES
 from harness.models.wan_causal.model import WanCausalConfig, WanCausalModel
-from harness.pipeline import load_model, sampler_from
-from harness.rollout import Sampler, rollout
+from harness.experiment.pipeline import load_model, sampler_from
+from harness.engine.samplers import Sampler
+from harness.engine.rollout import rollout
 from methods.base import Base
 
 PROMPTS = ["a red circle bouncing", "a blue square and a yellow triangle moving left"]
@@ -332,7 +334,7 @@ def test_training_runs_on_wan_tiny(tmp_path, capsys, method, objective):
 def test_dmd_scores_are_separate_models_and_the_fake_one_trains(wan_tiny):
     """On Wan the real and fake scores are models of their own (bidirectional), not the generator; the
     fake score's parameters move with its optimizer, the real score's and the generator's do not."""
-    from harness.rollout import RolloutResult
+    from harness.engine.context import RolloutResult
     from harness.train.objectives import DmdObjective
 
     model = wan_tiny.with_chunks(2)
@@ -370,8 +372,8 @@ def test_a_vbench_suite_cell_exports_in_vbench_standard_mode(tmp_path, capsys):
 @pytest.mark.slow
 def test_wan_tiny_is_bit_identical_across_processes(tmp_path):
     script = ("import sys, torch; sys.path.insert(0, '.'); torch.set_num_threads(1);"
-              "from harness.experiment import compose; from harness.pipeline import load_model;"
-              "from harness.rollout import rollout, Sampler; from methods.base import Base;"
+              "from harness.experiment.plans import compose; from harness.experiment.pipeline import load_model;"
+              "from harness.engine.rollout import rollout, Sampler; from methods.base import Base;"
               "m = load_model(compose(['model=wan_tiny'])).with_chunks(2);"
               f"torch.save(rollout(m, Base(), {PROMPTS!r}, [0, 1], Sampler(steps=2)).videos, sys.argv[1])")
     outs = []

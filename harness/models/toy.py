@@ -36,7 +36,7 @@ from torch import nn
 from harness.assets import asset
 from harness.errors import UsageError
 from harness.models.base import Cond, KVCache, ModelSpec
-from harness.weights import module_digest
+from harness.models.weights import module_digest
 from harness.world.grammar import VOCABULARY, parse
 
 

@@ -1,4 +1,4 @@
-"""Resume state and the training log of `refinery train` (the adapter file it writes: harness.adapter_files).
+"""Resume state and the training log of `refinery train` (the adapter file it writes: harness.train.adapter_files).
 
 Resume state (`<out stem>.resume.pt`, removed once training completes): step, config, the adapter
 tensors, the optimiser's and the objective's state; written with torch.save, read with
@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from harness.errors import UsageError
-from harness.files import atomic_write, atomic_write_text
+from harness.store.files import atomic_write, atomic_write_text
 
 
 def resume_path(out: Path) -> Path:

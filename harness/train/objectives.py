@@ -1,10 +1,10 @@
-"""Training objectives of `refinery train`, registered in harness.registry.OBJECTIVES.
+"""Training objectives of `refinery train`, registered in harness.engine.registry.OBJECTIVES.
 
-An objective turns one training rollout (harness.rollout with an exit step: videos and latents that
+An objective turns one training rollout (harness.engine.rollout with an exit step: videos and latents that
 are differentiable where the method made them so) into the loss the method's parameters minimise,
 and may keep its own trained state (DMD's fake score), which resumes with the run.
 
-- `reward`: a weighted mixture of differentiable verifiers (harness.registry.VERIFIERS) on the decoded
+- `reward`: a weighted mixture of differentiable verifiers (harness.engine.registry.VERIFIERS) on the decoded
   videos, maximised: loss = -Σ_k w_k R_k(video), averaged over the batch. The default is the shapes
   world's learned reward; a real reward model (HPSv2, CLIPScore, InternVideo2 on Wan) is a verifier with
   `differentiable = True` and plugs in by name. The paper's weights: InternVideo2 0.25, HPSv2.1 0.1,
@@ -38,9 +38,10 @@ import torch
 import torch.nn.functional as F
 
 from harness.errors import UsageError
-from harness.method import build_params
+from harness.engine.method import build_params
 from harness.models.base import Cond, ScoreNet, VideoModel, shift_sigmas
-from harness.rollout import RolloutResult, Sampler
+from harness.engine.context import RolloutResult
+from harness.engine.samplers import Sampler
 from harness.verifiers.base import Verifier
 
 Loss = tuple[torch.Tensor, dict[str, float]]  # the loss to minimise, figures for the training log
@@ -110,7 +111,7 @@ class RewardObjective(Objective):
     Params = RewardParams
 
     def setup(self, model: VideoModel, sampler: Sampler, weights_dir: Path) -> None:
-        from harness.registry import VERIFIERS
+        from harness.engine.registry import VERIFIERS
 
         self.verifiers = {}
         for name, weight in self.params.verifiers.items():

@@ -8,7 +8,7 @@ weight_decay, betas, grad_clip, ema and ema_start, seed, checkpoint_every, out (
 threads.
 
 One step: draw `batch` training prompts, their video seeds and an exit step (among the method's
-exit_steps) from a generator keyed by (seed, step); roll them out through harness.rollout with that
+exit_steps) from a generator keyed by (seed, step); roll them out through harness.engine.rollout with that
 exit step (the one loop, the keyed noise source, a ledger); loss = objective + reg_weight *
 regulariser (½||Δε||² of the refinements that carry gradient); one AdamW step on the adapter; then
 the objective's own update (DMD's fake score), which may draw fresh rollouts of the updated method
@@ -35,17 +35,19 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from harness.adapter_files import FORMAT, checkpoint_path, read_metadata, save_adapter
-from harness.adapters import TrainedMethod
-from harness.config_schema import TrainSettings, resolved, validate
+from harness.train.adapter_files import FORMAT, checkpoint_path, read_metadata, save_adapter
+from harness.train.adapters import TrainedMethod
+from harness.experiment.config_schema import TrainSettings, resolved, validate
 from harness.errors import UsageError
-from harness.files import canonical_json
-from harness.ledger import Ledger
+from harness.store.files import canonical_json
+from harness.engine.ledger import Ledger
 from harness.models.base import VideoModel
-from harness.noise import key_seed
-from harness.resources import check_creatable
-from harness.rollout import RolloutResult, Sampler, rollout
-from harness.schema import check
+from harness.engine.noise import key_seed
+from harness.experiment.resources import check_creatable
+from harness.engine.context import RolloutResult
+from harness.engine.samplers import Sampler
+from harness.engine.rollout import rollout
+from harness.engine.schema import check
 from harness.train.checkpoints import TrainingLog, load_resume, log_path, resume_path, save_resume
 from harness.train.objectives import Objective
 
@@ -90,9 +92,9 @@ def differing(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[st
 
 def resolve_training(cfg: DictConfig) -> Training:
     """Validate a composed training config and build the run; every bad input fails here."""
-    from harness.pipeline import load_model, sampler_from
-    from harness.registry import METHODS, OBJECTIVES
-    from harness.suites import read_prompt_file
+    from harness.experiment.pipeline import load_model, sampler_from
+    from harness.engine.registry import METHODS, OBJECTIVES
+    from harness.experiment.suites import read_prompt_file
     from harness.world.prompts import train_prompts
 
     if cfg.get("train") is None:
@@ -242,7 +244,7 @@ class Average:
 
 
 def save(t: Training, optimizer: torch.optim.Optimizer, average: Average, step: int) -> None:
-    """The resume state first (harness.train.checkpoints), then the adapter file (harness.adapter_files)."""
+    """The resume state first (harness.train.checkpoints), then the adapter file (harness.train.adapter_files)."""
     adapter = t.method.adapter_state()
     save_resume(resume_path(t.out), {"step": step, "identity": t.identity, "adapter": adapter,
                                      "average": average.state, "optimizer": optimizer.state_dict(),

@@ -27,10 +27,10 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from harness.errors import UsageError
-from harness.files import read_json
+from harness.store.files import read_json
 from harness.vbench.export import SAMPLES_PER_PROMPT, Export, ffmpeg, read_export
 from harness.vbench.scores import STANDARD, dimensions_for, read_full_info
-from metrics.base import WeightFile
+from harness.engine.metric import WeightFile
 
 DRIVER = Path(__file__).with_name("driver.py")
 RESULT_PREFIX = "refinery"

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from harness.errors import UsageError
-from harness.files import atomic_folder, atomic_write_json, read_json
-from harness.store import Cell
+from harness.store.files import atomic_folder, atomic_write_json, read_json
+from harness.store.cells import Cell
 from harness.vbench.scores import CUSTOM, check_mode, read_full_info
 
 SAMPLES_PER_PROMPT = 5  # VBench's standard evaluation reads {prompt}-0 .. {prompt}-4

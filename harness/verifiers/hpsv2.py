@@ -18,7 +18,7 @@ import torch
 from harness.errors import UsageError
 from harness.verifiers.base import Verifier
 from harness.verifiers.clip_score import OpenClipFrames, import_open_clip
-from metrics.base import WeightFile
+from harness.engine.metric import WeightFile
 
 HPS_V2_1 = WeightFile("hpsv2/HPS_v2.1_compressed.pt",
                       "https://huggingface.co/xswu/HPSv2 (HPS_v2.1_compressed.pt)")

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 from harness.errors import UsageError
-from harness.files import atomic_folder
-from harness.models.wan_causal.loader import architecture
+from harness.store.files import atomic_folder
+from harness.models.wan_causal.parts import architecture
 
 WRAPPER_SEGMENTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
 

@@ -27,6 +27,7 @@ from torch import nn
 
 from harness.errors import UsageError
 from harness.models.base import Cond, KVCache, ModelSpec, timestep_of
+from harness.models.wan_causal.parts import load_scores
 from harness.models.wan_causal.text import WanTextEncoder
 from harness.models.wan_causal.transformer import CausalWan, LayerKV
 from harness.models.wan_causal.vae import VaeState, decode_latents
@@ -240,8 +241,6 @@ class WanCausalModel(nn.Module):
     def dmd_scores(self, weights_dir: Path) -> tuple["WanClipScore", "WanClipScore"]:
         """Self-Forcing's DMD scores: the real score Wan2.1-T2V-14B, the fake score Wan2.1-T2V-1.3B
         (bidirectional Wan models; model config `dmd_scores`); at the tiny size, tiny random ones."""
-        from harness.models.wan_causal.loader import load_scores
-
         real, fake = load_scores(self.cfg.name, self.scores, Path(weights_dir), self.transformer.dtype, self.device)
         return WanClipScore(real), WanClipScore(fake)
 

@@ -1,7 +1,7 @@
 """The schema of a composed configuration (sweeps/config.yaml and its groups), and `validate`.
 
 `validate(cfg)` resolves the config (an interpolation that does not resolve is one line naming its
-key), then checks every section against the dataclasses below with harness.schema: types, ranges,
+key), then checks every section against the dataclasses below with harness.engine.schema: types, ranges,
 unknown keys. The model section is checked against its backend's schema (MODEL_SCHEMAS; a plug-in
 backend without one gets its name and backend checked), method.params against the method's Params,
 each metric's options against the metric's Options, and train.* (present for `refinery train`)
@@ -21,8 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from harness.errors import UsageError
-from harness.schema import check, option, unknown_key
-from harness.stats import Resampling
+from harness.engine.schema import check, option, unknown_key
+from harness.report.stats import Resampling
 from harness.vbench.scores import MODES
 
 
@@ -98,7 +98,7 @@ class Sampler(Sampling):
 
 @dataclass(frozen=True)
 class Suite:
-    """Every source's keys (harness.suites); each source reads its own."""
+    """Every source's keys (harness.experiment.suites); each source reads its own."""
     name: str
     version: int
     source: str
@@ -210,7 +210,7 @@ class Root:
     method: MethodChoice = option()
     metric: dict[str, dict[str, Any] | None] = option()  # name -> options, each metric's Options
     train: dict[str, Any] | None = None  # TrainSettings
-    plugins: list[str] | None = None  # plug-in folders (harness.plugins)
+    plugins: list[str] | None = None  # plug-in folders (harness.experiment.plugins)
 
 
 @dataclass(frozen=True)
@@ -229,7 +229,7 @@ def command_options(command: str, schema: type, overrides: list[str]) -> dict[st
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
-    from harness.resources import check_creatable
+    from harness.experiment.resources import check_creatable
 
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
@@ -248,7 +248,7 @@ def command_options(command: str, schema: type, overrides: list[str]) -> dict[st
 def validate(cfg: DictConfig) -> None:
     """Refuse, with one UsageError line, a composed config with an unresolvable interpolation, an
     unknown key, a value of the wrong type or out of range (module docstring)."""
-    from harness.registry import METHODS, METRICS, MODELS
+    from harness.engine.registry import METHODS, METRICS, MODELS
 
     values = resolved(cfg)
     root = check(Root, values, "")

@@ -22,8 +22,8 @@ import torch
 
 from harness.assets import asset
 from harness.errors import UsageError
-from harness.files import canonical_json
-from harness.weights import safetensors_digest, save_safetensors
+from harness.store.files import canonical_json
+from harness.models.weights import safetensors_digest, save_safetensors
 
 FORMAT = "refinery-adapter/1"
 

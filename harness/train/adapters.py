@@ -42,11 +42,12 @@ import torch
 from torch import nn
 
 from harness.errors import UsageError
-from harness.ledger import Ledger
-from harness.method import Method
+from harness.engine.ledger import Ledger
+from harness.engine.method import Method
 from harness.models.base import Cond, KVCache, ModelSpec, TrainableBackend, VideoModel, timestep_of
-from harness.rollout import Context, RolloutResult, Sampler
-from harness.adapter_files import AdapterFile, load_adapter
+from harness.engine.context import Context, RolloutResult
+from harness.engine.samplers import Sampler
+from harness.train.adapter_files import AdapterFile, load_adapter
 
 LORA_INIT_SEED = 0  # A's init; B is zero, so the seed never changes an untrained adapter's output
 DEFAULT_RANK = 8  # the toy's dim 128 over Wan's 1536 puts the paper's ranks 16..128 at about 1..11

@@ -14,7 +14,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from harness.errors import UsageError
-from harness.lease import say
+from harness.store.lease import say
 
 SWEEP_ENV = "REFINERY_SWEEP"  # host:pid of the sweep process, inherited by every worker it starts
 # Folders that are local to each node of a cluster by convention, and file systems in one host's memory.

@@ -15,8 +15,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from harness.schema import check
-from harness.weights import WeightFile, check_weights
+from harness.engine.schema import check
+from harness.models.weights import WeightFile, check_weights
 
 __all__ = ["Metric", "VideoBatch", "WeightFile", "check_weights"]
 

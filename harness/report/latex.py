@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from harness.errors import UsageError
 
 if TYPE_CHECKING:
-    from harness.report import ReportData, Table
+    from harness.report.tables import ReportData, Table
 
 _SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
             "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",

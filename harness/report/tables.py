@@ -3,13 +3,13 @@
 The whole selection of cells is read into one long DataFrame (one row per cell, video and metric
 output). Per cell and metric it is summarised as a mean with a prompt-clustered bootstrap CI, and per
 cell against the report's baseline as a paired difference over matched (prompt, seed) pairs with its
-clustered CI and a Holm-corrected p-value (harness.stats). Cells whose spec names another suite or
+clustered CI and a Holm-corrected p-value (harness.report.stats). Cells whose spec names another suite or
 other seeds are never put in one table: each comparable group gets its own section. Cells that are
 missing, running or failed stay in the tables, marked as such.
 
 Written: report.md, report.csv (cell × metric), paired.csv (cell × metric against the baseline),
-report.tex (booktabs), report.html (one self-contained file: harness.report_page) and one
-cost-against-quality figure per headline metric (harness.report_figures).
+report.tex (booktabs), report.html (one self-contained file: harness.report.page) and one
+cost-against-quality figure per headline metric (harness.report.figures).
 """
 from __future__ import annotations
 
@@ -23,10 +23,10 @@ import numpy as np
 import pandas as pd
 
 from harness.errors import UsageError
-from harness.stats import Resampling, clustered_mean, holm, paired_difference
-from harness.files import atomic_write_bytes, canonical_json, sha256_hex
-from harness.store import Cell, Store
-from harness.timing import Timing
+from harness.report.stats import Resampling, clustered_mean, holm, paired_difference
+from harness.store.files import atomic_write_bytes, canonical_json, sha256_hex
+from harness.store.cells import Cell, CellRef, Store
+from harness.report.timing import Timing
 
 # the long form of scores, one row per (cell, video, metric output); a label may not take these names
 SCORE_COLUMNS = ("cell", "state", "video", "prompt", "seed", "metric", "value", "higher_is_better")
@@ -38,17 +38,6 @@ OVERHEAD = {"overhead.delta_nfe": "ΔNFE", "overhead.delta_forwards": "Δforward
             "overhead.verify": "#Verify", "overhead.delta_vae": "ΔVAE"}  # per video, per chunk, per chunk
 TIMING = {"timing.fps": "FPS", "timing.fps_vs_base": "FPS ÷ base"}
 COST_PREFIXES = ("overhead.", "compute.", "timing.")
-
-
-@dataclass
-class CellRef:
-    key: str
-    labels: dict[str, str] = field(default_factory=dict)  # the swept settings, e.g. {"steps": "8"}
-
-    def name(self, label_keys: list[str] | None = None) -> str:
-        """The row's name in figures and galleries: its labels, or its key when it has none."""
-        keys = self.labels if label_keys is None else label_keys
-        return ", ".join(f"{k}={self.labels.get(k, '—')}" for k in keys) or self.key
 
 
 def is_cost(metric: str) -> bool:
@@ -513,7 +502,7 @@ def build_report(store: Store, refs: list[CellRef], title: str, metrics: list[st
     headline: metrics of the summary table and of one cost-against-quality figure each.
     baseline: the key of the cell that overheads and paired differences are measured against.
     hacking: (training reward, held-out scores): adds a "reward hacking" column (needs a baseline).
-    timings: the timing pass's results per cell (harness.timing), relative to this baseline.
+    timings: the timing pass's results per cell (harness.report.timing), relative to this baseline.
     generation_timings: metrics timed during generation: metadata, never a table column.
     """
     label_keys = label_keys_of(refs)
@@ -650,48 +639,6 @@ def _note(counts: list[int], paired: bool, alpha: float) -> str:
     return text
 
 
-def write_report(store: Store, refs: list[CellRef], out_dir: Path, title: str, **options) -> dict[str, Path]:
-    """Build the report (build_report's options, and `latex`: a paper layout for report.tex,
-    `gallery_prompts`: how many prompts the sample gallery shows) and write report.md, report.csv,
-    paired.csv, report.tex, report.html and figure-<metric>.png; nothing is written when any input is
-    bad."""
-    from harness.report_figures import cost_quality_figures
-    from harness.report_latex import report_latex
-    from harness.report_page import report_html
-
-    latex_layout = options.pop("latex", None)
-    gallery_prompts = options.pop("gallery_prompts", 4)
-    report = build_report(store, refs, title, **options)
-    figures = cost_quality_figures(report)
-    files = {"report.md": markdown(report, figures).encode(),
-             "report.csv": _csv(report.summary.drop(columns=["higher_is_better"])),
-             "paired.csv": _csv(report.paired),
-             "report.tex": report_latex(report, latex_layout).encode(),
-             "report.html": report_html(report, store, figures, gallery_prompts).encode(),
-             **{f.file: f.png for f in figures}}
-    out_dir = Path(out_dir)
-    for stale in out_dir.glob("figure*.png"):  # figures of an earlier report would not match the tables
-        if stale.name not in files:
-            stale.unlink()
-    for name, data in files.items():
-        atomic_write_bytes(out_dir / name, data)
-    return {name: out_dir / name for name in files}
-
-
-def _csv(frame: pd.DataFrame) -> bytes:
-    return frame.to_csv(index=False, lineterminator="\n").encode()
-
-
-def report_folder(root: Path, name: str, overrides: list[str]) -> Path:
-    """reports/<name>/ for the experiment alone; with any other override, a folder of its own named by
-    the overrides and a digest of them, so that two reports of one experiment never overwrite each other."""
-    extra = [o for o in overrides if o.lstrip("+~").partition("=")[0] not in ("experiment", "paths.reports")]
-    if not extra:
-        return Path(root) / name
-    slug = re.sub(r"[^A-Za-z0-9._=,-]+", "_", "+".join(extra)).strip("_")[:60]
-    return Path(root) / f"{name}@{slug}-{sha256_hex(chr(0).join(extra))[:8]}"
-
-
 def headline_lines(store: Store, key: str, metrics: list[str], resampling: Resampling) -> list[str]:
     """`refinery run`'s last lines: the cell's headline scores, one line per metric."""
     summary = summarize(collect(store, [CellRef(key)]), resampling).set_index("metric")
@@ -705,72 +652,3 @@ def headline_lines(store: Store, key: str, metrics: list[str], resampling: Resam
         ci = "" if math.isnan(row["ci_low"]) else f"  95% CI [{_number(row['ci_low'])}, {_number(row['ci_high'])}]"
         lines.append(f"  {metric} {arrow}: {_number(row['mean'])}{ci}  ({row['n']} videos, {row['prompts']} prompts)")
     return lines
-
-
-# -- Markdown -------------------------------------------------------------------------------------
-
-def _md(text: str) -> str:
-    # config strings may hold markup: escape it, and keep '|' and newlines from breaking the row
-    return html.escape(str(text)).replace("|", "\\|").replace("\n", " ")
-
-
-def _md_entry(entry: Entry) -> str:
-    text = _md(entry.text)
-    if entry.mark == "best" or entry.mark == "flag":
-        return f"**{text}**"
-    return f"{text} ≈" if entry.mark == "tie" else text
-
-
-def markdown_table(table: Table, with_cell: bool = True) -> list[str]:
-    header = [*table.label_keys, *(c.full for c in table.columns), *(["state", "cell"] if with_cell else [])]
-    lines = ["| " + " | ".join(_md(h) for h in header) + " |", "|" + " --- |" * len(header)]
-    for row in table.rows:
-        cells = [_md(v) for v in row.labels] + [_md_entry(e) for e in row.entries]
-        cells += [_md(row.state), _md(row.cell)] if with_cell else []
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
-
-
-def markdown(report: ReportData, figures: list) -> str:
-    lines = [f"# {_md(report.title)}", "", _md(report.resampling.describe()), ""]
-    lines += [_md(n) for n in report.notes] + ([""] if report.notes else [])
-    if report.timings:
-        lines += [_md(timing_note(report.timings)), ""]
-    for section in report.sections:
-        if section.heading:
-            lines += [f"## {_md(section.heading)}", ""]
-        lines += [_md(section.note), "", f"### {_md(section.summary.caption)}", "",
-                  *markdown_table(section.summary), ""]
-        if section.summary_paired is not None:
-            lines += [f"### {_md(section.summary_paired.caption)}", "", *markdown_table(section.summary_paired), ""]
-        for name, table, paired in section.groups:
-            lines += [f"### {_md(name)}", "", *markdown_table(table), ""]
-            if paired is not None:
-                lines += [*markdown_table(paired), ""]
-    lines += [f"![{_md(f.caption)}]({f.file})" for f in figures]
-    if not figures:
-        lines.append("_No figure: no complete cell has both a cost and a headline score._")
-    return "\n".join(lines) + "\n"
-
-
-def timing_note(timings: dict[str, Timing]) -> str:
-    """When and where the timing pass ran, and how it was taken (ranges where passes differed)."""
-    def span(values: set, unit: str) -> str:
-        low, high = min(values), max(values)
-        return f"{low if low == high else f'{low}–{high}'} {unit}{'s' * (high != 1)}"
-
-    taken = sorted({t.taken[:16].replace("T", " ") for t in timings.values()})
-    hosts = sorted({f"{t.host} ({t.cpu}, {span({t.threads}, 'thread')}, {t.device})" for t in timings.values()})
-    when = taken[0] if len(taken) == 1 else f"{taken[0]} to {taken[-1]}"
-    ts = timings.values()
-    loaded = [t for t in ts if t.loaded]
-    warning = "" if not loaded else (
-        f" {len(loaded)} of {len(timings)} passes ran while other processes loaded the machine (1-minute load "
-        f"up to {max(max(t.load) for t in loaded)} on {loaded[0].cores} cores), marked (loaded): their wall-clock "
-        "ratios are not reliable; their CPU-time ratios (in the hover text) are; rerun `refinery bench` on a "
-        "quiet machine.")
-    return (f"FPS from the timing pass ({when} UTC on {'; '.join(hosts)}): each method and the baseline "
-            f"run interleaved in one process on the same {span({t.batch for t in ts}, 'video')}, "
-            f"{span({t.warmup for t in ts}, 'warm-up run')} excluded, median of "
-            f"{span({t.repeats for t in ts}, 'repeat')}; FPS ÷ base is the median of the pairwise ratios. "
-            f"Wall time taken during generation is metadata, not compared.{warning}")

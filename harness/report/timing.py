@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from harness.errors import UsageError
-from harness.files import atomic_write_json, read_json
+from harness.store.files import atomic_write_json, read_json
 
 if TYPE_CHECKING:
-    from harness.pipeline import Run
+    from harness.experiment.pipeline import Run
 
 TIMINGS_DIR = "timings"
 
@@ -102,7 +102,7 @@ def time_against(run: Run, base: Run, batch: int = 16, repeats: int = 5, warmup:
     """Time `run` against `base` on the same first `batch` videos, interleaved in this process."""
     import torch
 
-    from harness.rollout import rollout
+    from harness.engine.rollout import rollout
 
     if repeats < 1 or warmup < 0 or batch < 1:
         raise UsageError(f"timing needs repeats >= 1, warmup >= 0 and batch >= 1 (got {repeats}, {warmup}, "
@@ -172,3 +172,25 @@ def read_timings(store_roots: list[Path], baseline: str, cells: list[str]) -> di
                     break
     return found
 
+
+def timing_note(timings: dict[str, Timing]) -> str:
+    """When and where the timing pass ran, and how it was taken (ranges where passes differed)."""
+    def span(values: set, unit: str) -> str:
+        low, high = min(values), max(values)
+        return f"{low if low == high else f'{low}–{high}'} {unit}{'s' * (high != 1)}"
+
+    taken = sorted({t.taken[:16].replace("T", " ") for t in timings.values()})
+    hosts = sorted({f"{t.host} ({t.cpu}, {span({t.threads}, 'thread')}, {t.device})" for t in timings.values()})
+    when = taken[0] if len(taken) == 1 else f"{taken[0]} to {taken[-1]}"
+    ts = timings.values()
+    loaded = [t for t in ts if t.loaded]
+    warning = "" if not loaded else (
+        f" {len(loaded)} of {len(timings)} passes ran while other processes loaded the machine (1-minute load "
+        f"up to {max(max(t.load) for t in loaded)} on {loaded[0].cores} cores), marked (loaded): their wall-clock "
+        "ratios are not reliable; their CPU-time ratios (in the hover text) are; rerun `refinery bench` on a "
+        "quiet machine.")
+    return (f"FPS from the timing pass ({when} UTC on {'; '.join(hosts)}): each method and the baseline "
+            f"run interleaved in one process on the same {span({t.batch for t in ts}, 'video')}, "
+            f"{span({t.warmup for t in ts}, 'warm-up run')} excluded, median of "
+            f"{span({t.repeats for t in ts}, 'repeat')}; FPS ÷ base is the median of the pairwise ratios. "
+            f"Wall time taken during generation is metadata, not compared.{warning}")

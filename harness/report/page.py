@@ -22,15 +22,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from harness.assets import CHECKOUT, TEMPLATES
+
 if TYPE_CHECKING:
     import jinja2
 
-    from harness.report import CellRef, ReportData
-    from harness.report_figures import Figure
-    from harness.store import Store
+    from harness.store.cells import CellRef
+    from harness.report.tables import ReportData
+    from harness.report.figures import Figure
+    from harness.store.cells import Store
 
-ROOT = Path(__file__).resolve().parent.parent
-TEMPLATES = ROOT / "reports" / "templates"
 SAMPLE_WIDTH = 128  # pixels of a gallery animation: the toy's 32-pixel frames are scaled up 4x, a real
 STRIP_WIDTH = 64   # model's 832-pixel frames down; each frame of the strip
 STRIP_FRAMES = 7
@@ -53,15 +54,15 @@ def render(template: str, **context: Any) -> str:
 
 def run_metadata() -> dict[str, str]:
     """Date, git commit of the Refinery source tree, and Refinery's version."""
-    from harness.pipeline import REFINERY_VERSION
+    from harness import __version__
 
     return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "commit": git_commit(),
-            "refinery": REFINERY_VERSION}
+            "refinery": __version__}
 
 
 def git_commit() -> str:
     def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True,
+        return subprocess.run(["git", "-C", str(CHECKOUT), *args], capture_output=True, text=True,
                               timeout=10, check=True).stdout.strip()
     try:
         commit = git("rev-parse", "--short=12", "HEAD")
@@ -248,7 +249,7 @@ def section_baseline(report: "ReportData") -> str | None:
 # -- pages ----------------------------------------------------------------------------------------
 
 def report_html(report: "ReportData", store: "Store", figures: list["Figure"], gallery_prompts: int = 4) -> str:
-    from harness.report import timing_note
+    from harness.report.timing import timing_note
 
     cells = cell_details(report, store)
     weights = sorted({pair for c in cells for pair in c["digests"]})

@@ -8,20 +8,41 @@ Plug-ins add entries from outside the repository, as lm-evaluation-harness does:
   `refinery.metrics`, `refinery.models`, `refinery.verifiers`, `refinery.samplers`,
   `refinery.objectives`), name -> "module:attr", read the first time a registry is asked for a name
   it lacks or for its names; its Hydra configs come with an entry point in `refinery.configs`
-  naming the package that holds them (harness.plugins);
+  naming the package that holds them (harness.experiment.plugins);
 - a folder given in config (`plugins=[DIR]`): its Python files are imported and register what they
   define (`METHODS.register("my_method", MyMethod)`), its `configs/` folder joins Hydra's search path.
 `origin(name)` says where an entry came from; a plug-in may not replace an entry that exists.
 """
 from __future__ import annotations
 
+import ast
 import importlib
+import importlib.util
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 from harness.errors import UsageError, unknown_name
 
 BUILTIN = "refinery"
+_origin: list[str] = []  # the include files being imported, innermost last (harness.experiment.plugins)
+
+
+def current_origin() -> str:
+    """Where an entry being registered now comes from: the include file being imported, or code."""
+    return _origin[-1] if _origin else "code"
+
+
+@contextmanager
+def registering_from(origin: str) -> Iterator[None]:
+    _origin.append(origin)
+    try:
+        yield
+    finally:
+        _origin.pop()
 
 
 class Registry:
@@ -35,8 +56,6 @@ class Registry:
     def register(self, name: str, target: Any, origin: str | None = None) -> None:
         """Add an entry: a "module:attr" string or the object itself, e.g.
         METHODS.register("my_method", "my_pkg.my_method:MyMethod")."""
-        from harness.plugins import current_origin
-
         origin = origin or current_origin()
         if name in self._entries and self._origins[name] != origin:
             raise UsageError(f"{origin} registers {self.kind} {name!r}, which {self._origins[name]} already "
@@ -67,6 +86,18 @@ class Registry:
             raise unknown_name(self.kind, name, self._entries)
         return self._entries[name]
 
+    def describe(self, name: str) -> str:
+        """An entry's `description`, read from its source without importing it where it is a
+        "module:attr" string not yet imported (so `refinery list` loads no backend, torch included)."""
+        target = self.target(name)
+        if isinstance(target, str):
+            module, _, attr = target.partition(":")
+            if module not in sys.modules:
+                found = _static_description(module, attr)
+                if found is not None:
+                    return found
+        return str(getattr(self.get(name), "description", ""))
+
     def get(self, name: str) -> Any:
         target = self.target(name)
         if not isinstance(target, str):
@@ -79,6 +110,29 @@ class Registry:
                 raise
             raise UsageError(f"{self.kind} {name!r} from {self._origins[name]} points at {target!r}, which does not "
                              f"import ({type(exc).__name__}: {exc}); fix the plug-in or uninstall it") from None
+
+
+
+def _static_description(module: str, attr: str) -> str | None:
+    """The string a class assigns to `description` in the module's source, or its docstring's first
+    line; None when the source does not say (an instance, a computed value): then the entry is imported."""
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return None
+    tree = ast.parse(Path(spec.origin).read_text())
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == attr:
+            for item in node.body:
+                target = item.target if isinstance(item, ast.AnnAssign) else (
+                    item.targets[0] if isinstance(item, ast.Assign) and len(item.targets) == 1 else None)
+                if isinstance(target, ast.Name) and target.id == "description" and isinstance(item.value, ast.Constant):
+                    return str(item.value.value)
+            doc = ast.get_docstring(node)
+            return doc.strip().splitlines()[0] if doc else ""
+    return None
 
 
 MODELS = Registry("model backend", {  # model configs (sweeps/model/) name their backend
@@ -113,9 +167,9 @@ VERIFIERS = Registry("verifier", {
     "hpsv2": "harness.verifiers.hpsv2:HpsV2",
     "internvideo2": "harness.verifiers.video_reward:InternVideo2",
 }, group="refinery.verifiers")
-SAMPLERS = Registry("sampler.kind", {  # sampler.kind: the path-noise rule (harness.samplers)
-    "stochastic": "harness.samplers:STOCHASTIC",
-    "ode": "harness.samplers:ODE",
+SAMPLERS = Registry("sampler.kind", {  # sampler.kind: the path-noise rule (harness.engine.samplers)
+    "stochastic": "harness.engine.samplers:STOCHASTIC",
+    "ode": "harness.engine.samplers:ODE",
 }, group="refinery.samplers")
 OBJECTIVES = Registry("objective", {  # what `refinery train` optimises (harness.train.objectives)
     "reward": "harness.train.objectives:RewardObjective",

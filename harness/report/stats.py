@@ -16,9 +16,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats as scipy_stats
 
-from harness.schema import option
+from harness.engine.schema import option
 
 
 @dataclass(frozen=True)
@@ -176,6 +175,8 @@ def rank_intervals(values: np.ndarray, clusters: np.ndarray, higher_is_better: b
                    resampling: Resampling = Resampling()) -> list[RankInterval]:
     """Ranks of the rows of `values` (series × pairs, pairs aligned, no NaN) with bootstrap intervals:
     every draw resamples the same prompts for all series and ranks their means."""
+    from scipy import stats as scipy_stats  # here, not at the top: scipy.stats takes seconds to import
+
     values = np.asarray(values, dtype=float)
     sign = -1.0 if higher_is_better else 1.0
     per_series = [cluster_sums(row, clusters) for row in values]

@@ -20,19 +20,20 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from harness.config_schema import validate
+from harness.experiment.config_schema import validate
+from harness import __version__
 from harness.errors import UsageError
-from harness.lease import Lease, LeaseLost
-from harness.method import Method
+from harness.store.lease import Lease, LeaseLost
+from harness.engine.method import Method
 from harness.models.base import VideoModel
-from harness.registry import METHODS, METRICS, MODELS
-from harness.resources import check_resources
-from harness.rollout import Sampler, rollout
-from harness.store import Cell, Store, cell_key
-from harness.suites import read_suite
-from metrics.base import VideoBatch, check_weights
+from harness.engine.registry import METHODS, METRICS, MODELS
+from harness.experiment.resources import check_resources
+from harness.engine.samplers import Sampler
+from harness.engine.rollout import rollout
+from harness.store.cells import Cell, Store, cell_key
+from harness.experiment.suites import read_suite
+from harness.engine.metric import VideoBatch, check_weights
 
-REFINERY_VERSION = "0.1.0"
 SCORE_BATCH = 64
 
 
@@ -105,7 +106,7 @@ def resolve_run(cfg: DictConfig) -> Run:
                     Path(cfg.paths.store))
     seeds = list(range(cfg.seed, cfg.seed + cfg.samples_per_prompt))
     spec = {
-        "refinery": REFINERY_VERSION,
+        "refinery": __version__,
         "model": {"name": cfg.model.name, "digest": model.digest(), "num_chunks": model.spec.num_chunks,
                   "device": str(model.device), "dtype": str(cfg.model.get("dtype", "float32"))},
         "sampler": asdict(sampler),

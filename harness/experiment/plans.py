@@ -23,15 +23,15 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from harness.assets import CONFIG_DIR
 from harness.errors import UsageError, unknown_name
-from harness.files import atomic_write_json, canonical_json, read_json
-from harness.store import Store
+from harness.store.files import atomic_write_json, canonical_json, read_json
 
 if TYPE_CHECKING:
-    from harness.pipeline import Run
-    from harness.report import CellRef
+    from harness.experiment.pipeline import Run
+    from harness.store.cells import Store
+    from harness.store.cells import CellRef
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "sweeps"
 GROUPS = ("model", "sampler", "method", "suite", "metric", "experiment")
 # Settings of the root config that change a video's bits: what a plan's fingerprint covers.
 _SPEC_SETTINGS = ("model", "sampler", "method", "suite", "seed", "samples_per_prompt", "batch_size", "threads")
@@ -44,9 +44,10 @@ _PLANS = ".plans"  # the store's folder of recorded plan -> cell key entries
 
 def plugin_folders(overrides: list[str]) -> list[Path]:
     """Include folders of plug-ins: `plugins=[DIR, ...]` on the command line, then REFINERY_PLUGINS."""
-    from harness.plugins import folders_from
+    from harness.experiment.plugins import folders_from
 
-    given = [o for o in _parse(overrides, check=False) if o.get_key_element() == "plugins"]
+    named = [o for o in overrides if o.lstrip("+~").partition("=")[0] == "plugins"]
+    given = [o for o in _parse(named, check=False)] if named else []  # no parser (antlr) when none
     values = given[-1].value() if given else []
     if isinstance(values, str):
         values = [values]
@@ -57,7 +58,7 @@ def plugin_folders(overrides: list[str]) -> list[Path]:
 
 
 def _search_path(overrides: list[str]) -> list[str]:
-    from harness.plugins import search_path
+    from harness.experiment.plugins import search_path
 
     return search_path(plugin_folders(overrides))
 
@@ -71,15 +72,21 @@ def searchpath_overrides(overrides: list[str]) -> list[str]:
 
 def load_plugins(cfg: DictConfig) -> None:
     """Register the plug-ins a composed config names, e.g. in a sweep job another process runs."""
-    from harness.plugins import folders_from, load_folder
+    from harness.experiment.plugins import folders_from, load_folder
 
     for folder in folders_from(list(cfg.get("plugins") or [])):
         load_folder(folder)
 
 
+def load_plugin_folders(overrides: list[str]) -> None:
+    """Import the include folders the command line names (`plugins=[...]`, REFINERY_PLUGINS), whose
+    files register their entries, without composing a config."""
+    _search_path(overrides)
+
+
 def config_dirs(overrides: list[str] | None = None) -> list[Path]:
     """sweeps/ and the config folders of every plug-in, in Hydra's search order."""
-    from harness.plugins import config_dirs as plugin_dirs
+    from harness.experiment.plugins import config_dirs as plugin_dirs
 
     return [CONFIG_DIR, *plugin_dirs(_search_path(overrides or []))]
 
@@ -118,7 +125,7 @@ def compose(overrides: list[str], with_hydra: bool = False) -> DictConfig:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from harness.config_schema import override_error
+    from harness.experiment.config_schema import override_error
 
     _check_group_choices(overrides)
     try:
@@ -133,7 +140,7 @@ def _parse(overrides: list[str], check: bool = True) -> list:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
-    from harness.config_schema import override_error
+    from harness.experiment.config_schema import override_error
 
     if check:
         _check_group_choices(overrides)
@@ -188,14 +195,14 @@ class CellPlan:
 
     def fingerprint(self) -> dict[str, Any]:
         """What makes this plan's run spec, read without building a model (module docstring)."""
-        from harness.pipeline import REFINERY_VERSION
-        from harness.registry import METHODS
-        from harness.suites import read_suite
-        from harness.weights import needed_files
+        from harness import __version__
+        from harness.engine.registry import METHODS
+        from harness.experiment.suites import read_suite
+        from harness.experiment.needed import needed_files
 
         cfg = self.cfg
         files = [f.path for f in needed_files(cfg) if not f.owner.startswith("metric ")]
-        return {"refinery": REFINERY_VERSION,
+        return {"refinery": __version__,
                 "settings": {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k])
                              else cfg[k] for k in _SPEC_SETTINGS},
                 "weights_dir": str(Path(cfg.paths.weights).resolve()),
@@ -212,7 +219,7 @@ class CellPlan:
         entry = store.root / _PLANS / f"{self.plan_id()}.json"
         if entry.is_file():
             return str(read_json(entry, fix=f"delete {entry}; the next command records it again")["key"])
-        from harness.pipeline import resolve_run
+        from harness.experiment.pipeline import resolve_run
 
         return resolve_run(self.cfg).key
 
@@ -259,13 +266,15 @@ class Experiment:
 
     @property
     def store(self) -> Store:
+        from harness.store.cells import Store
+
         return Store(Path(self.cfg.paths.store))
 
     def baseline_plan(self) -> CellPlan | None:
         """The cell Δ, overheads and timings are measured against: the command line's fixed settings
         plus `report.baseline` (e.g. method=base), without the experiment's swept settings and
         without settings inside a config group the baseline chooses anew."""
-        from harness.config_schema import validate
+        from harness.experiment.config_schema import validate
 
         selector = self.cfg.report.get("baseline")
         if not selector:
@@ -283,7 +292,7 @@ class Experiment:
 
     def refs(self) -> list[CellRef]:
         """The report's rows: each plan's cell key (from the store) with its labels."""
-        from harness.report import CellRef
+        from harness.store.cells import CellRef
 
         store = self.store
         return [CellRef(plan.key(store), dict(plan.labels)) for plan in self.plans]
@@ -292,7 +301,7 @@ class Experiment:
         """The report's baseline cell and its config: the one row whose labels match every setting of
         `report.baseline`, else the cell those settings compose to, which then joins `refs` (first).
         A baseline that matches several rows is refused with their names."""
-        from harness.report import CellRef
+        from harness.store.cells import CellRef
 
         selector = self.cfg.report.get("baseline")
         if not selector:
@@ -317,7 +326,7 @@ class Experiment:
 
 def experiment(overrides: list[str]) -> Experiment:
     """The cell plans of `overrides` (an experiment and settings, sweeps included)."""
-    from harness.config_schema import validate
+    from harness.experiment.config_schema import validate
 
     points = expand(overrides)
     cfgs = [compose(point) for point in points]
@@ -325,6 +334,19 @@ def experiment(overrides: list[str]) -> Experiment:
         validate(cfg)
     labels = label_points(points, cfgs)
     return Experiment(list(overrides), [CellPlan(p, c, lab) for p, c, lab in zip(points, cfgs, labels)])
+
+
+def resolved_yaml(path: Path) -> dict[str, Any]:
+    """A group option's own keys over those of the options of its group it includes first (its
+    `defaults`, as model/toy.yaml includes toy_sf.yaml), read with a safe loader, without Hydra."""
+    import yaml
+
+    own = yaml.safe_load(path.read_text()) or {}
+    merged: dict[str, Any] = {}
+    for entry in own.pop("defaults", None) or []:
+        if isinstance(entry, str) and entry != "_self_" and (path.parent / f"{entry}.yaml").is_file():
+            merged.update(resolved_yaml(path.parent / f"{entry}.yaml"))
+    return {**merged, **own}
 
 
 def config_description(path: Path) -> str:

@@ -13,8 +13,9 @@ import torch
 
 from harness.errors import UsageError
 from harness.models.base import ModelSpec, VideoModel
-from harness.rollout import Context, Sampler, sampler_path_noise
-from harness.schema import check
+from harness.engine.context import Context
+from harness.engine.samplers import Sampler, sampler_path_noise
+from harness.engine.schema import check
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,7 @@ class NoParams:
 
 
 def build_params(Params: type, params: dict[str, Any], where: str) -> Any:
-    """A plug-in's typed parameters (harness.schema: types, bounds, unknown names), or a one-line
+    """A plug-in's typed parameters (harness.engine.schema: types, bounds, unknown names), or a one-line
     UsageError naming the key under `where` and the fix."""
     return check(Params, params, where)
 

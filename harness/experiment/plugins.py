@@ -1,11 +1,11 @@
-"""Plug-ins from outside the repository: include folders and installed packages (harness.registry).
+"""Plug-ins from outside the repository: include folders and installed packages (harness.engine.registry).
 
 An include folder (`plugins=[DIR, ...]` on the command line, or REFINERY_PLUGINS=DIR:DIR) holds
 Python files that register what they define when imported, e.g.
 
     # DIR/my_method.py
-    from harness.method import Method
-    from harness.registry import METHODS
+    from harness.engine.method import Method
+    from harness.engine.registry import METHODS
 
     class MyMethod(Method):
         name = "my_method"
@@ -15,7 +15,7 @@ Python files that register what they define when imported, e.g.
 
 and, optionally, `DIR/configs/<group>/<option>.yaml` (e.g. configs/method/my_method.yaml), which
 Hydra then finds like the configs in sweeps/. An installed package registers through entry points
-(harness.registry) and names its config package in the `refinery.configs` group
+(harness.engine.registry) and names its config package in the `refinery.configs` group
 (`my_pkg = "my_pkg.configs"`), a package whose folder holds `<group>/<option>.yaml`.
 """
 from __future__ import annotations
@@ -23,31 +23,15 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
-from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Iterator
 
+from harness.engine.registry import registering_from
 from harness.errors import UsageError
-from harness.files import sha256_hex
+from harness.store.files import sha256_hex
 
 ENV = "REFINERY_PLUGINS"
 _loaded: dict[Path, list[str]] = {}  # include folder -> its Hydra search path entries
-_origin: list[str] = []
-
-
-def current_origin() -> str:
-    """Where an entry being registered now comes from: the include file being imported, or code."""
-    return _origin[-1] if _origin else "code"
-
-
-@contextmanager
-def _registering_from(origin: str) -> Iterator[None]:
-    _origin.append(origin)
-    try:
-        yield
-    finally:
-        _origin.pop()
 
 
 def folders_from(values: list[str] | None) -> list[Path]:
@@ -70,7 +54,7 @@ def load_folder(folder: Path) -> list[str]:
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         try:
-            with _registering_from(f"plug-in {path}"):
+            with registering_from(f"plug-in {path}"):
                 spec.loader.exec_module(module)
         except UsageError:
             raise

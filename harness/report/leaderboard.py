@@ -16,12 +16,15 @@ import numpy as np
 import pandas as pd
 
 from harness.errors import UsageError
-from harness.report import (OVERHEAD, TIMING, CellRef, Column, Entry, ReportData, Row, Table, build_report,
-                            markdown_table, metric_title, paired_entry, timing_note)
-from harness.report_latex import booktabs, latex_entry
-from harness.stats import rank_intervals
-from harness.files import atomic_write_bytes, canonical_json
-from harness.store import Cell, Store
+from harness.report.markdown import markdown_table
+from harness.report.tables import OVERHEAD, TIMING, build_report, metric_title, paired_entry
+from harness.store.cells import CellRef
+from harness.report.tables import Column, Entry, ReportData, Row, Table
+from harness.report.timing import timing_note
+from harness.report.latex import booktabs, latex_entry
+from harness.report.stats import rank_intervals
+from harness.store.files import atomic_write_bytes, canonical_json
+from harness.store.cells import Cell, Store
 
 _COMPARED = ("suite.name", "suite.version", "suite.prompts", "seeds")
 
@@ -127,7 +130,7 @@ def _delta(ctx, cell: str, metric: str, baseline: str) -> Entry:
 def write_leaderboard(stores: Stores, refs: list[CellRef], out_dir: Path, title: str, metrics: list[str],
                       baseline: str, **options) -> dict[str, Path]:
     """Write leaderboard.md, .csv, .html and .tex; nothing is written when any input is bad."""
-    from harness.report_page import render, run_metadata
+    from harness.report.page import render, run_metadata
 
     report, table = build_leaderboard(stores, refs, title, metrics, baseline, **options)
     base_name = next(r.name(report.label_keys) for r in refs if r.key == baseline)

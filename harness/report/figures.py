@@ -1,7 +1,7 @@
 """Cost against quality: one figure per headline metric.
 
 Left panel: the metric against NFE per video (counted by the ledger); right panel: against time per
-video relative to the baseline, from the timing pass (harness.timing), never from generation wall
+video relative to the baseline, from the timing pass (harness.report.timing), never from generation wall
 time. One colour and one legend entry per method (the labels that are not a swept number); points of
 a method are joined along its swept numeric axis (steps, n, τ, ...); error bars are the 95% CIs (the
 timing's are the range of its pairwise ratios); the dashed line is the Pareto front (no other cell is
@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from harness.report import CellRef, ReportData
+    from harness.store.cells import CellRef
+    from harness.report.tables import ReportData
 
 NFE = "compute.nfe"
 _PLACEHOLDERS = ("", "—")

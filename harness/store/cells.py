@@ -12,9 +12,9 @@ Layout under the root folder::
     cells/<key>/manifest.json         sha256 and size of every video, record and score file, written
                                       last when the cell completes and again when a score file is
                                       written: a complete cell can always be checked (Cell.damage)
-    cells/<key>/.lock                 lease of the process writing the cell (harness/lease.py)
+    cells/<key>/.lock                 lease of the process writing the cell (harness/store/lease.py)
 
-Every file is written to a temp file in its own directory and renamed over the target (harness.files), so a
+Every file is written to a temp file in its own directory and renamed over the target (harness.store.files), so a
 process killed at any moment leaves either the old file or the new one, never half of one, and
 many processes (joblib workers, SLURM array jobs on a shared file system) can share one store.
 Every write into a cell happens under its lease; the next holder removes the temp files that a
@@ -30,7 +30,7 @@ import shlex
 import socket
 import uuid
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -38,9 +38,8 @@ from typing import Any
 import numpy as np
 
 from harness.errors import UsageError
-from harness.files import (TEMP_NAME, atomic_write_bytes, atomic_write_json, canonical_json, json_file_bytes,
-                           read_json, sha256_hex)
-from harness.lease import Lease, LockTimeout, lease, read_holder, say, slurm_job
+from harness.store.files import TEMP_NAME, atomic_write_bytes, atomic_write_json, canonical_json, json_file_bytes, read_json, sha256_hex
+from harness.store.lease import Lease, LockTimeout, lease, read_holder, say, slurm_job
 
 __all__ = ["LockTimeout", "Store", "Cell", "Damage", "cell_key", "atomic_save_npy", "read_npy"]
 
@@ -404,7 +403,7 @@ class Cell:
     # -- locking --------------------------------------------------------------------------------
 
     def lock(self, timeout: float | None = None) -> AbstractContextManager[Lease]:
-        """Exclusive access to this cell across processes and hosts: a lease (harness/lease.py) that
+        """Exclusive access to this cell across processes and hosts: a lease (harness/store/lease.py) that
         is taken over when its holder is gone. Re-entrant within one process. The new holder first
         removes the temp files a killed writer left in the cell."""
         return lease(self.path / ".lock", f"cell {self.key}", timeout, on_acquire=self._remove_temp_files)
@@ -450,3 +449,14 @@ def _parse_problem(file: str, data: bytes) -> str | None:
     except (ValueError, EOFError, OSError) as e:
         return f"is not readable ({e})"
     return None
+
+
+@dataclass
+class CellRef:
+    key: str
+    labels: dict[str, str] = field(default_factory=dict)  # the swept settings, e.g. {"steps": "8"}
+
+    def name(self, label_keys: list[str] | None = None) -> str:
+        """The row's name in figures and galleries: its labels, or its key when it has none."""
+        keys = self.labels if label_keys is None else label_keys
+        return ", ".join(f"{k}={self.labels.get(k, '—')}" for k in keys) or self.key
