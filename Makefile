@@ -4,12 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast test-slurm install bench train-world clean
+.PHONY: demo test test-fast test-slurm install docs bench train-world clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,docs]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -31,6 +31,10 @@ test-fast: $(STAMP)
 test-slurm: $(STAMP)
 	$(BIN)/python -m pytest -q tests/test_slurm.py
 
+# The docs site (mkdocs.yml, docs/) into site/; --strict turns every warning (a broken link, a missing page) into an error.
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
@@ -38,4 +42,4 @@ train-world: $(STAMP)
 	$(BIN)/refinery train-world
 
 clean:
-	rm -rf $(VENV) runs reports/*/ .pytest_cache
+	rm -rf $(VENV) runs reports/*/ .pytest_cache site
