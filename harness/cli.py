@@ -278,9 +278,12 @@ def _list_methods(overrides: list[str]) -> None:
     load_plugin_folders(overrides)  # their entries register on import
     rows = []
     for option, path in _group("method", overrides).items():
-        name = str(resolved_yaml(path).get("name", option))
+        body = resolved_yaml(path)
+        body = body.get("method", body)  # a `# @package _global_` option sets method: and other groups
+        name = str(body.get("name", option))
         origin = METHODS.origin(name) if name in METHODS.names() else "not registered"
-        rows.append((option, name if name == option else f"-> {name}", origin, config_description(path)))
+        described = config_description(path) or (METHODS.describe(name) if origin != "not registered" else "")
+        rows.append((option, name if name == option else f"-> {name}", origin, described))
     _table(rows)
 
 
