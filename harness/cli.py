@@ -149,7 +149,7 @@ def _weights_convert(args: list[str]) -> None:
         raise UsageError(f"model {cfg.model.name!r} loads no converted checkpoint; convert for model=self_forcing "
                          "or model=causvid")
     if "checkpoint" not in options:
-        raise UsageError("weights convert needs checkpoint=PATH, the upstream .pt file (README, 'Real models')")
+        raise UsageError("weights convert needs checkpoint=PATH, the upstream .pt file (docs/real-models.md)")
     weights = Path(cfg.paths.weights)
     out = Path(options.get("out") or weights / str(cfg.model.transformer))
     summary = convert(Path(options["checkpoint"]), options.get("key", str(cfg.model.convert_key)),

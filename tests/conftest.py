@@ -13,6 +13,14 @@ torch.set_num_threads(1)
 FAST = ["suite=world_smoke", "samples_per_prompt=1", "model.num_chunks=2", "sampler.steps=2", "batch_size=4"]
 
 
+def pytest_collection_modifyitems(items):
+    """Under pytest-xdist (`make test` runs -n auto --dist loadgroup), every test that uses the one-node
+    SLURM cluster runs on one worker: each module's cluster is started once, never two at a time."""
+    for item in items:
+        if "cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("slurm"))
+
+
 @pytest.fixture(params=[1, 0], ids=["local-attention", "full-prefix"])
 def randomized_toy(request):
     """An untrained toy model whose zero-initialised output layers are randomised, so every path

@@ -19,7 +19,7 @@ def test_canonical_json_is_sorted_and_compact():
 def test_cell_keys_and_shipped_digests_keep_their_values(toy, toy_flow):
     # values from before harness.store.files existed: a change here orphans every stored cell
     assert cell_key({"a": [1, 2.5, "x"], "b": {"z": None, "y": True}}) == "286d821285f16be7"
-    assert toy_flow.digest() == "d90625910f19ebb5"  # README and benchmarks/RESULTS.md quote these
+    assert toy_flow.digest() == "d90625910f19ebb5"  # docs and benchmarks/RESULTS.md quote these
     assert toy.digest() == "4929a9e0aa13191b"
     from harness.train.adapter_files import checkpoint_path
     from harness.verifiers.world_reward import WorldReward

@@ -135,7 +135,7 @@ class Recipe:
 
 # The real score's CFG is 1.0 on the toy for both, not Self-Forcing's 3.0 or CausVid's 3.5: under those,
 # colour read by the oracle fell within 50-100 generator updates (Self-Forcing's recipe: 0.917 at step 50,
-# 0.607 at 100; CausVid's: 0.32 at step 50, from 0.83 before training), at 1.0 it held (README, "The toy
+# 0.607 at 100; CausVid's: 0.32 at step 50, from 0.83 before training), at 1.0 it held (docs/shapes-world.md, "The toy
 # models").
 RECIPES = {
     "self_forcing": Recipe("toy_sf", Sampler("stochastic", 4, 5.0, (1000.0, 750.0, 500.0, 250.0), warp=True), 1.0,

@@ -29,8 +29,8 @@ FORMAT = "refinery-adapter/1"
 
 
 def how_to_train(method: str, value: str, model: str) -> str:
-    return (f"train it with `refinery train model={model} method={method} train.out={value} ...` (README, "
-            "'Training', lists the command of every shipped checkpoint)")
+    return (f"train it with `refinery train model={model} method={method} train.out={value} ...` (docs/training.md "
+            "lists the command of every shipped checkpoint)")
 
 
 def checkpoint_path(method: str, value: str, model: str) -> Path:

@@ -60,4 +60,4 @@ class InternVideo2(VideoReward):
     def load(self) -> None:
         raise UsageError("verifier 'internvideo2': its network code (OpenGVLab/InternVideo, multi_modality) is not a "
                          "package Refinery installs; subclass harness.verifiers.video_reward.VideoReward with it and "
-                         "register that class as a verifier (README, 'Real models: rewards')")
+                         "register that class as a verifier (docs/real-models.md)")

@@ -52,7 +52,7 @@ def check_fits(converted: dict[str, torch.Tensor], target: dict[str, torch.Tenso
 
 def read_checkpoint(path: Path, key: str) -> dict[str, torch.Tensor]:
     if not path.is_file():
-        raise UsageError(f"checkpoint {path} is missing; download it (README, 'Real models') and pass its path")
+        raise UsageError(f"checkpoint {path} is missing; download it (docs/real-models.md) and pass its path")
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # a pickle that weights_only refuses, or a file that is not a torch checkpoint

@@ -94,7 +94,7 @@ def check_files(cfg: dict[str, Any], weights_dir: Path) -> None:
     if missing:
         lines = "".join(f"\n  {weights_dir / f.relative_path}  <- {f.origin}" for f in missing)
         raise UsageError(f"model {cfg['name']!r} needs {len(missing)} weight files that are missing under "
-                         f"paths.weights={weights_dir} (README, 'Real models'):{lines}")
+                         f"paths.weights={weights_dir} (docs/real-models.md):{lines}")
 
 
 # ---------------------------------------------------------------------------------------------
