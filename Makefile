@@ -20,12 +20,13 @@ demo: $(STAMP)
 	$(BIN)/refinery sweep experiment=toy_models
 	$(BIN)/refinery report experiment=toy_models
 
+# On every core (pytest-xdist); the 25 slowest tests are listed at the end.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadgroup --durations=25
 
-# Without the tests marked slow (subprocess sweeps, SLURM, training, browser, kills): about a minute.
+# Without the tests marked slow (subprocess sweeps, SLURM, training, browser, kills).
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -n auto -m "not slow"
 
 # The sweeps on a real one-node SLURM cluster alone (needs Debian's slurm-wlm and munge, as .ci/run installs).
 test-slurm: $(STAMP)

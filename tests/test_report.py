@@ -61,7 +61,7 @@ def test_paired_csv_has_the_differences_with_holm_across_the_methods(sweep, tmp_
     paths = write_report(store, refs, tmp_path / "out", "T", metrics=["bench.score"], baseline="base")
     paired = pd.read_csv(paths["paired.csv"])
     assert list(paired.columns) == ["cell", "method", "metric", "baseline_cell", "delta", "ci_low", "ci_high",
-                                    "p_value", "p_holm", "n_pairs"]
+                                    "p_value", "p_holm", "n_pairs", "mde"]
     paired = paired.set_index("cell")
     assert sorted(paired.index) == ["better", "same", "worse"]  # complete cells only, not the baseline
     assert paired.loc["better", "delta"] == pytest.approx(0.05)
@@ -69,12 +69,14 @@ def test_paired_csv_has_the_differences_with_holm_across_the_methods(sweep, tmp_
     assert (paired["n_pairs"] == N).all()
     same_scores = collect(store, [refs[2]]).query("metric == 'bench.score'")["value"].to_numpy()
     reference = paired_difference(same_scores, base, CLUSTERS)
-    assert (paired.loc["same", "ci_low"], paired.loc["same", "ci_high"], paired.loc["same", "p_value"]) == \
-        pytest.approx((reference.ci_low, reference.ci_high, reference.p_value))
+    assert (paired.loc["same", "ci_low"], paired.loc["same", "ci_high"], paired.loc["same", "p_value"],
+            paired.loc["same", "mde"]) == pytest.approx((reference.ci_low, reference.ci_high, reference.p_value,
+                                                         reference.mde))
     assert paired["p_holm"].to_numpy() == pytest.approx(holm(paired["p_value"].to_numpy()))
     md = paths["report.md"].read_text()
     rows = _md_rows(md, "Paired differences against method=base")
     assert rows["better"].count("*") == 1 and rows["worse"].count("*") == 1 and "*" not in rows["same"]
+    assert f"MDE {paired.loc['same', 'mde']:.3f}" in rows["same"] and "MDE" not in rows["better"]
 
 
 def test_bold_only_where_the_best_is_significantly_ahead(tmp_path):

@@ -59,6 +59,7 @@ class Paired:
     p_value: float
     n_pairs: int
     prompts: int
+    mde: float = math.nan  # minimal detectable effect at 80% power (minimal_detectable_effect)
 
     def significant(self, alpha: float) -> bool:
         """The permutation test rejects "no difference" at level alpha (uncorrected)."""
@@ -124,7 +125,45 @@ def paired_difference(values: np.ndarray, baseline: np.ndarray, clusters: np.nda
     if counts.size < 2:
         return Paired(delta, math.nan, math.nan, math.nan, n, int(counts.size))
     low, high = _percentile_ci(bootstrap_means(sums, counts, resampling)[0], resampling)
-    return Paired(delta, low, high, sign_flip_p(sums, n, resampling), n, int(counts.size))
+    return Paired(delta, low, high, sign_flip_p(sums, n, resampling), n, int(counts.size),
+                  minimal_detectable_effect(sums, counts, resampling.alpha))
+
+
+def minimal_detectable_effect(cluster_diff_sums: np.ndarray, counts: np.ndarray, alpha: float,
+                              power: float = 0.8) -> float:
+    """The smallest true mean difference that a two-sided test at level `alpha` detects with
+    probability `power`, given the measured spread of the paired differences between prompts: a
+    "not significant" result reads as "smaller than this", not "no effect".
+
+    The design is clustered: the unit is the prompt, whose videos (seeds) are correlated, so the
+    standard error is the cluster-robust one of the pooled mean (each prompt's summed deviation from
+    it), and the test is the one-sample t-test on k prompts (df = k - 1), solved exactly with the
+    noncentral t distribution (as statsmodels' TTestPower solves it); with equally many seeds per
+    prompt this is the t-test on the prompts' mean differences."""
+    from scipy import optimize
+    from scipy import stats as scipy_stats
+
+    sums, counts = np.asarray(cluster_diff_sums, dtype=float), np.asarray(counts, dtype=float)
+    k = sums.size
+    if k < 2:
+        return math.nan
+    mean = sums.sum() / counts.sum()
+    deviations = (sums - counts * mean) / counts.mean()
+    se = math.sqrt(float(deviations @ deviations) / (k * (k - 1)))
+    if se == 0.0:
+        return 0.0
+    df, crit = k - 1, scipy_stats.t.ppf(1 - alpha / 2, k - 1)
+
+    def shortfall(shift: float) -> float:  # power at a noncentrality of `shift` standard errors, minus the goal
+        return scipy_stats.nct.sf(crit, df, shift) + scipy_stats.nct.cdf(-crit, df, shift) - power
+
+    approximate = crit + scipy_stats.t.ppf(power, df)  # the usual approximation, near the exact shift
+    high = approximate
+    while shortfall(high) < 0:
+        high *= 1.5
+    if math.isnan(shortfall(high)):  # nct's tails fail far out at 1 df (2 prompts): keep the approximation
+        return float(approximate * se)
+    return float(optimize.brentq(shortfall, 0.0, high) * se)
 
 
 def sign_flip_p(cluster_diff_sums: np.ndarray, n_pairs: int, resampling: Resampling) -> float:

@@ -31,7 +31,7 @@ from harness.report.timing import Timing
 # the long form of scores, one row per (cell, video, metric output); a label may not take these names
 SCORE_COLUMNS = ("cell", "state", "video", "prompt", "seed", "metric", "value", "higher_is_better")
 _SUMMARY = ("higher_is_better", "mean", "ci_low", "ci_high", "n", "prompts")
-_PAIRED = ("baseline_cell", "delta", "ci_low", "ci_high", "p_value", "p_holm", "n_pairs")
+_PAIRED = ("baseline_cell", "delta", "ci_low", "ci_high", "p_value", "p_holm", "n_pairs", "mde")
 _COMPARED = ("suite", "seeds")
 # Columns the report derives itself: what a cell costs relative to the baseline, and its timing pass.
 OVERHEAD = {"overhead.delta_nfe": "ΔNFE", "overhead.delta_forwards": "Δforwards",
@@ -220,7 +220,7 @@ def paired_table(scores: Scores, groups: list[tuple[dict | None, list[CellRef]]]
                 family.append({"cell": ref.key, **{k: ref.labels.get(k, "") for k in label_keys},
                                "metric": metric, "baseline_cell": baseline, "delta": p.delta,
                                "ci_low": p.ci_low, "ci_high": p.ci_high, "p_value": p.p_value,
-                               "n_pairs": p.n_pairs})
+                               "n_pairs": p.n_pairs, "mde": p.mde})
         for row, adjusted in zip(family, holm([r["p_value"] for r in family])):
             rows.append({**row, "p_holm": adjusted})
     return pd.DataFrame(rows, columns=columns)
@@ -434,7 +434,8 @@ def paired_entry(ctx: _Context, cell: str, metric: str) -> Entry:
     row = ctx.paired.get((cell, metric))
     if row is None or row["n_pairs"] == 0:
         return Entry("—")
-    title = f"p = {_p(row['p_value'])}, Holm {_p(row['p_holm'])}, {row['n_pairs']} pairs"
+    title = (f"p = {_p(row['p_value'])}, Holm {_p(row['p_holm'])}, {row['n_pairs']} pairs, "
+             f"detectable (80% power): ±{_number(row['mde'])}")
     if math.isnan(row["ci_low"]):
         return Entry(_signed(row["delta"]), row["delta"], "", title)
     mark = ""
@@ -442,7 +443,8 @@ def paired_entry(ctx: _Context, cell: str, metric: str) -> Entry:
         up = row["delta"] > 0
         mark = "better" if up == bool(ctx.better.get(metric, True)) else "worse"
     text = f"{_signed(row['delta'])} ± {_number((row['ci_high'] - row['ci_low']) / 2)}"
-    return Entry(text + (" *" if mark else ""), row["delta"], mark,
+    text += " *" if mark else f", MDE {_number(row['mde'])}"
+    return Entry(text, row["delta"], mark,
                  f"CI [{_number(row['ci_low'])}, {_number(row['ci_high'])}], {title}")
 
 
@@ -635,7 +637,10 @@ def _note(counts: list[int], paired: bool, alpha: float) -> str:
             f"bold: best, and significantly ahead of every other cell (paired permutation test, p < {alpha:g} against "
             "each); ≈: tied for best (not significantly behind it).")
     if paired:
-        text += f" Δ: cell − baseline over matched (prompt, seed) pairs; *: Holm-corrected p < {alpha:g}."
+        text += (f" Δ: cell − baseline over matched (prompt, seed) pairs; *: Holm-corrected p < {alpha:g}; a Δ "
+                 "without * is not shown to differ from 0, and its MDE (minimal detectable effect: the smallest true Δ "
+                 f"found with 80% power at level {alpha:g}, from the spread of the differences between prompts) says "
+                 "how large a difference this evaluation could have missed.")
     return text
 
 
