@@ -35,7 +35,7 @@ OWN_OPTIONS = {"gpus": "GPUs the work is spread over (default 1)",
                           "vbench.full_info: prompts=946)",
                "gpu_memory_gb": "memory of one GPU (default: the calibration table's)"}
 PAPER_RANK = 128  # LoRA rank assumed where method.params.rank is null (the paper's; the toy's default is smaller)
-TRAIN_DEFAULTS = {"micro_batch": None, "devices": 1, "precision": None, "checkpointing": False, "sharding": "none"}
+TRAIN_DEFAULTS = ("micro_batch", "devices", "precision", "checkpointing", "sharding")  # train_settings: defaults
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,11 +268,19 @@ class TrainMemory:
 
 def train_settings(train: DictConfig | dict) -> dict[str, Any]:
     """train.micro_batch, devices, precision, checkpointing and sharding, with their defaults where the
-    config does not have them (micro_batch: train.batch; precision: the model's dtype)."""
+    config does not set them: devices 1; micro_batch the videos one rank gets of train.batch (the
+    effective batch, split over the ranks); precision the model's dtype (None here); and with more
+    than one device the paper's recipe (Appendix A), sharding fsdp with gradient checkpointing, else
+    sharding none without checkpointing."""
     given = {k: train.get(k) for k in TRAIN_DEFAULTS}
-    settings = {k: TRAIN_DEFAULTS[k] if v is None else v for k, v in given.items()}
-    settings["micro_batch"] = int(given["micro_batch"] or train.get("batch") or 1)
-    settings["checkpointing"] = bool(settings["checkpointing"])
+    devices = int(given["devices"] or 1)
+    if devices < 1:
+        raise UsageError(f"train.devices={devices} is out of range; use an integer >= 1")
+    many = devices > 1
+    settings = {"devices": devices, "precision": given["precision"],
+                "micro_batch": int(given["micro_batch"] or -(-int(train.get("batch") or 1) // devices)),
+                "sharding": given["sharding"] or ("fsdp" if many else "none"),
+                "checkpointing": bool(many if given["checkpointing"] is None else given["checkpointing"])}
     if settings["sharding"] not in ("none", "fsdp"):
         raise UsageError(f"train.sharding={settings['sharding']!r} is not one of none, fsdp; use one of those")
     return settings
