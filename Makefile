@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast test-slurm install docs bench train-world clean
+.PHONY: demo test test-fast test-slurm install docs bench gpu-check train-world clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ docs: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
+
+# On a GPU machine, at most 10 minutes: full-size sampling, FPS and memory against the plan, bf16 vs fp32,
+# shards and FSDP training where available (benchmarks/gpu_check.py); without a GPU it says so and exits 0.
+gpu-check: $(STAMP)
+	$(BIN)/python benchmarks/gpu_check.py
 
 train-world: $(STAMP)
 	$(BIN)/refinery train-world

@@ -29,16 +29,35 @@ from harness.assets import CONFIG_DIR
 from harness.experiment.plans import CellPlan, Experiment, compose, experiment, load_plugins, record, searchpath_overrides
 
 if TYPE_CHECKING:
+    from harness.experiment.planner import SweepPlan, TrainMemory
     from harness.store.cells import CellRef
     from harness.store.cells import Cell, Damage, Store
 
-__all__ = ["run", "sweep", "score", "report", "bench", "leaderboard", "verify", "plans", "scores"]
+__all__ = ["run", "sweep", "score", "report", "bench", "leaderboard", "verify", "plans", "plan_cost", "scores"]
 
 
 def plans(overrides: Sequence[str] = ()) -> list[CellPlan]:
     """The cells `overrides` expand to (an experiment's sweep, the command line's sweeps), with
     their composed configs and row labels; no model is loaded."""
     return experiment(list(overrides)).plans
+
+
+def plan_cost(overrides: Sequence[str] = ()) -> "SweepPlan | TrainMemory":
+    """`refinery plan`: what the cells of `overrides` will cost (videos, NFE, verifier calls, decodes,
+    GPU-hours and wall time on `gpus=N`, storage, peak memory per GPU), or with a `train=` setting the
+    peak memory per GPU of that training run; printed and returned. Nothing is loaded (no torch). A
+    plan that cannot fit the GPU's memory raises UsageError with the estimate and what to change."""
+    from harness.experiment import planner
+
+    overrides = list(overrides)
+    if planner.is_training(overrides):
+        plan = planner.plan_train(overrides)
+        print(planner.format_train(plan))
+        planner.refuse_unfit(plan)
+        return plan
+    sweep_plan = planner.plan_sweep(overrides)
+    print(planner.format_sweep(sweep_plan))
+    return sweep_plan
 
 
 def scores(overrides: Sequence[str] = ()) -> pd.DataFrame:

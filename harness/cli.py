@@ -357,6 +357,9 @@ class Command:
 
 COMMANDS = {
     "run": Command(_api("run"), "generate and score one cell", "refinery run method=bon sampler.steps=8"),
+    "plan": Command(_api("plan_cost"), "what a sweep or a training run will cost, before it runs",
+                    "refinery plan experiment=table2_reward model=self_forcing gpus=8 [prompts=N gpu_memory_gb=80] "
+                    "| refinery plan model=self_forcing method=autorefiner train=dmd train.devices=8"),
     "sweep": Command(_api("sweep"), "a Hydra multirun over the cells of an experiment",
                      "refinery sweep experiment=quickstart [hydra/launcher=joblib|slurm]"),
     "score": Command(_api("score"), "(re)score stored videos", "refinery score experiment=quickstart"),

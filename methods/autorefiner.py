@@ -75,6 +75,7 @@ class AutoRefiner(TrainedMethod):
     description = ("AutoRefiner: a zero-initialised LoRA noise refiner of the intermediate path noises, "
                    "conditioned on the history and the previous denoised output (reflective KV cache)")
     Params = AutoRefinerParams
+    cost = {"refiner": "intermediate", "refiner_history": "history", "refiner_previous": "previous_output"}
     legacy_arch: ClassVar[dict[str, Any]] = {"head": "lora"}
     arch_defaults: ClassVar[dict[str, Any]] = {"rank": DEFAULT_RANK, "alpha": None, "history": True, "head": "full",
                                                "previous_output": True, "timesteps": None}

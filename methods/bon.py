@@ -35,6 +35,7 @@ class BestOfN(Method):
     name = "bon"
     description = "Best-of-N: N initial noises per chunk, the verifier's best clean chunk is committed"
     Params = SearchParams
+    cost = {"candidates": "n", "verify": "last"}
 
     def __init__(self, **params: Any):
         super().__init__(**params)

@@ -47,6 +47,7 @@ class InitNoiseRefiner(TrainedMethod):
     description = ("a LoRA noise refiner of each chunk's initial noise, zero-initialised "
                    "(one refiner call per chunk)")
     Params = InitNoiseRefinerParams
+    cost = {"refiner": "initial", "refiner_history": "history"}
     legacy_arch: ClassVar[dict[str, Any]] = {"head": "lora"}
     arch_defaults: ClassVar[dict[str, Any]] = {"rank": DEFAULT_RANK, "alpha": None, "history": True, "head": "full"}
 

@@ -20,6 +20,7 @@ from methods.bon import BestOfN
 class SearchOverPath(BestOfN):
     name = "sop"
     description = "Search-over-Path: N noises per step, the verifier's best clean prediction goes on"
+    cost = {"candidates": "n", "verify": "every"}
 
     def select(self, x0: torch.Tensor, ctx: Context) -> torch.Tensor | None:
         return self.best(x0, ctx) if self.params.n > 1 else None

@@ -35,6 +35,9 @@ class Method:
     description: ClassVar[str] = ""
     Params: ClassVar[type] = NoParams
     needs_uncond: ClassVar[bool] = False
+    # What a rollout spends per video beyond `base`, as a literal (harness.engine.cost: its keys, and
+    # how `refinery plan` reads it without importing the method); the ledger's counts must equal it.
+    cost: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, **params: Any):
         self.params = build_params(self.Params, params, "method.params")

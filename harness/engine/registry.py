@@ -98,6 +98,19 @@ class Registry:
                     return found
         return str(getattr(self.get(name), "description", ""))
 
+    def declared(self, name: str, attribute: str) -> Any:
+        """A class attribute of an entry that the source states as a literal (a method's `cost`), read
+        without importing the entry where it is a "module:attr" string not yet imported, so that
+        `refinery plan` needs no torch; otherwise the imported entry's attribute."""
+        target = self.target(name)
+        if isinstance(target, str):
+            module, _, attr = target.partition(":")
+            if module not in sys.modules:
+                found = _static_attribute(module, attr, attribute)
+                if found is not _UNSAID:
+                    return found
+        return getattr(self.get(name), attribute)
+
     def get(self, name: str) -> Any:
         target = self.target(name)
         if not isinstance(target, str):
@@ -113,9 +126,8 @@ class Registry:
 
 
 
-def _static_description(module: str, attr: str) -> str | None:
-    """The string a class assigns to `description` in the module's source, or its docstring's first
-    line; None when the source does not say (an instance, a computed value): then the entry is imported."""
+def _class_node(module: str, attr: str) -> ast.ClassDef | None:
+    """The class `attr` as the source of `module` defines it; None where there is no such source."""
     try:
         spec = importlib.util.find_spec(module)
     except (ImportError, ValueError):
@@ -123,16 +135,60 @@ def _static_description(module: str, attr: str) -> str | None:
     if spec is None or not spec.origin or not spec.origin.endswith(".py"):
         return None
     tree = ast.parse(Path(spec.origin).read_text())
-    for node in tree.body:
-        if isinstance(node, ast.ClassDef) and node.name == attr:
-            for item in node.body:
-                target = item.target if isinstance(item, ast.AnnAssign) else (
-                    item.targets[0] if isinstance(item, ast.Assign) and len(item.targets) == 1 else None)
-                if isinstance(target, ast.Name) and target.id == "description" and isinstance(item.value, ast.Constant):
-                    return str(item.value.value)
-            doc = ast.get_docstring(node)
-            return doc.strip().splitlines()[0] if doc else ""
+    return next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == attr), None)
+
+
+def _assigned(node: ast.ClassDef, name: str) -> ast.expr | None:
+    """The value the class body assigns to `name` (plain or annotated), if it does."""
+    for item in node.body:
+        target = item.target if isinstance(item, ast.AnnAssign) else (
+            item.targets[0] if isinstance(item, ast.Assign) and len(item.targets) == 1 else None)
+        if isinstance(target, ast.Name) and target.id == name and item.value is not None:
+            return item.value
     return None
+
+
+def _static_description(module: str, attr: str) -> str | None:
+    """The string a class assigns to `description` in the module's source, or its docstring's first
+    line; None when the source does not say (an instance, a computed value): then the entry is imported."""
+    node = _class_node(module, attr)
+    if node is None:
+        return None
+    value = _assigned(node, "description")
+    if isinstance(value, ast.Constant):
+        return str(value.value)
+    doc = ast.get_docstring(node)
+    return doc.strip().splitlines()[0] if doc else ""
+
+
+_UNSAID = object()  # the source does not say: import the entry
+
+
+def _static_attribute(module: str, attr: str, name: str) -> Any:
+    """The literal a class assigns to `name` in its source, or that the first base class saying it
+    assigns (bases found in the module or imported by name into it); _UNSAID otherwise."""
+    node = _class_node(module, attr)
+    if node is None:
+        return _UNSAID
+    value = _assigned(node, name)
+    if value is not None:
+        try:
+            return ast.literal_eval(value)
+        except ValueError:
+            return _UNSAID
+    tree = ast.parse(Path(importlib.util.find_spec(module).origin).read_text())
+    imported = {alias.asname or alias.name: (importlib.util.resolve_name("." * item.level + (item.module or ""),
+                                                                         module.rpartition(".")[0]) if item.level
+                                             else item.module, alias.name)
+                for item in tree.body if isinstance(item, ast.ImportFrom) for alias in item.names}
+    for base in node.bases:
+        if not isinstance(base, ast.Name):
+            continue
+        where = (module, base.id) if base.id not in imported else imported[base.id]
+        found = _static_attribute(*where, name)
+        if found is not _UNSAID:
+            return found
+    return _UNSAID
 
 
 MODELS = Registry("model backend", {  # model configs (sweeps/model/) name their backend

@@ -16,14 +16,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from harness.assets import asset
 from harness.errors import UsageError
 from harness.store.files import canonical_json
 from harness.models.weights import safetensors_digest, save_safetensors
+
+if TYPE_CHECKING:
+    import torch
 
 FORMAT = "refinery-adapter/1"
 
@@ -65,7 +66,7 @@ def read_metadata(path: Path) -> dict[str, str]:
     from safetensors import SafetensorError, safe_open
 
     try:
-        with safe_open(str(path), "pt") as f:
+        with safe_open(str(path), "np") as f:  # metadata only: "np" needs no torch
             return f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
         raise UsageError(f"checkpoint {path} is corrupt or not a safetensors file ({str(exc).splitlines()[0]}); "

@@ -129,7 +129,11 @@ def resolve_training(cfg: DictConfig) -> Training:
 
 
 def train(cfg: DictConfig, progress: bool = True) -> Path:
-    """Train (or resume, or find complete) the run `cfg` describes; returns the adapter file."""
+    """Train (or resume, or find complete) the run `cfg` describes; returns the adapter file. A run
+    that cannot fit the GPU's memory (harness.experiment.planner) is refused before anything loads."""
+    from harness.experiment.planner import check_train_memory
+
+    check_train_memory(cfg)
     return run_training(resolve_training(cfg), progress)
 
 
