@@ -53,6 +53,17 @@ def cmd_verify(overrides: list[str]) -> None:
                          "those files")
 
 
+def cmd_export(args: list[str]) -> None:
+    """The export's own options are taken out before Hydra parses the rest (a prompt may hold a comma)."""
+    from harness.experiment.plans import fixed_overrides
+    from harness.report.export import split_options
+
+    fixed_overrides(split_options(args)[1])  # errors before pandas and torch load
+    import harness.api
+
+    harness.api.export(args)
+
+
 def _options(command: str, overrides: list[str], known: list[str]) -> dict[str, str]:
     options = {}
     for o in overrides:
@@ -363,6 +374,9 @@ COMMANDS = {
                      "refinery bench experiment=training_free"),
     "leaderboard": Command(_api("leaderboard"), "rank methods across experiments",
                            "refinery leaderboard experiment=training_free,table2_reward"),
+    "export": Command(cmd_export, "an mp4 or GIF of a cell, a sample or a report's gallery",
+                      "refinery export method=bon out=bon.mp4 [video=3 | prompt='...' seed=0 | gallery=true] "
+                      "[fps=16 crf=17 scale=4]"),
     "verify": Command(cmd_verify, "check every cell's files", "refinery verify [experiment=quickstart | paths.store=runs]"),
     "list": Command(cmd_list, "list experiments, methods, metrics, models or cells",
                     "refinery list experiments|methods|metrics|models|cells", takes="words", subcommands={
