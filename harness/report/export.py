@@ -123,21 +123,7 @@ def export_videos(store: Store, refs: list[CellRef], options: ExportOptions, fps
     """Write options.out from the cells of `refs` (one, or a report's rows with gallery=true); what it
     holds, also printed."""
     if options.gallery:
-        cells = [store.cell(ref.key) for ref in refs]
-        shown = [(cell, ref) for cell, ref in zip(cells, refs) if cell.state() == "complete"]
-        for cell, ref in zip(cells, refs):
-            if cell.state() != "complete":
-                print(f"cell {cell.key} ({ref.name()}) is {cell.state()}: not in the gallery")
-        if not shown:
-            raise UsageError("no cell of the report is complete; run the sweep first")
-        video, placed, prompts = gallery_video([complete_cell(c, r.name()) for c, r in shown], gallery_prompts,
-                                               options.scale)
-        write_export(options.out, video, fps, crf)
-        print(f"gallery of {len(shown)} cells x {len(prompts)} prompts (seed {placed[0].seed}) written to "
-              f"{options.out.resolve()}")
-        print("\n".join([*(f"  row {i}: {ref.name()} [{cell.key}]" for i, (cell, ref) in enumerate(shown)),
-                         *(f"  column {i}: {prompt}" for i, prompt in enumerate(prompts))]))
-        return placed
+        return _export_gallery(store, refs, options, fps, crf, gallery_prompts)
     if len(refs) != 1:
         names = "; ".join(ref.name() for ref in refs[:4]) + (" ..." if len(refs) > 4 else "")
         raise UsageError(f"the overrides select {len(refs)} cells ({names}); name one with its settings, "
@@ -149,6 +135,28 @@ def export_videos(store: Store, refs: list[CellRef], options: ExportOptions, fps
         else f"{len(placed)} videos one after another"
     print(f"cell {cell.key} ({refs[0].name()}): {what}, {len(frames)} frames at {fps} FPS, written to "
           f"{options.out.resolve()}")
+    return placed
+
+
+def _export_gallery(store: Store, refs: list[CellRef], options: ExportOptions, fps: int, crf: int,
+                    prompts: int) -> list[Placed]:
+    """The report's complete cells by its gallery's prompts; the others are named and left out."""
+    shown = []
+    for ref in refs:
+        cell = store.cell(ref.key)
+        state = cell.state()
+        if state == "complete":
+            shown.append((cell, ref))
+        else:
+            print(f"cell {cell.key} ({ref.name()}) is {state}: not in the gallery")
+    if not shown:
+        raise UsageError("no cell of the report is complete; run the sweep first")
+    video, placed, columns = gallery_video([cell for cell, _ in shown], prompts, options.scale)
+    write_export(options.out, video, fps, crf)
+    print(f"gallery of {len(shown)} cells x {len(columns)} prompts (seed {placed[0].seed}) written to "
+          f"{options.out.resolve()}")
+    print("\n".join([*(f"  row {i}: {ref.name()} [{cell.key}]" for i, (cell, ref) in enumerate(shown)),
+                     *(f"  column {i}: {prompt}" for i, prompt in enumerate(columns))]))
     return placed
 
 
