@@ -33,7 +33,8 @@ if TYPE_CHECKING:
     from harness.store.cells import CellRef
     from harness.store.cells import Cell, Damage, Store
 
-__all__ = ["run", "sweep", "score", "report", "bench", "leaderboard", "verify", "plans", "plan_cost", "scores"]
+__all__ = ["run", "sweep", "score", "report", "bench", "leaderboard", "export", "verify", "plans", "plan_cost",
+           "scores"]
 
 
 def plans(overrides: Sequence[str] = ()) -> list[CellPlan]:
@@ -330,6 +331,35 @@ def leaderboard(overrides: Sequence[str] = ()) -> pd.DataFrame:
                               generation_timings=frozenset(cfg.report.generation_timings))
     print(f"leaderboard written to {out.resolve()}/ ({', '.join(p.name for p in paths.values())})")
     return _with_files(pd.read_csv(paths["leaderboard.csv"]), paths)
+
+
+def export(overrides: Sequence[str] = ()) -> pd.DataFrame:
+    """Stored videos as one mp4 or GIF (`out=FILE.mp4|.gif`, the format from its suffix): the cell of
+    the other overrides, its videos one after another; one of its samples with `video=I` or
+    `prompt=P [seed=S]`; or with `gallery=true` the report's gallery (rows: the report's cells,
+    columns: `report.gallery` prompts). `fps` (default vbench.fps), `crf` (mp4, default vbench.crf)
+    and `scale` (whole-multiple enlargement; default to about 128 pixels a video) shape the file.
+    One row per stored video placed (cell, video, prompt, seed, its first frame, gallery row and
+    column), the written file in `.attrs["files"]`."""
+    from dataclasses import asdict
+
+    from harness.report.export import export_videos, split_options
+
+    options, rest = split_options(list(overrides))
+    if options.gallery:  # the report's rows, its baseline included
+        reportable = _reportable(rest)
+        exp, refs = reportable.exp, reportable.refs
+    else:
+        exp = experiment(rest)
+        refs = exp.refs()
+    cfg = exp.cfg
+    unique = list({ref.key: ref for ref in refs}.values())
+    for ref in unique:  # no export of a video the manifest does not vouch for
+        exp.store.cell(ref.key).refuse_damage(scores=False)
+    placed = export_videos(exp.store, unique, options, fps=options.fps or int(cfg.vbench.fps),
+                           crf=int(cfg.vbench.crf) if options.crf is None else options.crf,
+                           gallery_prompts=int(cfg.report.gallery))
+    return _with_files(pd.DataFrame([asdict(p) for p in placed]), {options.out.name: options.out})
 
 
 # ---------------------------------------------------------------------------------------------

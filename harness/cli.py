@@ -53,6 +53,17 @@ def cmd_verify(overrides: list[str]) -> None:
                          "those files")
 
 
+def cmd_export(args: list[str]) -> None:
+    """The export's own options are taken out before Hydra parses the rest (a prompt may hold a comma)."""
+    from harness.experiment.plans import fixed_overrides
+    from harness.report.export import split_options
+
+    fixed_overrides(split_options(args)[1])  # errors before pandas and torch load
+    import harness.api
+
+    harness.api.export(args)
+
+
 def _options(command: str, overrides: list[str], known: list[str]) -> dict[str, str]:
     options = {}
     for o in overrides:
@@ -353,6 +364,7 @@ class Command:
     example: str
     takes: str = "config"  # config: Hydra overrides; options: the command's own key=value; words: sub-commands
     subcommands: dict[str, str] = field(default_factory=dict)  # words: each sub-command's usage
+    own: tuple[str, ...] = ()  # config: the command's own KEY=VALUE options beside the overrides, for --help
 
 
 COMMANDS = {
@@ -369,6 +381,14 @@ COMMANDS = {
                      "refinery bench experiment=training_free"),
     "leaderboard": Command(_api("leaderboard"), "rank methods across experiments",
                            "refinery leaderboard experiment=training_free,table2_reward"),
+    "export": Command(cmd_export, "an mp4 or GIF of a cell, a sample or a report's gallery",
+                      "refinery export method=bon out=bon.mp4 [video=3 | prompt='...' seed=0 | gallery=true] "
+                      "[fps=16 crf=17 scale=4]", own=(
+                          "out=FILE.mp4|FILE.gif  the file to write (required; the format from its suffix)",
+                          "video=I | prompt=P [seed=S]  one sample of the cell (seed: the sample's; default the first)",
+                          "gallery=true  the report's cells (rows) x report.gallery prompts (columns)",
+                          "fps=N  default vbench.fps;  crf=0..51  mp4 quality, default vbench.crf",
+                          "scale=N  whole-multiple enlargement; default up to about 128 pixels a video")),
     "verify": Command(cmd_verify, "check every cell's files", "refinery verify [experiment=quickstart | paths.store=runs]"),
     "list": Command(cmd_list, "list experiments, methods, metrics, models or cells",
                     "refinery list experiments|methods|metrics|models|cells", takes="words", subcommands={
@@ -416,6 +436,8 @@ def _epilog(name: str, command: Command) -> str:
     from harness.experiment.plans import GROUPS, group_choices
 
     lines = [f"example: {command.example}", ""]
+    if command.own:
+        lines += ["options of the command (KEY=VALUE):", *(f"  {o}" for o in command.own), ""]
     if command.takes == "config":
         lines.append("config groups (GROUP=OPTION; OPTION,OPTION sweeps):")
         lines += [f"  {group:11s} {', '.join(group_choices(group))}" for group in GROUPS]

@@ -10,9 +10,9 @@ from PIL import Image
 
 from harness.errors import UsageError
 from harness.store.cells import CellRef
-from harness.report.tables import collect, summarize
+from harness.report.tables import build_report, collect, summarize
 from harness.report.write import report_folder, write_report
-from harness.report.figures import pareto_front
+from harness.report.figures import DPI, PANEL_INCHES, cost_quality_figures, pareto_front
 from harness.report.stats import Resampling, clustered_mean, holm, paired_difference
 from harness.store.cells import Store
 from harness.report.timing import Timing, write_timing
@@ -242,6 +242,19 @@ def test_fps_comes_from_the_timing_pass_never_from_generation(sweep, tmp_path):
     md = write_report(store, refs, tmp_path / "c", "T", timings={"better": busy}, **options)["report.md"].read_text()
     assert _md_rows(md, "Summary: cost and headline scores")["better"].split(" | ")[3] == "**0.40 (loaded)**"
     assert "1 of 1 passes ran while other processes loaded the machine (1-minute load up to 5.0 on 2 cores)" in md
+
+
+def test_the_cost_figure_draws_time_only_after_a_timing_pass(sweep):
+    """Without a timing pass: the NFE panel alone, and a caption saying how to get FPS; with one, a
+    second panel of the same size beside it."""
+    store, refs, _ = sweep
+    options = dict(headline=["bench.score"], baseline="base", resampling=Resampling(draws=100, permutations=99))
+    (untimed,) = cost_quality_figures(build_report(store, refs, "T", **options))
+    timing = _timing("better", [0.4, 0.5, 0.6], [0.2, 0.2, 0.2])
+    (timed,) = cost_quality_figures(build_report(store, refs, "T", timings={"better": timing}, **options))
+    assert "`refinery bench`" in untimed.caption and "refinery bench" not in timed.caption
+    widths = [Image.open(io.BytesIO(f.png)).width for f in (untimed, timed)]
+    assert widths[1] - widths[0] == round(PANEL_INCHES * DPI)
 
 
 def test_bad_input_is_refused_before_anything_is_written(sweep, tmp_path):

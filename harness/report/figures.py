@@ -1,8 +1,8 @@
 """Cost against quality: one figure per headline metric.
 
-Left panel: the metric against NFE per video (counted by the ledger); right panel: against time per
-video relative to the baseline, from the timing pass (harness.report.timing), never from generation wall
-time. One colour and one legend entry per method (the labels that are not a swept number); points of
+Left panel: the metric against NFE per video (counted by the ledger); right panel, where a timing pass
+ran: against time per video relative to the baseline, from the timing pass (harness.report.timing), never
+from generation wall time (without one the caption says how to run it). One colour and one legend entry per method (the labels that are not a swept number); points of
 a method are joined along its swept numeric axis (steps, n, τ, ...); error bars are the 95% CIs (the
 timing's are the range of its pairwise ratios); the dashed line is the Pareto front (no other cell is
 both cheaper and better).
@@ -50,12 +50,20 @@ def cost_quality_figures(report: "ReportData") -> list[Figure]:
         if not panels:
             continue
         arrow = {True: " ↑", False: " ↓", None: ""}[report.context.better.get(metric)]
+        timed = any(p.time for _, pts in panels for p in pts)
         png = _plot(panels, f"{metric}{arrow}", report.context.better.get(metric) is not False,
-                    report.baseline, bool(report.timings))
-        caption = (f"{metric} against NFE per video and against time per video ÷ baseline (timing pass); "
-                   "bars: 95% CI; dashed: Pareto front")
-        figures.append(Figure(metric, f"figure-{re.sub(r'[^A-Za-z0-9_.-]', '_', metric)}.png", caption, png))
+                    report.baseline, timed)
+        figures.append(Figure(metric, f"figure-{re.sub(r'[^A-Za-z0-9_.-]', '_', metric)}.png",
+                              _caption(metric, timed), png))
     return figures
+
+
+def _caption(metric: str, timed: bool) -> str:
+    if timed:
+        return (f"{metric} against NFE per video and against time per video ÷ baseline (timing pass); "
+                "bars: 95% CI; dashed: Pareto front")
+    return (f"{metric} against NFE per video; bars: 95% CI; dashed: Pareto front. FPS and time ÷ baseline: "
+            "`refinery bench` with the same overrides (or report.timing=true)")
 
 
 def _axis_and_series(refs: list["CellRef"], label_keys: list[str]) -> tuple[str | None, list[str]]:
@@ -119,40 +127,48 @@ def pareto_front(points: list[tuple[float, float]], higher_is_better: bool) -> l
     return front
 
 
+PARETO_STYLE = {"ls": "--", "color": "0.2", "lw": 1.4}  # dark: drawn over the series' lines
+PANEL_INCHES, LEGEND_INCHES, DPI = 4.6, 2.2, 110
+
+
 def _plot(panels: list, ylabel: str, higher_is_better: bool, baseline: str | None, timed: bool) -> bytes:
+    """One row per section: cost in NFE and, where a timing pass ran, time ÷ baseline; the legend
+    beside the top row, framed, so it reads against any background."""
     # the Agg canvas directly, so that a report never touches pyplot's global backend state
     from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure as MplFigure
+    from matplotlib.lines import Line2D
 
     names = list(dict.fromkeys(p.series for _, pts in panels for p in pts))
     cmap = colormaps["tab10" if len(names) <= 10 else "tab20"]
     colours = {name: cmap(i % cmap.N) for i, name in enumerate(names)}
-    fig = MplFigure(figsize=(10.5, 3.9 * len(panels)), layout="constrained")
+    columns = 2 if timed else 1
+    fig = MplFigure(figsize=(PANEL_INCHES * columns + LEGEND_INCHES, 3.9 * len(panels)), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(len(panels), 2, squeeze=False)
-    for (heading, points), (ax_nfe, ax_time) in zip(panels, axes):
-        _panel(ax_nfe, [(p, p.nfe, None) for p in points if p.nfe is not None], colours, higher_is_better,
+    axes = fig.subplots(len(panels), columns, squeeze=False)
+    for (heading, points), row in zip(panels, axes):
+        _panel(row[0], [(p, p.nfe, None) for p in points if p.nfe is not None], colours, higher_is_better,
                baseline, "NFE per video (ledger)")
-        timed_points = [(p, p.time[0], (p.time[0] - p.time[1], p.time[2] - p.time[0])) for p in points if p.time]
-        if timed_points:
-            _panel(ax_time, timed_points, colours, higher_is_better, baseline,
-                   "time per video ÷ baseline (timing pass)")
-        else:
-            ax_time.set_axis_off()
-            ax_time.text(0.5, 0.5, "no timing pass yet:\n`refinery bench ...` or report.timing=true",
-                         ha="center", va="center", transform=ax_time.transAxes, fontsize=9, color="0.4")
-        for ax in (ax_nfe, ax_time):
+        if timed:
+            timed_points = [(p, p.time[0], (p.time[0] - p.time[1], p.time[2] - p.time[0])) for p in points if p.time]
+            if timed_points:
+                _panel(row[1], timed_points, colours, higher_is_better, baseline,
+                       "time per video ÷ baseline (timing pass)")
+            else:  # a section the timing pass did not reach: nothing to draw
+                row[1].set_axis_off()
+        for ax in row:
             if heading:
                 ax.set_title(heading[:90], fontsize=8, parse_math=False)
-        ax_nfe.set_ylabel(ylabel)
-    handles = [fig.axes[0].plot([], [], "o-", color=colours[n], label=n)[0] for n in names]
-    handles.append(fig.axes[0].plot([], [], "--", color="0.45", label="Pareto front")[0])
+        row[0].set_ylabel(ylabel)
+    handles = [Line2D([], [], marker="o", color=colours[n], label=n) for n in names]
+    handles.append(Line2D([], [], label="Pareto front", **PARETO_STYLE))
     if baseline:
-        handles.append(fig.axes[0].plot([], [], "o", mfc="none", mec="black", ms=11, label="baseline")[0])
-    fig.legend(handles=handles, loc="outside right upper", fontsize=8, frameon=False)
+        handles.append(Line2D([], [], marker="o", ls="none", mfc="none", mec="black", ms=11, label="baseline"))
+    fig.legend(handles=handles, loc="outside right upper", fontsize=9, frameon=True, framealpha=1.0,
+               facecolor="white", edgecolor="0.6", handlelength=2.6)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
+    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
     return buf.getvalue()
 
 
@@ -180,7 +196,7 @@ def _panel(ax, points: list, colours: dict, higher_is_better: bool, baseline: st
                            (x + (x_err[1] if x_err else 0), point.y + point.y_err[1])])
     front = pareto_front([(x, p.y) for p, x, _ in points], higher_is_better)
     if len(front) > 1:
-        ax.step([x for x, _ in front], [y for _, y in front], "--", where="post", color="0.45", lw=1, zorder=0)
+        ax.step([x for x, _ in front], [y for _, y in front], where="post", zorder=2.5, **PARETO_STYLE)
     ax.set_xlabel(xlabel)
     ax.grid(alpha=0.3)
     ax.margins(x=0.08, y=0.08)

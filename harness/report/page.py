@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from harness.assets import CHECKOUT, TEMPLATES
+from harness.report.media import gif_bytes
 
 if TYPE_CHECKING:
     import jinja2
@@ -121,20 +122,14 @@ def _scaled(image, width: int):
 
 
 def animation(video: np.ndarray, width: int = SAMPLE_WIDTH) -> bytes:
-    """An animated GIF of a (F, H, W, 3) uint8 video, looping. One palette for all frames, taken where
-    the frames are smallest (their own size, or the shown size when that is smaller), then scaled up."""
+    """An animated GIF of a (F, H, W, 3) uint8 video at about `width` pixels, looping: wider frames are
+    area-averaged down first (the palette is taken where the frames are smallest), narrower ones
+    enlarged whole multiples (media.gif_bytes)."""
     from PIL import Image
 
-    small = [Image.fromarray(f) for f in video]
-    if small[0].width > width:
-        small = [_scaled(f, width) for f in small]
-    mosaic = Image.fromarray(np.concatenate([np.asarray(f) for f in small], axis=1))
-    palette = mosaic.quantize(colors=255, dither=Image.Dither.NONE)
-    frames = [_scaled(f.quantize(palette=palette, dither=Image.Dither.NONE), width) for f in small]
-    buf = io.BytesIO()
-    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=GIF_FRAME_MS,
-                   loop=0, disposal=2)
-    return buf.getvalue()
+    if video.shape[2] > width:
+        video = np.stack([np.asarray(_scaled(Image.fromarray(f), width)) for f in video])
+    return gif_bytes(video, GIF_FRAME_MS, max(1, width // video.shape[2]))
 
 
 def frame_strip(video: np.ndarray, count: int = STRIP_FRAMES, width: int = STRIP_WIDTH) -> tuple[bytes, list[int]]:
@@ -174,7 +169,7 @@ def gallery(report: "ReportData", store: "Store", prompts: int, seed_position: i
     order = list(dict.fromkeys(videos["prompt"]))
     seeds = sorted(videos["seed"].dropna().unique())
     seed = seeds[min(seed_position, len(seeds) - 1)]
-    chosen = [order[i] for i in sorted(set(np.linspace(0, len(order) - 1, min(prompts, len(order))).round().astype(int)))]
+    chosen = spread(order, prompts)
     by_key = {(r["cell"], r["prompt"], r["seed"]): int(r["video"]) for r in videos.to_dict("records")}
     values = {(r["cell"], r["video"], r["metric"]): r["value"] for r in report.df.to_dict("records")}
     shown = []
@@ -191,6 +186,14 @@ def gallery(report: "ReportData", store: "Store", prompts: int, seed_position: i
                               data_uri(strip, "image/png"), ", ".join(map(str, picks)), scores))
         shown.append({"prompt": prompt, "seed": seed, "tiles": tiles})
     return shown
+
+
+def spread(items: list, count: int) -> list:
+    """`count` of the items evenly spread from the first to the last, in their order (the gallery's
+    prompts, here and in `refinery export gallery=true`)."""
+    if count <= 0 or not items:
+        return []
+    return [items[i] for i in sorted(set(np.linspace(0, len(items) - 1, min(count, len(items))).round().astype(int)))]
 
 
 def _fmt(value: float | None) -> str:

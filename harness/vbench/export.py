@@ -152,10 +152,11 @@ def _size(hw: tuple[int, ...]) -> str:
 
 
 def write_mp4(path: Path, video: np.ndarray, fps: int, crf: int) -> None:
-    """uint8 (F, H, W, 3) -> H.264 yuv420p mp4, the format VBench's readers (decord, OpenCV) expect."""
+    """uint8 (F, H, W, 3) -> H.264 yuv420p mp4, the format VBench's readers (decord, OpenCV) expect
+    (mp4 whatever the path's suffix: atomic writes go to a temp name)."""
     writer = ffmpeg().write_frames(
         str(path), (video.shape[2], video.shape[1]), fps=fps, codec="libx264", quality=None,
-        pix_fmt_in="rgb24", pix_fmt_out="yuv420p", output_params=["-crf", str(crf)],
+        pix_fmt_in="rgb24", pix_fmt_out="yuv420p", output_params=["-crf", str(crf), "-f", "mp4"],
         macro_block_size=1, ffmpeg_log_level="error")
     writer.send(None)
     for frame in video:
