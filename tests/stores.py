@@ -1,6 +1,7 @@
-"""What two stores must share byte for byte when the same sweep filled them (any launcher, any process):
-every video, spec and quality score file as bytes; records, the compute scores and the manifest with
-their measured fields (times, memory, host) left out, since those are measurements, not results."""
+"""What two stores must share byte for byte when the same sweep filled them (any launcher, any number
+of writers per cell): every video, spec and quality score file as bytes; records, the compute scores
+and the manifest with their measured fields (times, memory, host, and the `worker` that wrote each
+record) left out, since those are measurements, not results."""
 from __future__ import annotations
 
 import json
@@ -11,6 +12,7 @@ MEASURED = ("wall_seconds", "decode_seconds", "verifier_seconds", "peak_memory_m
 
 def _record(data: bytes) -> dict:
     record = json.loads(data)
+    record.pop("worker", None)  # which writer made it: any of a cell's shards, same bytes
     record["ledger"] = {k: v for k, v in record["ledger"].items() if k not in MEASURED}
     return record
 
@@ -49,5 +51,5 @@ def contents(store: Path) -> dict[str, object]:
 
 
 def leftovers(store: Path) -> list[Path]:
-    """Temp files and locks, which no finished sweep may leave."""
-    return [p for p in (store / "cells").rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".lock")]
+    """Temp files and locks (the cell's, writers' and claims'), which no finished sweep may leave."""
+    return [p for p in (store / "cells").rglob("*") if p.name.endswith((".tmp", ".lock")) or p.name.startswith(".lock")]

@@ -195,11 +195,24 @@ class TrainSettings:
 
 
 @dataclass(frozen=True)
+class RunSettings:
+    workers: int = option(min=1)
+
+
+@dataclass(frozen=True)
+class LauncherSettings:
+    shards: int = option(min=1)
+    shard: int = option(min=0)
+
+
+@dataclass(frozen=True)
 class Root:
     seed: int = option(min=0)
     samples_per_prompt: int = option(min=1)
     batch_size: int = option(min=1)
     threads: int = option(min=1)
+    run: RunSettings = option()
+    launcher: LauncherSettings = option()
     experiment: str | None = option()
     report: Report = option()
     paths: Paths = option()
