@@ -79,7 +79,8 @@ def run_cell(cfg: DictConfig, overrides: list[str] | None = None) -> str:
     from harness.experiment.launchers import follow_sweep
     from harness.experiment.pipeline import generate, resolve_run
     from harness.experiment.pipeline import score as score_cell
-    from harness.experiment.workers import gpus_for, run_workers
+    from harness.engine.devices import gpus_for
+    from harness.experiment.workers import run_workers
     from harness.report.tables import headline_lines
 
     follow_sweep()
@@ -90,7 +91,8 @@ def run_cell(cfg: DictConfig, overrides: list[str] | None = None) -> str:
     resume = shlex.join(["refinery", "run", *overrides])
     shared = (0, 0)
     if cfg.run.workers > 1:
-        shared = run_workers(overrides, gpus_for(resolved.model.device, cfg.run.workers), resume)
+        gpus = gpus_for(resolved.model.device.type == "cuda", cfg.run.workers, "run.workers")
+        shared = run_workers(overrides, gpus, resume)
     made = generate(resolved, store, resume=resume)  # what failed workers left, if anything
     made.videos, made.model_calls = made.videos + shared[0], made.model_calls + shared[1]
     record(CellPlan(overrides, cfg), resolved, store)

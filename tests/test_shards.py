@@ -17,7 +17,7 @@ from conftest import ROOT
 from harness.cli import main
 from harness.errors import UsageError
 from harness.experiment.pipeline import worker_identity
-from harness.experiment.workers import gpus_for
+from harness.engine.devices import gpus_for
 from harness.store.cells import Store
 from stores import contents, leftovers, slow_disk
 
@@ -100,10 +100,10 @@ def test_the_worker_field_names_host_pid_slurm_task_and_the_real_gpu(monkeypatch
 
 def test_workers_get_one_visible_gpu_each_and_more_workers_than_gpus_are_refused(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
-    assert gpus_for(torch.device("cuda"), 2) == ["2", "5"]
-    assert gpus_for(torch.device("cpu"), 3) == [None, None, None]
+    assert gpus_for(True, 2, "run.workers") == ["2", "5"]
+    assert gpus_for(False, 3, "run.workers") == [None, None, None]
     with pytest.raises(UsageError, match="run.workers=3 but 2 GPUs are visible"):
-        gpus_for(torch.device("cuda"), 3)
+        gpus_for(True, 3, "run.workers")
 
 
 # -- writers of one cell ------------------------------------------------------------------------------

@@ -80,6 +80,7 @@ class VBench:
     cache_dir: str = option()
     torch_home: str = option()
     hf_home: str = option()
+    workers: int | None = option(None, min=1)
 
 
 @dataclass(frozen=True)

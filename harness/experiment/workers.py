@@ -16,8 +16,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
-
 import harness
 from harness.errors import UsageError
 from harness.experiment.launchers import SWEEP_ENV, follow_sweep
@@ -25,19 +23,6 @@ from harness.store.lease import say
 
 REPORT_ENV = "REFINERY_WORKER_REPORT"  # where a worker writes what it generated (JSON)
 RESUME_ENV = "REFINERY_RESUME"  # the command that finishes the cell: the run that started the worker's
-
-
-def gpus_for(device: torch.device, workers: int) -> list[str | None]:
-    """The GPU each worker sees (CUDA_VISIBLE_DEVICES), or None for each of the CPU workers."""
-    if device.type != "cuda":
-        return [None] * workers
-    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
-    visible = [d.strip() for d in listed.split(",") if d.strip()] if listed is not None else \
-        [str(i) for i in range(torch.cuda.device_count())]
-    if workers > len(visible):
-        raise UsageError(f"run.workers={workers} but {len(visible)} GPUs are visible "
-                         f"({', '.join(visible) or 'none'}); use run.workers<={len(visible)}, one worker per GPU")
-    return visible[:workers]
 
 
 def run_workers(overrides: list[str], gpus: list[str | None], resume: str) -> tuple[int, int]:
