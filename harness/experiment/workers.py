@@ -61,6 +61,8 @@ def main(overrides: list[str]) -> int:
     from harness.experiment.pipeline import generate, resolve_run, open_store
     from harness.experiment.plans import compose, load_plugins
 
+    if str(os.getppid()) != os.environ.get(SWEEP_ENV, "").rpartition(":")[2]:
+        return 1  # the run that started this worker died before it got here; follow_sweep would miss it
     follow_sweep()
     try:
         cfg = compose(overrides)
