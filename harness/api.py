@@ -99,14 +99,22 @@ def run_cell(cfg: DictConfig, overrides: list[str] | None = None) -> str:
     from harness.experiment.launchers import follow_sweep
     from harness.experiment.pipeline import generate, resolve_run
     from harness.experiment.pipeline import score as score_cell
+    from harness.engine.devices import gpus_for
+    from harness.experiment.workers import run_workers
     from harness.report.tables import headline_lines
 
     follow_sweep()
     load_plugins(cfg)
     overrides = _job_overrides() if overrides is None else overrides
-    resolved = resolve_run(cfg)
+    resolved = resolve_run(cfg)  # every bad input refused here, before any worker starts
     store = _store(cfg)
-    made = generate(resolved, store, resume=shlex.join(["refinery", "run", *overrides]))
+    resume = shlex.join(["refinery", "run", *overrides])
+    shared = (0, 0)
+    if cfg.run.workers > 1:
+        gpus = gpus_for(resolved.model.device.type == "cuda", cfg.run.workers, "run.workers")
+        shared = run_workers(overrides, gpus, resume)
+    made = generate(resolved, store, resume=resume)  # what failed workers left, if anything
+    made.videos, made.model_calls = made.videos + shared[0], made.model_calls + shared[1]
     record(CellPlan(overrides, cfg), resolved, store)
     cell = store.cell(resolved.key)
     scored = score_cell(cell, cfg.metric, Path(cfg.paths.weights))
@@ -121,8 +129,10 @@ def _job_overrides() -> list[str]:
 
     if not HydraConfig.initialized():
         return []
-    # as the user gave them: the `++` is what sweep() added for Hydra's first composition (_forced)
-    return [o[2:] if o.startswith("++") else o for o in HydraConfig.get().overrides.task]
+    # as the user gave them: the `++` is what sweep() added for Hydra's first composition (_forced);
+    # without the shard number the sweep gave the job, which names no setting of the cell
+    return [o[2:] if o.startswith("++") else o for o in HydraConfig.get().overrides.task
+            if not o.startswith("launcher.shard=")]
 
 
 def _sweep_job(cfg: DictConfig) -> None:
@@ -149,7 +159,9 @@ def sweep(overrides: Sequence[str] = ()) -> pd.DataFrame:
     for plan in exp.plans:  # every cell's store writable before the first job starts
         _store(plan.cfg)
     mark_sweep()
-    with _argv(["--multirun", *_forced(overrides), *searchpath_overrides(overrides)]):  # hydra.main is Hydra's public entry to its launchers
+    shards = int(exp.cfg.launcher.shards)  # K writers of each cell: K jobs (array tasks) that share it
+    fan_out = [f"launcher.shard=range(0,{shards})"] if shards > 1 else []
+    with _argv(["--multirun", *_forced(overrides), *fan_out, *searchpath_overrides(overrides)]):  # hydra.main is Hydra's public entry to its launchers
         hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base=None)(_sweep_job)()
     refs = exp.refs()
     if baseline is not None:  # the cell the report's overheads are relative to

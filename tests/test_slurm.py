@@ -103,6 +103,18 @@ def test_a_slurm_sweep_fills_the_store_as_the_basic_launcher(cluster, local_stor
     assert not any(work.iterdir())  # logs and Hydra's files go under the store, not the working folder
 
 
+def test_a_sharded_slurm_sweep_fills_the_store_as_the_basic_launcher(cluster, local_store, tmp_path):
+    """launcher.shards=2: two array tasks per cell share its videos; the store is the same."""
+    store, work = tmp_path / "store", empty_folder(tmp_path)
+    result = refinery(cluster.env, work, "sweep", *SWEEP, *SLURM, "launcher.shards=2", f"paths.store={store}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert contents(store) == contents(local_store) and not leftovers(store)
+    logs = sorted(store.glob(".sweeps/*/.submitit/*_*/*_log.out"))
+    assert len(logs) == 4  # 2 cells x 2 shards, one array task each
+    tasks = {json.loads(p.read_text())["worker"]["slurm_task"] for p in store.glob("cells/*/records/*.json")}
+    assert all(t and "_" in t for t in tasks)  # every record names the array task that wrote it
+
+
 def _until(condition, what: str, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while not condition():

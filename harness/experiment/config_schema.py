@@ -80,6 +80,7 @@ class VBench:
     cache_dir: str = option()
     torch_home: str = option()
     hf_home: str = option()
+    workers: int | None = option(None, min=1)
 
 
 @dataclass(frozen=True)
@@ -195,11 +196,24 @@ class TrainSettings:
 
 
 @dataclass(frozen=True)
+class RunSettings:
+    workers: int = option(min=1)
+
+
+@dataclass(frozen=True)
+class LauncherSettings:
+    shards: int = option(min=1)
+    shard: int = option(min=0)
+
+
+@dataclass(frozen=True)
 class Root:
     seed: int = option(min=0)
     samples_per_prompt: int = option(min=1)
     batch_size: int = option(min=1)
     threads: int = option(min=1)
+    run: RunSettings = option()
+    launcher: LauncherSettings = option()
     experiment: str | None = option()
     report: Report = option()
     paths: Paths = option()

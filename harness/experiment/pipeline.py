@@ -8,7 +8,9 @@ not part of the key: changing a metric rescores stored videos, it never regenera
 """
 from __future__ import annotations
 
+import os
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -23,7 +25,7 @@ from tqdm import tqdm
 from harness.experiment.config_schema import validate
 from harness import __version__
 from harness.errors import UsageError
-from harness.store.lease import Lease, LeaseLost
+from harness.store.lease import Lease, LeaseLost, say, slurm_job
 from harness.engine.method import Method
 from harness.models.base import VideoModel
 from harness.engine.registry import METHODS, METRICS, MODELS
@@ -35,6 +37,7 @@ from harness.experiment.suites import read_suite
 from harness.engine.metric import VideoBatch, check_weights
 
 SCORE_BATCH = 64
+_WAIT_S = 0.5  # how often a writer with nothing left to claim looks at the others' batches
 
 
 @dataclass
@@ -149,25 +152,34 @@ class Generated:
 
 def generate(run: Run, store: Store, progress: bool = True, resume: str | None = None) -> Generated:
     """Generate the cell's missing or damaged videos and records, and nothing else; a complete, intact
-    cell costs no model call. resume: the command that finishes the cell if this process dies."""
+    cell costs no model call. resume: the command that finishes the cell if this process dies.
+
+    Any number of processes (on any hosts of a shared store) may generate one cell at once: each
+    claims whole rollout batches (Cell.claim), skips those another live writer holds, waits for them
+    at the end and takes over a dead writer's claim. Whoever finds every video recorded last writes
+    the manifest, once. Each batch is rolled out as a single writer would, so the videos are the same
+    bytes whoever wrote them; each record names its writer (`worker`)."""
     cell = store.cell(run.key)
     if _up_to_date(cell):
         return Generated()
-    with cell.lock() as lease:
-        if _up_to_date(cell):  # another worker finished it while we waited
-            return Generated()
-        cell.write_spec(run.spec)
-        cell.set_status("running", resume=resume)
+    with cell.writer():
+        with cell.lock():
+            if _up_to_date(cell):  # another worker finished it while we waited
+                return Generated()
+            cell.write_spec(run.spec)
+            cell.set_status("running", resume=resume)
         try:
             with cpu_threads(run.threads):
-                made = _generate_batches(run, cell, progress, lease)
-            cell.write_manifest(len(run.items()))
+                made = _generate_batches(run, cell, progress)
         except LeaseLost:
-            raise  # the cell is another process's now: this one writes nothing more
+            raise  # the batch is another process's now: this one writes nothing more
         except BaseException as exc:
-            cell.set_status("failed", error=f"{type(exc).__name__}: {exc}", resume=resume)
+            with cell.lock():
+                if not cell.is_complete():
+                    cell.set_status("failed", error=f"{type(exc).__name__}: {exc}", resume=resume)
             raise
-        cell.set_status("complete", resume=resume)
+        _complete(cell, len(run.items()), resume)
+    cell.tidy_claims()
     return made
 
 
@@ -176,34 +188,77 @@ def _up_to_date(cell: Cell) -> bool:
     return cell.is_complete() and not [d for d in cell.damage() if not d.file.startswith("scores/")]
 
 
-def _generate_batches(run: Run, cell: Cell, progress: bool, lease: Lease) -> Generated:
+def _complete(cell: Cell, videos: int, resume: str | None) -> None:
+    """Write the manifest and mark the cell complete, unless another writer already did."""
+    with cell.lock():
+        if not _up_to_date(cell):
+            cell.write_manifest(videos)
+            cell.set_status("complete", resume=resume)
+
+
+def _generate_batches(run: Run, cell: Cell, progress: bool) -> Generated:
     """Roll out every batch that holds a video whose files are missing or damaged, and write exactly
-    those files. Batches are cut as in the first run (batch_size is part of the key), so a repair
-    reproduces the original bytes."""
+    those files; batches another live writer holds are left to it and waited for. Batches are cut as
+    in the first run (batch_size is part of the key), so a repair or a share reproduces the bytes."""
     items = run.items()
     unusable = cell.unusable([i for i, *_ in items])
     batches = [items[i: i + run.batch_size] for i in range(0, len(items), run.batch_size)]
     todo = [b for b in batches if any(i in unusable for i, *_ in b)]
     bar = tqdm(total=len(items), initial=len(items) - sum(map(len, todo)), unit="video",
                desc=f"{run.method.name} {cell.key[:8]}", disable=not progress)
-    made = Generated()
-    for batch in todo:
-        result = rollout(run.model, run.method, [p for _, p, _, _ in batch], [s for *_, s in batch], run.sampler)
-        made.videos += len(batch)
-        made.model_calls += result.ledger.nfe + result.ledger.cache_passes + result.ledger.decodes
-        ledger = result.ledger.per_video(len(batch))
-        ledger["host"] = socket.gethostname()
-        lease.check()  # a holder whose lease lapsed must not overwrite its successor's files
-        for (index, prompt, tags, seed), video in zip(batch, to_uint8(result.videos.cpu())):
-            parts = unusable.get(index, set())
-            record = {"index": index, "prompt": prompt, "tags": tags, "seed": seed, "ledger": ledger}
-            if "video" in parts:
-                cell.write_video(index, video, record if "record" in parts else None)
-            elif "record" in parts:
-                cell.write_record(index, record)
-        bar.update(len(batch))
+    made, worker, waited = Generated(), worker_identity(run.model.device), False
+    while todo:
+        held_by_others = []
+        for batch in todo:
+            with cell.claim(batch[0][0]) as claim:
+                if claim is None:
+                    held_by_others.append(batch)
+                    continue
+                # under the claim: another writer may have made it since the first look
+                parts = cell.unusable([i for i, *_ in batch])
+                if parts:
+                    _roll_out(run, cell, batch, parts, worker, claim, made)
+            bar.update(len(batch))
+        todo = [b for b in held_by_others if not all(cell.has_record(i) for i, *_ in b)]
+        bar.update(sum(map(len, held_by_others)) - sum(map(len, todo)))
+        if todo:
+            if not waited:
+                say(f"cell {cell.key}: waiting for other writers to finish {len(todo)} batches "
+                    "(taken over if they die)")
+                waited = True
+            time.sleep(_WAIT_S)
     bar.close()
     return made
+
+
+def _roll_out(run: Run, cell: Cell, batch: list, parts: dict[int, set[str]], worker: dict, claim: Lease,
+              made: Generated) -> None:
+    """Generate one batch and write the files `parts` names for each of its videos."""
+    result = rollout(run.model, run.method, [p for _, p, _, _ in batch], [s for *_, s in batch], run.sampler)
+    made.videos += len(batch)
+    made.model_calls += result.ledger.nfe + result.ledger.cache_passes + result.ledger.decodes
+    ledger = result.ledger.per_video(len(batch))
+    ledger["host"] = socket.gethostname()
+    claim.check()  # a holder whose lease lapsed must not overwrite its successor's files
+    for (index, prompt, tags, seed), video in zip(batch, to_uint8(result.videos.cpu())):
+        todo = parts.get(index, set())
+        record = {"index": index, "prompt": prompt, "tags": tags, "seed": seed, "ledger": ledger,
+                  "worker": worker}
+        if "video" in todo:
+            cell.write_video(index, video, record if "record" in todo else None)
+        elif "record" in todo:
+            cell.write_record(index, record)
+
+
+def worker_identity(device: torch.device) -> dict[str, Any]:
+    """Who writes a record: host, pid, SLURM array task (or job) and device. A CUDA device is named by
+    its index among all the host's GPUs where CUDA_VISIBLE_DEVICES maps it (cuda:0 of a worker that
+    sees only GPU 3 is cuda:3). Measured, like the ledger's times: never part of a video's bytes."""
+    name = str(device)
+    visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    if device.type == "cuda" and visible and (device.index or 0) < len(visible):
+        name = f"cuda:{visible[device.index or 0].strip()}"
+    return {"host": socket.gethostname(), "pid": os.getpid(), "slurm_task": slurm_job(), "device": name}
 
 
 def check_metric_weights(metric_cfg: DictConfig, weights_dir: Path) -> None:
@@ -222,17 +277,18 @@ def score(cell: Cell, metric_cfg: DictConfig, weights_dir: Path, force: bool = F
     if not cell.is_complete():
         raise UsageError(f"cell {cell.key} is not complete; run `refinery run` (or sweep) for it first")
     indices = cell.video_indices()
-    existing = cell.read_scores()
-    stale = {}
-    for name, options in metric_cfg.items():
-        options = OmegaConf.to_container(options) if options is not None else {}
-        metric_cls = METRICS.get(name)
-        old = existing.get(name, {})
-        if force or old.get("version") != metric_cls.version or old.get("options") != options \
-                or old.get("videos") != len(indices):
-            stale[name] = (metric_cls(weights_dir=weights_dir, **options), options)  # refuses missing weights
-    with cpu_threads(cell.spec().get("threads", torch.get_num_threads())):
-        return [_score_one(cell, name, metric, options, indices) for name, (metric, options) in stale.items()]
+    with cell.lock():  # the cell's other writers (shards) wait, then find the scores up to date
+        existing = cell.read_scores()
+        stale = {}
+        for name, options in metric_cfg.items():
+            options = OmegaConf.to_container(options) if options is not None else {}
+            metric_cls = METRICS.get(name)
+            old = existing.get(name, {})
+            if force or old.get("version") != metric_cls.version or old.get("options") != options \
+                    or old.get("videos") != len(indices):
+                stale[name] = (metric_cls(weights_dir=weights_dir, **options), options)  # refuses missing weights
+        with cpu_threads(cell.spec().get("threads", torch.get_num_threads())):
+            return [_score_one(cell, name, metric, options, indices) for name, (metric, options) in stale.items()]
 
 
 def _score_one(cell: Cell, name: str, metric: Any, options: dict, indices: list[int]) -> str:

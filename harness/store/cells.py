@@ -12,13 +12,18 @@ Layout under the root folder::
     cells/<key>/manifest.json         sha256 and size of every video, record and score file, written
                                       last when the cell completes and again when a score file is
                                       written: a complete cell can always be checked (Cell.damage)
-    cells/<key>/.lock                 lease of the process writing the cell (harness/store/lease.py)
+    cells/<key>/.lock                 lease of the process changing the cell's spec, status, manifest or
+                                      scores (harness/store/lease.py), held for those writes only
+    cells/<key>/.writers/<host>.<pid>.lock  lease of each process generating the cell's videos
+    cells/<key>/.claims/<i:05d>.lock  lease of the writer generating the rollout batch that starts at
+                                      video i: writers of one cell share its batches (Cell.claim)
 
 Every file is written to a temp file in its own directory and renamed over the target (harness.store.files), so a
 process killed at any moment leaves either the old file or the new one, never half of one, and
 many processes (joblib workers, SLURM array jobs on a shared file system) can share one store.
-Every write into a cell happens under its lease; the next holder removes the temp files that a
-killed writer left behind.
+Every write into a cell happens under its lease, or for videos and records under the claim of their
+batch; the next holder of the cell's lease removes the temp files that a killed writer left behind
+when no other writer of the cell is alive.
 """
 from __future__ import annotations
 
@@ -39,7 +44,7 @@ import numpy as np
 
 from harness.errors import UsageError
 from harness.store.files import TEMP_NAME, atomic_write_bytes, atomic_write_json, canonical_json, json_file_bytes, read_json, sha256_hex
-from harness.store.lease import Lease, LockTimeout, lease, read_holder, say, slurm_job
+from harness.store.lease import Holder, Lease, LockTimeout, lease, read_holder, say, slurm_job, try_lease
 
 __all__ = ["LockTimeout", "Store", "Cell", "Damage", "cell_key", "atomic_save_npy", "read_npy"]
 
@@ -202,10 +207,8 @@ class Cell:
         status = self._status_quietly()
         if status is None:
             return "damaged" if (self.path / "status.json").exists() else "missing"
-        if status["state"] == "running":
-            holder = read_holder(self.path / ".lock")
-            if holder is None or holder.gone():
-                return "interrupted"
+        if status["state"] == "running" and not self.live_writers():
+            return "interrupted"
         return status["state"]
 
     def resume_command(self) -> str | None:
@@ -408,7 +411,41 @@ class Cell:
         removes the temp files a killed writer left in the cell."""
         return lease(self.path / ".lock", f"cell {self.key}", timeout, on_acquire=self._remove_temp_files)
 
+    def writer(self) -> AbstractContextManager[Lease]:
+        """This process's lease as one of the cell's writers, held while it generates: the cell is
+        running (not interrupted) while any writer's lease lives."""
+        return lease(self.path / ".writers" / f"{socket.gethostname()}.{os.getpid()}.lock", f"cell {self.key}")
+
+    def claim(self, first: int) -> AbstractContextManager[Lease | None]:
+        """The claim of the rollout batch that starts at video `first`, or None while another live
+        writer holds it; a dead writer's claim is taken over."""
+        return try_lease(self.path / ".claims" / f"{first:05d}.lock", f"cell {self.key} videos from {first}")
+
+    def live_writers(self, other_than_me: bool = False) -> list[Holder]:
+        """The holders of the cell's lease, writer leases and claims that are alive (other_than_me:
+        those of other processes)."""
+        paths = [self.path / ".lock", *(p for folder in (".writers", ".claims")
+                                        for p in sorted((self.path / folder).glob("*.lock")))]
+        holders = [h for h in map(read_holder, paths) if h is not None and not h.gone()]
+        me = (socket.gethostname(), os.getpid())
+        return [h for h in holders if not (other_than_me and (h.info.get("host"), h.info.get("pid")) == me)]
+
+    def tidy_claims(self) -> None:
+        """Once the cell is complete: remove the writer leases of writers that are gone (killed ones
+        leave theirs), then the folders of writer leases and claims if nothing else is in them."""
+        for path in (self.path / ".writers").glob("*.lock"):
+            holder = read_holder(path)
+            if holder is not None and holder.gone():
+                path.unlink(missing_ok=True)
+        for folder in (".claims", ".writers"):
+            try:
+                (self.path / folder).rmdir()
+            except OSError:
+                pass  # absent, or a writer still there
+
     def _remove_temp_files(self) -> None:
+        if self.live_writers(other_than_me=True):
+            return  # their temp files are writes in progress; the last holder removes what is left
         for folder in _WRITTEN:
             try:
                 names = os.listdir(self.path / folder)

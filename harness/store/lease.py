@@ -162,6 +162,36 @@ def lease(path: Path, label: str, timeout: float | None = None,
             raise LockTimeout(f"{path} is held by {holder.describe()}; wait for it to finish, or for its "
                               f"lease to lapse ({LEASE_S:.0f} s without a heartbeat) if it is gone")
         time.sleep(_POLL_S * random.uniform(0.5, 1.5))  # jitter keeps waiters from polling in lockstep
+    with _hold(path, owner, on_acquire) as held:
+        yield held
+
+
+@contextmanager
+def try_lease(path: Path, label: str) -> Iterator[Lease | None]:
+    """Hold the lock file `path` if no live holder has it, else yield None at once, silently: the
+    claim of one share of a cell's work (Cell.claim), which a writer skips while another holds it.
+    A holder that is gone is taken over (one line, as lease() says it)."""
+    if path in _HELD:
+        yield _HELD[path]
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    owner = _owner()
+    while not _try_create(path, owner):
+        holder = read_holder(path)
+        if holder is None:
+            continue  # released between our attempt and the read
+        if not (holder.gone() and _take_over(path, holder)):
+            yield None
+            return
+        say(f"{label}: taking over the lock of {holder.describe()} "
+            f"(last heartbeat {holder.age():.0f} s ago; a lease lasts {LEASE_S:.0f} s)")
+    with _hold(path, owner, None) as held:
+        yield held
+
+
+@contextmanager
+def _hold(path: Path, owner: dict, on_acquire: Callable[[], None] | None) -> Iterator[Lease]:
+    """The lock file `path`, just created for `owner`: heartbeat until the block ends, then release."""
     held = Lease(path, owner)
     try:
         if on_acquire is not None:
