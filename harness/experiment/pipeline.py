@@ -25,12 +25,13 @@ from harness import __version__
 from harness.errors import UsageError
 from harness.store.lease import Lease, LeaseLost
 from harness.engine.method import Method
-from harness.models.base import VideoModel
+from harness.models.base import VideoModel, encode_suite
 from harness.engine.registry import METHODS, METRICS, MODELS
 from harness.experiment.resources import check_resources
 from harness.engine.samplers import Sampler
 from harness.engine.rollout import rollout
 from harness.store.cells import Cell, Store, cell_key
+from harness.store.embeddings import PromptEmbeddings
 from harness.experiment.spec_form import normal_timesteps
 from harness.experiment.suites import read_suite
 from harness.engine.metric import VideoBatch, check_weights
@@ -186,6 +187,8 @@ def _generate_batches(run: Run, cell: Cell, progress: bool, lease: Lease) -> Gen
     unusable = cell.unusable([i for i, *_ in items])
     batches = [items[i: i + run.batch_size] for i in range(0, len(items), run.batch_size)]
     todo = [b for b in batches if any(i in unusable for i, *_ in b)]
+    if todo:  # the suite's prompts once, kept in the store; the text encoder then leaves the GPU
+        encode_suite(run.model, run.prompts, PromptEmbeddings(cell.path.parent.parent))
     bar = tqdm(total=len(items), initial=len(items) - sum(map(len, todo)), unit="video",
                desc=f"{run.method.name} {cell.key[:8]}", disable=not progress)
     made = Generated()
