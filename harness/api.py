@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -380,8 +380,10 @@ def export(overrides: Sequence[str] = ()) -> pd.DataFrame:
 
 def verify(overrides: Sequence[str] = ()) -> pd.DataFrame:
     """Check the cells of `overrides` (with no setting but paths.*, every cell of the store): one row
-    per damaged or missing file (cell, file, problem, fix), each also printed with its repair.
-    Reading a whole store needs no model (nor torch)."""
+    per damaged or missing file (cell, file, problem, fix), each also printed with its repair, and one
+    line per cell that holds the same work as another (harness.experiment.spec_form). Reading a whole
+    store needs no model."""
+    from harness.experiment.spec_form import same_work
     from harness.store.cells import Store
 
     overrides = list(overrides)
@@ -392,9 +394,38 @@ def verify(overrides: Sequence[str] = ()) -> pd.DataFrame:
     rows = [{"cell": cell.key, "file": d.file, "problem": d.problem, "fix": cell.fix(d.file)}
             for cell, (damage, _) in zip(cells, found) for d in damage]
     states = [state for _, state in found]
+    duplicates = same_work(store.cells(), _normal_key(overrides))
+    for line in duplicates:
+        print(line)
     print(f"{count(len(cells), 'cell')} checked in {store.root.resolve()}: {count(len(rows), 'damaged file')}"
-          f", {states.count('interrupted')} interrupted, {states.count('missing')} not run")
+          f", {states.count('interrupted')} interrupted, {states.count('missing')} not run"
+          + (f", {count(len(duplicates), 'duplicate')} (listed above)" if duplicates else ""))
     return pd.DataFrame(rows, columns=["cell", "file", "problem", "fix"])
+
+
+def _normal_key(overrides: list[str]) -> Callable[[dict], str | None]:
+    """spec -> the key the current code gives its work: the spec with its timesteps in normal form for
+    the default step list of the model config of its model's name (None: no such config)."""
+    from harness.experiment.spec_form import normal_timesteps
+    from harness.store.cells import cell_key
+
+    paths = [o for o in overrides if o.lstrip("+~").startswith(("paths.", "plugins"))]
+    unknown = object()
+    defaults: dict[str, object] = {}
+
+    def key(spec: dict) -> str | None:
+        name = spec.get("model", {}).get("name")
+        if name not in defaults:
+            try:
+                defaults[name] = (compose([*paths, f"model={name}"]).model.get("sampling") or {}).get("timesteps")
+            except UsageError:
+                defaults[name] = unknown
+        if defaults[name] is unknown:
+            return None
+        s = spec["sampler"]
+        normal = normal_timesteps(s["steps"], s.get("timesteps"), defaults[name])
+        return cell_key({**spec, "sampler": {**s, "timesteps": list(normal) if normal else None}})
+    return key
 
 
 def count(n: int, thing: str) -> str:

@@ -27,12 +27,14 @@ from harness import __version__
 from harness.errors import UsageError
 from harness.store.lease import Lease, LeaseLost, say, slurm_job
 from harness.engine.method import Method
-from harness.models.base import VideoModel
+from harness.models.base import VideoModel, encode_suite
 from harness.engine.registry import METHODS, METRICS, MODELS
 from harness.experiment.resources import check_resources
 from harness.engine.samplers import Sampler
 from harness.engine.rollout import rollout
 from harness.store.cells import Cell, Store, cell_key
+from harness.store.embeddings import PromptEmbeddings
+from harness.experiment.spec_form import normal_timesteps
 from harness.experiment.suites import read_suite
 from harness.engine.metric import VideoBatch, check_weights
 
@@ -78,7 +80,8 @@ def load_model(cfg: DictConfig) -> VideoModel:
 def sampler_from(cfg: DictConfig) -> Sampler:
     """The sampler: the sampler group's settings, the model's own sampling defaults where they are
     null (model.sampling: Self-Forcing's 4 warped steps with shift 5, CausVid's 1000/757/522 with
-    shift 8). Setting sampler.steps alone asks for evenly spaced timesteps, not the model's list."""
+    shift 8). Setting sampler.steps alone asks for evenly spaced timesteps, not the model's list.
+    Its timesteps are in normal form (harness.experiment.spec_form): one key for one piece of work."""
     s, defaults = cfg.sampler, cfg.model.get("sampling") or {}
     timesteps = s.get("timesteps")
     if timesteps is None and s.steps is None:
@@ -86,8 +89,8 @@ def sampler_from(cfg: DictConfig) -> Sampler:
     steps = s.steps if s.steps is not None else len(timesteps) if timesteps is not None else defaults.get("steps", 4)
     shift = s.shift if s.shift is not None else defaults.get("shift", 1.0)
     warp = s.get("warp") if s.get("warp") is not None else defaults.get("warp", True)
-    return Sampler(s.kind, _positive("sampler.steps", steps, 1), float(shift),
-                   tuple(float(t) for t in timesteps) if timesteps is not None else None, bool(warp))
+    steps = _positive("sampler.steps", steps, 1)
+    return Sampler(s.kind, steps, float(shift), normal_timesteps(steps, timesteps, defaults.get("timesteps")), bool(warp))
 
 
 def resolve_run(cfg: DictConfig) -> Run:
@@ -204,6 +207,8 @@ def _generate_batches(run: Run, cell: Cell, progress: bool) -> Generated:
     unusable = cell.unusable([i for i, *_ in items])
     batches = [items[i: i + run.batch_size] for i in range(0, len(items), run.batch_size)]
     todo = [b for b in batches if any(i in unusable for i, *_ in b)]
+    if todo:  # the suite's prompts once, kept in the store; the text encoder then leaves the GPU
+        encode_suite(run.model, run.prompts, PromptEmbeddings(cell.path.parent.parent))
     bar = tqdm(total=len(items), initial=len(items) - sum(map(len, todo)), unit="video",
                desc=f"{run.method.name} {cell.key[:8]}", disable=not progress)
     made, worker, waited = Generated(), worker_identity(run.model.device), False

@@ -199,10 +199,11 @@ class CellPlan:
         from harness.engine.registry import METHODS
         from harness.experiment.suites import read_suite
         from harness.experiment.needed import needed_files
+        from harness.experiment.spec_form import SPEC_FORM
 
         cfg = self.cfg
         files = [f.path for f in needed_files(cfg) if not f.owner.startswith("metric ")]
-        return {"refinery": __version__,
+        return {"refinery": __version__, "spec_form": SPEC_FORM,
                 "settings": {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k])
                              else cfg[k] for k in _SPEC_SETTINGS},
                 "weights_dir": str(Path(cfg.paths.weights).resolve()),

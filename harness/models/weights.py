@@ -15,6 +15,7 @@ from harness.errors import UsageError
 from harness.store.files import atomic_write, sha256_hex
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
 
@@ -79,3 +80,35 @@ def module_digest(*modules: nn.Module) -> str:
     weights whatever files they came from."""
     return sha256_hex(chunk for module in modules for name, tensor in sorted(module.state_dict().items())
                       for chunk in (name, tensor.detach().float().contiguous().cpu().numpy().tobytes()))[:16]
+
+
+def fp32_kept(module: nn.Module, dtype: "torch.dtype") -> set[str]:
+    """The names whose tensors the module's own library keeps in float32 when it loads in `dtype`:
+    diffusers' `_keep_in_fp32_modules` below float32 (its from_pretrained: norms, time embedder,
+    scale-shift tables of Wan), transformers' `_keep_in_fp32_modules_strict` in float16 and bfloat16
+    and its `_keep_in_fp32_modules` in float16 only (umT5's `wo`)."""
+    import torch
+
+    if dtype == torch.float32 or not dtype.is_floating_point:
+        return set()
+    kept = set(getattr(module, "_keep_in_fp32_modules_strict", None) or ())
+    if dtype == torch.float16 or type(module).__module__.startswith("diffusers."):
+        kept |= set(getattr(module, "_keep_in_fp32_modules", None) or ())
+    return kept
+
+
+def cast_keeping_fp32(module: nn.Module, dtype: "torch.dtype") -> nn.Module:
+    """module.to(dtype), except the tensors every library module inside keeps in float32 (`fp32_kept`,
+    matched as from_pretrained matches them: a name part of the tensor's dotted name)."""
+    module.to(dtype)
+    for prefix, owner in module.named_modules():
+        kept = fp32_kept(owner, dtype)
+        if not kept:
+            continue
+        for name, sub in owner.named_modules():
+            for table in (sub._parameters, sub._buffers):
+                for tensor_name, tensor in table.items():
+                    parts = f"{name}.{tensor_name}".split(".") if name else [tensor_name]
+                    if tensor is not None and tensor.is_floating_point() and kept.intersection(parts):
+                        tensor.data = tensor.data.float()
+    return module

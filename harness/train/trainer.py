@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,7 +39,7 @@ from harness.train.adapters import TrainedMethod
 from harness.experiment.config_schema import TrainSettings, resolved, validate
 from harness.errors import UsageError
 from harness.store.files import canonical_json
-from harness.engine.ledger import Ledger
+from harness.engine.ledger import Ledger, work_clock
 from harness.models.base import VideoModel
 from harness.engine.noise import key_seed
 from harness.experiment.resources import check_creatable
@@ -169,7 +168,7 @@ def run_training(t: Training, progress: bool = True) -> Path:
 def train_step(t: Training, optimizer: torch.optim.Optimizer, step: int) -> dict[str, Any]:
     """One training step (module docstring); returns its log record."""
     s = t.settings
-    began = time.perf_counter()
+    began = work_clock()
     gen = torch.Generator().manual_seed(key_seed(s.seed, "train", step))
     prompts, seeds, exit_step = draw(t, gen, step)
     ledger = Ledger()
@@ -186,7 +185,7 @@ def train_step(t: Training, optimizer: torch.optim.Optimizer, step: int) -> dict
     return {"step": step + 1, "loss": total.item(), "objective": loss.item(),
             "regulariser": 0.0 if reg is None else reg.item(), **figures, "grad_norm": grad_norm.item(),
             "exit_step": exit_step, "nfe": ledger.nfe, "refiner_calls": ledger.refiner_calls,
-            "seconds": time.perf_counter() - began}
+            "seconds": work_clock() - began}
 
 
 def draw(t: Training, gen: torch.Generator, *key: object) -> tuple[list[str], list[int], int]:

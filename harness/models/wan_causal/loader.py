@@ -10,6 +10,7 @@ Nothing is downloaded: diffusers and transformers are called with `local_files_o
 """
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import fields
 from pathlib import Path
@@ -23,7 +24,7 @@ from harness.store.files import file_sha256, sha256_hex
 from harness.models.wan_causal.model import WanCausalConfig, WanCausalModel
 from harness.models.wan_causal.parts import ARCHITECTURES, TINY_TEXT, TINY_VAE, WAN_DIFFUSERS, architecture, pretrained
 from harness.models.wan_causal.text import WanTextEncoder, byte_tokenizer
-from harness.models.weights import WeightFile, module_digest, safetensors_digest
+from harness.models.weights import WeightFile, cast_keeping_fp32, module_digest, safetensors_digest
 
 COMPONENTS = ("transformer", "text_encoder", "tokenizer", "vae")
 
@@ -109,13 +110,17 @@ def load_wan_causal(cfg: dict[str, Any], weights_dir: Path) -> WanCausalModel:
     if cfg.get("build") == "tiny":
         transformer, text, vae = build_tiny(int(cfg.get("seed", 0)), config.max_prompt_tokens)
         source = {"build": f"tiny, seed {int(cfg.get('seed', 0))}"}
-        digest = module_digest(transformer, text.encoder, vae)
+        digest, text_digest = module_digest(transformer, text.encoder, vae), module_digest(text.encoder)
     else:
         transformer, text, vae = _from_folders(cfg, weights_dir, config.max_prompt_tokens, dtype)
         source = {part: str(weights_dir / str(cfg[part])) for part in COMPONENTS}
-        digest = folder_digest(weights_dir, component_files(cfg, weights_dir))
-    model = WanCausalModel(config, transformer, text, vae, digest, source, dict(cfg.get("dmd_scores") or {}))
-    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        files = component_files(cfg, weights_dir)
+        digest = folder_digest(weights_dir, files)
+        text_folders = tuple(f"{cfg[part]}/" for part in ("text_encoder", "tokenizer"))
+        text_digest = folder_digest(weights_dir, tuple(f for f in files if f.relative_path.startswith(text_folders)))
+    model = WanCausalModel(config, transformer, text, vae, digest, source, dict(cfg.get("dmd_scores") or {}),
+                           text_digest)
+    return cast_keeping_fp32(model.to(device=device), dtype).eval().requires_grad_(False)
 
 
 def _from_folders(cfg: dict[str, Any], weights_dir: Path, max_tokens: int, dtype: torch.dtype):
@@ -178,5 +183,16 @@ def folder_digest(weights_dir: Path, files: tuple[WeightFile, ...]) -> str:
     """A digest of every file's content (safetensors by their tensors and sorted header)."""
     # in component order; names without their folder, so a moved folder keeps its digest
     paths = [weights_dir / f.relative_path for f in files]
-    return sha256_hex(chunk for path in paths for chunk in (
-        path.name, safetensors_digest(path) if path.suffix == ".safetensors" else file_sha256(path)))[:16]
+    return sha256_hex(chunk for path in paths for chunk in (path.name, _file_digest(path, *_stamp(path))))[:16]
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
+
+
+@functools.lru_cache(maxsize=256)
+def _file_digest(path: Path, size: int, mtime_ns: int) -> str:
+    """A file's digest, read once per process while its size and time stay (the model's digest and
+    its text encoder's read the same 11 GB)."""
+    return safetensors_digest(path) if path.suffix == ".safetensors" else file_sha256(path)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from harness.errors import UsageError, unknown_name
-from harness.models.weights import WeightFile, check_weights
+from harness.models.weights import WeightFile, cast_keeping_fp32, check_weights
 
 WAN_DIFFUSERS = "https://huggingface.co/Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
 # The transformer architectures the backend knows (diffusers' WanTransformer3DModel arguments).
@@ -65,5 +65,4 @@ def load_scores(name: str, scores: dict[str, Any], weights_dir: Path, dtype: tor
                       [WeightFile(f"{scores[role]}/config.json", origin[role]) for role in ("real", "fake")])
         real, fake = (pretrained(WanTransformer3DModel, weights_dir / str(scores[role]), f"DMD {role} score",
                                  name, torch_dtype=dtype) for role in ("real", "fake"))
-    return (real.to(device=device, dtype=dtype).eval().requires_grad_(False),
-            fake.to(device=device, dtype=dtype).eval().requires_grad_(False))
+    return tuple(cast_keeping_fp32(net.to(device=device), dtype).eval().requires_grad_(False) for net in (real, fake))
