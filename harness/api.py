@@ -206,6 +206,7 @@ def _reportable(overrides: list[str]) -> _Reportable:
 def report(overrides: Sequence[str] = ()) -> pd.DataFrame:
     """Write the experiment's report (Markdown, CSV, LaTeX, HTML, figures) from the store; its
     summary, one row per cell x metric (report.csv), with the written files in `.attrs["files"]`."""
+    from harness.report.exports import read_csv_export
     from harness.report.write import report_folder, write_report
     from harness.report.timing import read_timings
 
@@ -227,7 +228,7 @@ def report(overrides: Sequence[str] = ()) -> pd.DataFrame:
         latex=OmegaConf.to_container(cfg.report.latex) if cfg.report.get("latex") else None)
     print(f"report written to {out.resolve()}/ ({', '.join(p.name for p in paths.values())})\n"
           f"open {paths['report.html'].resolve()}")
-    return _with_files(pd.read_csv(paths["report.csv"]), paths)
+    return _with_files(read_csv_export(paths["report.csv"]), paths)
 
 
 def _with_files(frame: pd.DataFrame, paths: dict[str, Path]) -> pd.DataFrame:
@@ -276,6 +277,7 @@ def leaderboard(overrides: Sequence[str] = ()) -> pd.DataFrame:
     """`experiment=a,b [...]`: the cells of every named experiment (each composed with the other
     overrides), read from paths.store and report.leaderboard.stores, ranked on one frozen suite;
     the leaderboard's table (leaderboard.csv), with the written files in `.attrs["files"]`."""
+    from harness.report.exports import read_csv_export
     from harness.report.leaderboard import Stores, write_leaderboard
     from harness.report.write import report_folder
     from harness.store.cells import Store
@@ -310,7 +312,7 @@ def leaderboard(overrides: Sequence[str] = ()) -> pd.DataFrame:
                               timings=read_timings(stores.roots, baseline[0], [r.key for r in refs]),
                               generation_timings=frozenset(cfg.report.generation_timings))
     print(f"leaderboard written to {out.resolve()}/ ({', '.join(p.name for p in paths.values())})")
-    return _with_files(pd.read_csv(paths["leaderboard.csv"]), paths)
+    return _with_files(read_csv_export(paths["leaderboard.csv"]), paths)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -325,7 +327,11 @@ def verify(overrides: Sequence[str] = ()) -> pd.DataFrame:
 
     overrides = list(overrides)
     listed = [o for o in overrides if not o.lstrip("+~").startswith("paths.")]
-    store = Store(Path(compose(overrides).paths.store))
+    root = Path(compose(overrides).paths.store).expanduser()
+    if not (root / "cells").is_dir():  # checked before Store(), which would create it
+        raise UsageError(f"no store at {root.resolve()} (paths.store): nothing to verify; name the folder a "
+                         "`refinery run` or `sweep` wrote, e.g. paths.store=runs")
+    store = Store(root)
     cells = [store.cell(ref.key) for ref in experiment(overrides).refs()] if listed else store.cells()
     found = [_print_damage(cell, listed=bool(listed)) for cell in cells]
     rows = [{"cell": cell.key, "file": d.file, "problem": d.problem, "fix": cell.fix(d.file)}

@@ -118,6 +118,24 @@ def _check_group_choices(overrides: list[str]) -> None:
                 raise unknown_name(key, choice, known)
 
 
+def _setting(override: str) -> tuple[str, str]:
+    """(key, value) of an override, the key without Hydra's +, ++ or ~."""
+    key, _, value = override.partition("=")
+    return key.lstrip("+~"), value
+
+
+def _refuse_repeated(overrides: list[str]) -> None:
+    """A key given twice with two values is refused: Hydra would keep the last one silently
+    (`method=bon method=sop` runs sop). The same setting twice changes nothing and passes."""
+    seen: dict[str, str] = {}
+    for override in overrides:
+        key, _ = _setting(override)
+        if key in seen and seen[key] != override:
+            raise UsageError(f"{key} is given twice ({seen[key]}, then {override}); give each key once "
+                             f"(to sweep it, list its values in one override: {key}=a,b)")
+        seen.setdefault(key, override)
+
+
 def compose(overrides: list[str], with_hydra: bool = False) -> DictConfig:
     """The root config (sweeps/config.yaml) with the overrides, plug-ins' configs on the search path."""
     from hydra import compose as hydra_compose
@@ -127,6 +145,7 @@ def compose(overrides: list[str], with_hydra: bool = False) -> DictConfig:
 
     from harness.experiment.config_schema import override_error
 
+    _refuse_repeated(overrides)
     _check_group_choices(overrides)
     try:
         with initialize_config_dir(str(CONFIG_DIR), version_base=None, job_name="refinery"):
@@ -143,6 +162,7 @@ def _parse(overrides: list[str], check: bool = True) -> list:
     from harness.experiment.config_schema import override_error
 
     if check:
+        _refuse_repeated(overrides)
         _check_group_choices(overrides)
     try:
         return OverridesParser.create().parse_overrides(overrides)
@@ -158,7 +178,7 @@ def fixed_overrides(overrides: list[str]) -> list[str]:
 def expand(overrides: list[str]) -> list[list[str]]:
     """Every point of a sweep, as Hydra's basic sweeper makes them: the experiment's sweeper params
     and the command line's sweeps (which win over the experiment's sweep of the same key), as a
-    cartesian product in the order given; a key set twice keeps its first place and its last value."""
+    cartesian product in the order given (a key the command line sets twice is refused)."""
     given = _parse(overrides)
     # the experiment's sweep: composed from the group choices alone, since a setting such as
     # method.params.n=2 may only exist under the swept options (method=bon,sop)
@@ -168,7 +188,7 @@ def expand(overrides: list[str]) -> list[list[str]]:
     params = OmegaConf.to_container(params) if params else {}
     keys = {o.get_key_element() for o in given}
     parsed = _parse([f"{k}={v}" for k, v in params.items() if k not in keys] + overrides)
-    values: dict[str, list[str]] = {}  # a key keeps its first position, with its last setting
+    values: dict[str, list[str]] = {}  # key -> its points, in the order the keys come
     for o in parsed:
         key = o.get_key_element()
         if not o.is_sweep_override():
@@ -285,7 +305,8 @@ class Experiment:
         kept = [o for o in fixed_overrides(self.overrides)
                 if o.lstrip("+~").partition("=")[0].partition(".")[0] not in groups
                 or "." not in o.partition("=")[0]]
-        point = [*kept, *chosen]
+        replaced = {_setting(o)[0] for o in chosen}  # the baseline's own choice of a key the command line set
+        point = [*(o for o in kept if _setting(o)[0] not in replaced), *chosen]
         cfg = compose(point)
         validate(cfg)
         return CellPlan(point, cfg)
