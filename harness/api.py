@@ -207,7 +207,7 @@ def report(overrides: Sequence[str] = ()) -> pd.DataFrame:
     """Write the experiment's report (Markdown, CSV, LaTeX, HTML, figures) from the store; its
     summary, one row per cell x metric (report.csv), with the written files in `.attrs["files"]`."""
     from harness.report.exports import read_csv_export
-    from harness.report.write import report_folder, write_report
+    from harness.report.write import write_report
     from harness.report.timing import read_timings
 
     overrides = list(overrides)
@@ -217,7 +217,7 @@ def report(overrides: Sequence[str] = ()) -> pd.DataFrame:
         store.cell(ref.key).refuse_damage()
     if r.baseline and cfg.report.timing:
         _bench(r.cells, r.baseline, store)
-    out = report_folder(Path(cfg.paths.reports), r.exp.name, overrides)
+    out = _report_out(Path(cfg.paths.reports), r.exp.name, overrides)
     hacking = cfg.report.get("reward_hacking")
     paths = write_report(
         store, r.refs, out, title=f"Refinery report: {r.exp.name}", metrics=list(cfg.report.metrics),
@@ -229,6 +229,17 @@ def report(overrides: Sequence[str] = ()) -> pd.DataFrame:
     print(f"report written to {out.resolve()}/ ({', '.join(p.name for p in paths.values())})\n"
           f"open {paths['report.html'].resolve()}")
     return _with_files(read_csv_export(paths["report.csv"]), paths)
+
+
+def _report_out(root: Path, name: str, overrides: list[str]) -> Path:
+    """The report's folder (harness.report.write.report_folder), refused in one line when no file
+    can be written there (a read-only folder or file system), before any file is."""
+    from harness.experiment.resources import check_creatable
+    from harness.report.write import report_folder
+
+    out = report_folder(root, name, overrides)
+    check_creatable(out if out.exists() else root, "paths.reports")
+    return out
 
 
 def _with_files(frame: pd.DataFrame, paths: dict[str, Path]) -> pd.DataFrame:
@@ -279,7 +290,6 @@ def leaderboard(overrides: Sequence[str] = ()) -> pd.DataFrame:
     the leaderboard's table (leaderboard.csv), with the written files in `.attrs["files"]`."""
     from harness.report.exports import read_csv_export
     from harness.report.leaderboard import Stores, write_leaderboard
-    from harness.report.write import report_folder
     from harness.store.cells import Store
     from harness.report.timing import read_timings
 
@@ -305,7 +315,7 @@ def leaderboard(overrides: Sequence[str] = ()) -> pd.DataFrame:
         raise UsageError("a leaderboard ranks against report.baseline, which is not set; set it, e.g. "
                          "report.baseline='method=base'")
     stores = Stores([Store(Path(p)) for p in [cfg.paths.store, *cfg.report.leaderboard.stores]])
-    out = report_folder(Path(cfg.paths.reports), "leaderboard_" + "+".join(names), rest)
+    out = _report_out(Path(cfg.paths.reports), "leaderboard_" + "+".join(names), rest)
     paths = write_leaderboard(stores, refs, out, f"Refinery leaderboard: {', '.join(names)}",
                               list(cfg.report.leaderboard.metrics or cfg.report.headline), baseline[0],
                               resampling=resampling_of(cfg),

@@ -66,8 +66,11 @@ def _ancestors() -> list[int]:
 
 
 def check_launcher(launcher: DictConfig, store: Path) -> None:
-    """Refuse a SLURM sweep that cannot work before anything is submitted; other launchers pass."""
-    if not str(launcher.get("_target_", "")).endswith(".SlurmLauncher"):
+    """Refuse a joblib or SLURM sweep that cannot work before anything is written or submitted."""
+    target = str(launcher.get("_target_", ""))
+    if target.endswith(".JoblibLauncher"):
+        _check_joblib(launcher)
+    if not target.endswith(".SlurmLauncher"):
         return
     for program in ("sbatch", "sinfo", "scontrol"):
         if shutil.which(program) is None:
@@ -80,6 +83,14 @@ def check_launcher(launcher: DictConfig, store: Path) -> None:
         raise UsageError(f"paths.store={store} is on {local}, which the other nodes of partition {partition} "
                          f"({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}) cannot see; put the store "
                          "on a file system that every node mounts (e.g. paths.store=/shared/$USER/runs)")
+
+
+def _check_joblib(launcher: DictConfig) -> None:
+    """joblib's n_jobs: a number of workers, or -1 for every core (-2 all but one...); 0 means nothing."""
+    n_jobs = launcher.get("n_jobs")
+    if n_jobs is not None and (isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs == 0):
+        raise UsageError(f"hydra.launcher.n_jobs={n_jobs!r} is not a number of workers; give a whole number "
+                         "other than 0, e.g. hydra.launcher.n_jobs=2 (-1: one per core)")
 
 
 def _slurm(*args: str) -> str:

@@ -145,6 +145,8 @@ def compose(overrides: list[str], with_hydra: bool = False) -> DictConfig:
 
     from harness.experiment.config_schema import override_error
 
+    import yaml
+
     _refuse_repeated(overrides)
     _check_group_choices(overrides)
     try:
@@ -153,6 +155,18 @@ def compose(overrides: list[str], with_hydra: bool = False) -> DictConfig:
                                  return_hydra_config=with_hydra)
     except (HydraException, OmegaConfBaseException) as exc:
         raise override_error(exc, overrides, compose) from None
+    except yaml.YAMLError as exc:  # Hydra reads configs with a safe loader, which refuses a tag
+        raise yaml_refused(exc) from None
+
+
+def yaml_refused(exc: Exception, path: Path | None = None) -> UsageError:
+    """A config file that a safe YAML loader refuses (a `!!python/...` tag, which is never run, or a
+    syntax error) as one line naming the file and line."""
+    mark = getattr(exc, "problem_mark", None)
+    where = str(path or (mark.name if mark else "a config file")) + (f", line {mark.line + 1}," if mark else "")
+    problem = getattr(exc, "problem", None) or type(exc).__name__
+    return UsageError(f"config file {where} is not plain YAML ({problem}); configs are data, read with a safe "
+                      "loader: remove the tag (e.g. !!python/...) or fix the syntax")
 
 
 def _parse(overrides: list[str], check: bool = True) -> list:
@@ -362,7 +376,10 @@ def resolved_yaml(path: Path) -> dict[str, Any]:
     `defaults`, as model/toy.yaml includes toy_sf.yaml), read with a safe loader, without Hydra."""
     import yaml
 
-    own = yaml.safe_load(path.read_text()) or {}
+    try:
+        own = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise yaml_refused(exc, path) from None
     merged: dict[str, Any] = {}
     for entry in own.pop("defaults", None) or []:
         if isinstance(entry, str) and entry != "_self_" and (path.parent / f"{entry}.yaml").is_file():

@@ -79,3 +79,17 @@ def module_digest(*modules: nn.Module) -> str:
     weights whatever files they came from."""
     return sha256_hex(chunk for module in modules for name, tensor in sorted(module.state_dict().items())
                       for chunk in (name, tensor.detach().float().contiguous().cpu().numpy().tobytes()))[:16]
+
+
+def load_tensors(path: Path, **options: Any) -> Any:
+    """torch.load(path, weights_only=True): only tensors and plain containers come out of the pickle,
+    anything else raises. torch's warnings about a pickle's protocol are silenced, so that a refused
+    file (a planted pickle) ends in the caller's one line and nothing before it."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+        return torch.load(path, weights_only=True, **options)
+
