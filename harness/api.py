@@ -114,7 +114,7 @@ def sweep(overrides: Sequence[str] = ()) -> pd.DataFrame:
     the report's baseline cell when the sweep does not hold it; the scores of all of them."""
     import hydra
 
-    from harness.experiment.launchers import check_launcher, mark_sweep
+    from harness.experiment.launchers import check_launcher, mark_sweep, submitit_override, submitit_sweep_folder
     from harness.experiment.pipeline import resolve_run
     from harness.store.cells import CellRef
 
@@ -124,12 +124,17 @@ def sweep(overrides: Sequence[str] = ()) -> pd.DataFrame:
     baseline = exp.baseline_plan()
     if baseline is not None and resolve_run(baseline.cfg).key in keys:
         baseline = None  # the sweep runs it anyway
-    check_launcher(compose(exp.plans[0].overrides, with_hydra=True).hydra.launcher, Path(exp.cfg.paths.store))
+    launcher, paths = compose(exp.plans[0].overrides, with_hydra=True).hydra.launcher, exp.cfg.paths
+    check_launcher(launcher, Path(paths.store), paths.jobs)
+    jobs = submitit_sweep_folder(launcher, paths.jobs, Path(paths.store), overrides)  # its pickles: not in the store
     store = exp.store
     for plan in exp.plans:  # every cell's store writable before the first job starts
         _store(plan.cfg)
+    if jobs is not None:
+        print(f"submitit's job scripts, pickles and logs: {jobs}/<job id>/")
     mark_sweep()
-    with _argv(["--multirun", *_forced(overrides), *searchpath_overrides(overrides)]):  # hydra.main is Hydra's public entry to its launchers
+    with _argv(["--multirun", *_forced(overrides), *searchpath_overrides(overrides),
+                *([submitit_override(jobs)] if jobs else [])]):  # hydra.main is Hydra's public entry to its launchers
         hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base=None)(_sweep_job)()
     refs = exp.refs()
     if baseline is not None:  # the cell the report's overheads are relative to
