@@ -1,10 +1,16 @@
-"""Hostile input to every command: exit code 2, one `refinery: error:` line, no traceback, and the
-store (one complete tiny cell) byte for byte as it was. In process, so the whole table runs fast."""
+"""Hostile input to every command: exit code 2, one `refinery: error:` line, no traceback, no warning,
+and the store (one complete tiny cell) and everything beside it byte for byte as it was, no folder
+added. In process, so the whole table runs fast. Issue 25's cases (keys given twice, overrides the
+config would ignore, a store that is not there, unwritable report folders, YAML tags, joblib without
+workers, a planted pickle) are marked below."""
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import pickle
 import shutil
+import warnings
 from pathlib import Path
 
 import pytest
@@ -79,13 +85,44 @@ CASES: dict[str, tuple[list[str], str]] = {
     "vbench format": (["vbench", "aggregate", "TMP/nested_eval_results.json", "format=xml"], "format=xml"),
     "vbench command": (["vbench", "agregate"], "did you mean 'aggregate'"),
     "unknown command": (["rnu"], "did you mean 'run'"),
+    # issue 25: overrides that conflict or would be ignored
+    "method twice": (["run", "method=bon", "method=sop"], "method is given twice (method=bon, then method=sop)"),
+    "param twice": (["run", "method=bon", "method.params.n=3", "method.params.n=4"], "method.params.n is given twice"),
+    "sweep key twice": (["sweep", "sampler.steps=3", "sampler.steps=2,3"], "sampler.steps is given twice"),
+    "report key twice": (["report", "seed=0", "seed=1"], "seed is given twice"),
+    "prompts ignored": (["run", "suite=world_eval", "suite.prompts=[a red circle bouncing]"],
+                        "suite.prompts is set, but suite 'world_eval' (source world_eval) does not read it"),
+    "source ignores prompts": (["run", "suite.source=world_eval"],
+                               "suite.prompts is set, but suite 'world_smoke' (source world_eval) does not read it"),
+    "verify no store": (["verify", "paths.store=TMP/no_store"], "no store at"),
+    "verify no store listed": (["verify", "method=bon", "paths.store=TMP/no_store"], "no store at"),
+    # issue 25: tracebacks before
+    "reports unwritable": (["report", "paths.reports=/proc/self/reports"], "paths.reports=/proc/self/reports: folder"),
+    "leaderboard unwritable": (["leaderboard", "experiment=quickstart", "paths.reports=/proc/self/reports"],
+                               "is not writable"),
+    "yaml tag": (["run", "plugins=[TMP/tagged]", "method=evil"], "evil.yaml, line 2, is not plain YAML"),
+    "yaml tag listed": (["list", "methods", "plugins=[TMP/tagged]"], "evil.yaml, line 2, is not plain YAML"),
+    "yaml syntax": (["run", "plugins=[TMP/broken]", "method=broken"], "broken.yaml, line 3, is not plain YAML"),
+    "joblib no workers": (["sweep", "hydra/launcher=joblib", "hydra.launcher.n_jobs=0"],
+                          "hydra.launcher.n_jobs=0 is not a number of workers"),
+    "submitit folder given": (["sweep", "hydra/launcher=submitit_local", "hydra.launcher.submitit_folder=TMP/jobs"],
+                              "hydra.launcher.submitit_folder is set by Refinery"),
+    "pickle as resume": (["train", "method=autorefiner", "train.out=TMP/planted.safetensors"],
+                         "resume state TMP/planted.resume.pt is unreadable"),
 }
 STORE_FREE = {"train", "train-world", "distill", "train-reward", "train-probe", "vbench", "rnu"}  # take no paths.store
+PAYLOAD = "!!python/object/apply:os.system [touch PWNED]"  # a YAML tag and a pickle that would run a command
 
 
-def snapshot(root: Path) -> dict[str, tuple[int, str]]:
+def snapshot(root: Path) -> dict[str, tuple[int, str] | None]:
+    """Every file's size and digest, and every folder (None): a folder made and left empty counts."""
     return {str(p.relative_to(root)): (p.stat().st_size, hashlib.sha256(p.read_bytes()).hexdigest())
-            for p in sorted(root.rglob("*")) if p.is_file()}
+            if p.is_file() else None for p in sorted(root.rglob("*"))}
+
+
+class Planted:
+    def __reduce__(self):
+        return os.system, ("touch PWNED",)
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +134,11 @@ def world(tmp_path_factory):
     (tmp / "file").write_text("a plain file, not a folder")
     (tmp / "results" / "color_eval_results.json").mkdir(parents=True)
     (tmp / "nested_eval_results.json").write_text("[" * 100_000 + "]" * 100_000)
+    for name, text in (("tagged/configs/method/evil.yaml", f"name: base\nx: {PAYLOAD}\n"),
+                       ("broken/configs/method/broken.yaml", "name: base\nx: [1\n")):
+        (tmp / name).parent.mkdir(parents=True)
+        (tmp / name).write_text(text)
+    (tmp / "planted.resume.pt").write_bytes(pickle.dumps({"step": Planted()}, protocol=4))
     return tmp
 
 
@@ -118,14 +160,20 @@ def assert_refused(argv: list[str], expected: str, capsys) -> str:
 def test_hostile_input_is_one_line_exit_2_and_the_store_is_unchanged(name, world, capsys):
     argv, expected = CASES[name]
     argv = [fill(a, world) for a in argv]
-    if argv[0] not in STORE_FREE:  # the tiny cell's settings first: the case's own override wins
-        at = 2 if argv[0] == "weights" else 1
-        argv = [*argv[:at], *FAST, f"paths.store={world / 'store'}", *argv[at:]]
+    expected = fill(expected, world)
+    if argv[0] not in STORE_FREE:  # the tiny cell's settings first, but not those the case sets itself
+        at = 2 if argv[0] in ("weights", "list") else 1
+        given = {a.partition("=")[0] for a in argv[at:]}
+        tiny = [o for o in [*FAST, f"paths.store={world / 'store'}"] if o.partition("=")[0] not in given]
+        argv = [*argv[:at], *tiny, *argv[at:]]
     before = snapshot(world)
     capsys.readouterr()
-    line = assert_refused(argv, expected, capsys)
+    with warnings.catch_warnings(record=True) as warned:  # a warning is a line on stderr outside pytest
+        warnings.simplefilter("always")
+        line = assert_refused(argv, expected, capsys)
+    assert not [str(w.message) for w in warned]
     assert "+sampler" not in line and "To append" not in line
-    assert snapshot(world) == before
+    assert snapshot(world) == before and not Path("PWNED").exists()
 
 
 def test_a_status_file_holding_a_list_is_one_line_naming_it(world, tmp_path, capsys):

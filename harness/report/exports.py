@@ -45,8 +45,7 @@ def restore(value: Any) -> Any:
 def csv_bytes(frame: pd.DataFrame) -> bytes:
     """The frame as CSV (no index, '\\n' line ends), every text cell and header neutralised."""
     safe = frame.rename(columns=neutralise)
-    text_columns = [c for c, kind in safe.dtypes.items() if kind == object or pd.api.types.is_string_dtype(kind)]
-    for column in text_columns:
+    for column in _text_columns(safe):
         safe[column] = safe[column].map(neutralise)
     return safe.to_csv(index=False, lineterminator="\n").encode()
 
@@ -55,6 +54,10 @@ def read_csv_export(path: Path) -> pd.DataFrame:
     """A CSV that csv_bytes wrote, with its texts as they were before neutralising."""
     frame = pd.read_csv(path)
     frame = frame.rename(columns=restore)
-    for column in [c for c, kind in frame.dtypes.items() if kind == object]:
+    for column in _text_columns(frame):
         frame[column] = frame[column].map(restore)
     return frame
+
+
+def _text_columns(frame: pd.DataFrame) -> list:
+    return [c for c, kind in frame.dtypes.items() if kind == object or pd.api.types.is_string_dtype(kind)]
