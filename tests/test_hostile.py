@@ -186,3 +186,37 @@ def test_a_status_file_holding_a_list_is_one_line_naming_it(world, tmp_path, cap
     line = assert_refused(["report", *FAST, f"paths.store={store}", f"paths.reports={tmp_path}"], str(status), capsys)
     assert "status" in line
     assert snapshot(store) == before
+
+
+def test_a_job_folder_others_can_write_is_refused_before_anything_is_written(world, capsys):
+    """submitit's job pickles are code: a folder of them that group or others may enter is refused."""
+    from harness.experiment.launchers import job_folder
+
+    open_folder = job_folder(str(world / "jobs"), world / "store")
+    open_folder.mkdir(parents=True)
+    open_folder.chmod(0o777)
+    try:
+        before = snapshot(world)
+        capsys.readouterr()
+        assert_refused(["sweep", *FAST, f"paths.store={world / 'store'}", "hydra/launcher=submitit_local",
+                        f"paths.jobs={world / 'jobs'}"], "is open to group or others (mode 0777)", capsys)
+        assert snapshot(world) == before
+    finally:
+        shutil.rmtree(world / "jobs")
+
+
+def test_a_job_folder_is_private_and_one_per_store(tmp_path):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    from harness.experiment.launchers import job_folder, submitit_override, submitit_sweep_folder
+
+    submitit = OmegaConf.create({"submitit_folder": "x"})
+    folder = submitit_sweep_folder(submitit, str(tmp_path / "jobs"), tmp_path / "store", [])
+    assert folder.parent == job_folder(str(tmp_path / "jobs"), tmp_path / "store")
+    assert (folder.parent.stat().st_mode & 0o777) == 0o700 and not folder.parent.is_relative_to(tmp_path / "store")
+    assert job_folder(None, tmp_path / "store") != job_folder(None, tmp_path / "other")
+    assert submitit_sweep_folder(OmegaConf.create({"n_jobs": 2}), None, tmp_path / "store", []) is None
+    odd = tmp_path / "it's a\\folder"
+    (parsed,) = OverridesParser.create().parse_overrides([submitit_override(odd)])
+    assert parsed.value() == f"{odd}/%j"
