@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import os
+import re
 import shutil
 import stat
 import socket
@@ -143,7 +144,8 @@ def submitit_sweep_folder(launcher: DictConfig, jobs: str | None, store: Path, o
 
 def submitit_override(folder: Path) -> str:
     """The Hydra override that makes submitit write its job folders (`%j`: the job id) under folder."""
-    quoted = f"{folder}/%j".replace("\\", "\\\\").replace("'", "\\'")
+    # Hydra's quoted strings: a quote is escaped with a backslash, and backslashes only before a quote
+    quoted = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", f"{folder}/%j")
     return f"hydra.launcher.submitit_folder='{quoted}'"
 
 
