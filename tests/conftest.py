@@ -13,6 +13,13 @@ torch.set_num_threads(1)
 FAST = ["suite=world_smoke", "samples_per_prompt=1", "model.num_chunks=2", "sampler.steps=2", "batch_size=4"]
 
 
+def fast_with(overrides: list[str], base: list[str] = FAST) -> list[str]:
+    """FAST (or `base`) but the keys `overrides` set, then `overrides`: a key is given once (a key
+    given twice with two values is refused)."""
+    given = {o.partition("=")[0].lstrip("+~") for o in overrides}
+    return [*(o for o in base if o.partition("=")[0] not in given), *overrides]
+
+
 @pytest.fixture(params=[1, 0], ids=["local-attention", "full-prefix"])
 def randomized_toy(request):
     """An untrained toy model whose zero-initialised output layers are randomised, so every path

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from conftest import FAST, ROOT
+from conftest import FAST, ROOT, fast_with
 
 pytestmark = pytest.mark.slow  # every test runs `refinery` in a subprocess
 
@@ -34,8 +34,7 @@ CASES = {
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(name, tmp_path):
     overrides, expected = CASES[name]
     store = tmp_path / "store"
-    given = {o.partition("=")[0] for o in overrides}  # a key is given once: the case's own setting, not FAST's
-    result = refinery("run", *(o for o in FAST if o.partition("=")[0] not in given), *overrides, f"paths.store={store}")
+    result = refinery("run", *fast_with(overrides), f"paths.store={store}")
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("refinery: error:"), result.stderr

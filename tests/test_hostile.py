@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAST
+from conftest import FAST, fast_with
 from harness.cli import main
 
 SPLIT = ["suite.prompts=a", "red", "circle", "bouncing"]  # what a shell makes of the unquoted override
@@ -163,9 +163,7 @@ def test_hostile_input_is_one_line_exit_2_and_the_store_is_unchanged(name, world
     expected = fill(expected, world)
     if argv[0] not in STORE_FREE:  # the tiny cell's settings first, but not those the case sets itself
         at = 2 if argv[0] in ("weights", "list") else 1
-        given = {a.partition("=")[0] for a in argv[at:]}
-        tiny = [o for o in [*FAST, f"paths.store={world / 'store'}"] if o.partition("=")[0] not in given]
-        argv = [*argv[:at], *tiny, *argv[at:]]
+        argv = [*argv[:at], *fast_with(argv[at:], [*FAST, f"paths.store={world / 'store'}"])]
     before = snapshot(world)
     capsys.readouterr()
     with warnings.catch_warnings(record=True) as warned:  # a warning is a line on stderr outside pytest
