@@ -144,7 +144,7 @@ def sweep(overrides: Sequence[str] = ()) -> pd.DataFrame:
     the report's baseline cell when the sweep does not hold it; the scores of all of them."""
     import hydra
 
-    from harness.experiment.launchers import check_launcher, mark_sweep
+    from harness.experiment.launchers import check_launcher, mark_sweep, submitit_override, submitit_sweep_folder
     from harness.experiment.pipeline import resolve_run
     from harness.store.cells import CellRef
 
@@ -154,14 +154,19 @@ def sweep(overrides: Sequence[str] = ()) -> pd.DataFrame:
     baseline = exp.baseline_plan()
     if baseline is not None and resolve_run(baseline.cfg).key in keys:
         baseline = None  # the sweep runs it anyway
-    check_launcher(compose(exp.plans[0].overrides, with_hydra=True).hydra.launcher, Path(exp.cfg.paths.store))
+    launcher, paths = compose(exp.plans[0].overrides, with_hydra=True).hydra.launcher, exp.cfg.paths
+    check_launcher(launcher, Path(paths.store), paths.jobs)
+    jobs = submitit_sweep_folder(launcher, paths.jobs, Path(paths.store), overrides)  # its pickles: not in the store
     store = exp.store
     for plan in exp.plans:  # every cell's store writable before the first job starts
         _store(plan.cfg)
+    if jobs is not None:
+        print(f"submitit's job scripts, pickles and logs: {jobs}/<job id>/")
     mark_sweep()
     shards = int(exp.cfg.launcher.shards)  # K writers of each cell: K jobs (array tasks) that share it
     fan_out = [f"launcher.shard=range(0,{shards})"] if shards > 1 else []
-    with _argv(["--multirun", *_forced(overrides), *fan_out, *searchpath_overrides(overrides)]):  # hydra.main is Hydra's public entry to its launchers
+    with _argv(["--multirun", *_forced(overrides), *fan_out, *searchpath_overrides(overrides),
+                *([submitit_override(jobs)] if jobs else [])]):  # hydra.main is Hydra's public entry to its launchers
         hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base=None)(_sweep_job)()
     refs = exp.refs()
     if baseline is not None:  # the cell the report's overheads are relative to
@@ -238,7 +243,8 @@ def _reportable(overrides: list[str]) -> _Reportable:
 def report(overrides: Sequence[str] = ()) -> pd.DataFrame:
     """Write the experiment's report (Markdown, CSV, LaTeX, HTML, figures) from the store; its
     summary, one row per cell x metric (report.csv), with the written files in `.attrs["files"]`."""
-    from harness.report.write import report_folder, write_report
+    from harness.report.exports import read_csv_export
+    from harness.report.write import write_report
     from harness.report.timing import read_timings
 
     overrides = list(overrides)
@@ -248,7 +254,7 @@ def report(overrides: Sequence[str] = ()) -> pd.DataFrame:
         store.cell(ref.key).refuse_damage()
     if r.baseline and cfg.report.timing:
         _bench(r.cells, r.baseline, store)
-    out = report_folder(Path(cfg.paths.reports), r.exp.name, overrides)
+    out = _report_out(Path(cfg.paths.reports), r.exp.name, overrides)
     hacking = cfg.report.get("reward_hacking")
     paths = write_report(
         store, r.refs, out, title=f"Refinery report: {r.exp.name}", metrics=list(cfg.report.metrics),
@@ -259,7 +265,18 @@ def report(overrides: Sequence[str] = ()) -> pd.DataFrame:
         latex=OmegaConf.to_container(cfg.report.latex) if cfg.report.get("latex") else None)
     print(f"report written to {out.resolve()}/ ({', '.join(p.name for p in paths.values())})\n"
           f"open {paths['report.html'].resolve()}")
-    return _with_files(pd.read_csv(paths["report.csv"]), paths)
+    return _with_files(read_csv_export(paths["report.csv"]), paths)
+
+
+def _report_out(root: Path, name: str, overrides: list[str]) -> Path:
+    """The report's folder (harness.report.write.report_folder), refused in one line when no file
+    can be written there (a read-only folder or file system), before any file is."""
+    from harness.experiment.resources import check_creatable
+    from harness.report.write import report_folder
+
+    out = report_folder(root, name, overrides)
+    check_creatable(out if out.exists() else root, "paths.reports")
+    return out
 
 
 def _with_files(frame: pd.DataFrame, paths: dict[str, Path]) -> pd.DataFrame:
@@ -308,8 +325,8 @@ def leaderboard(overrides: Sequence[str] = ()) -> pd.DataFrame:
     """`experiment=a,b [...]`: the cells of every named experiment (each composed with the other
     overrides), read from paths.store and report.leaderboard.stores, ranked on one frozen suite;
     the leaderboard's table (leaderboard.csv), with the written files in `.attrs["files"]`."""
+    from harness.report.exports import read_csv_export
     from harness.report.leaderboard import Stores, write_leaderboard
-    from harness.report.write import report_folder
     from harness.store.cells import Store
     from harness.report.timing import read_timings
 
@@ -335,14 +352,14 @@ def leaderboard(overrides: Sequence[str] = ()) -> pd.DataFrame:
         raise UsageError("a leaderboard ranks against report.baseline, which is not set; set it, e.g. "
                          "report.baseline='method=base'")
     stores = Stores([Store(Path(p)) for p in [cfg.paths.store, *cfg.report.leaderboard.stores]])
-    out = report_folder(Path(cfg.paths.reports), "leaderboard_" + "+".join(names), rest)
+    out = _report_out(Path(cfg.paths.reports), "leaderboard_" + "+".join(names), rest)
     paths = write_leaderboard(stores, refs, out, f"Refinery leaderboard: {', '.join(names)}",
                               list(cfg.report.leaderboard.metrics or cfg.report.headline), baseline[0],
                               resampling=resampling_of(cfg),
                               timings=read_timings(stores.roots, baseline[0], [r.key for r in refs]),
                               generation_timings=frozenset(cfg.report.generation_timings))
     print(f"leaderboard written to {out.resolve()}/ ({', '.join(p.name for p in paths.values())})")
-    return _with_files(pd.read_csv(paths["leaderboard.csv"]), paths)
+    return _with_files(read_csv_export(paths["leaderboard.csv"]), paths)
 
 
 def export(overrides: Sequence[str] = ()) -> pd.DataFrame:
@@ -388,7 +405,11 @@ def verify(overrides: Sequence[str] = ()) -> pd.DataFrame:
 
     overrides = list(overrides)
     listed = [o for o in overrides if not o.lstrip("+~").startswith("paths.")]
-    store = Store(Path(compose(overrides).paths.store))
+    root = Path(compose(overrides).paths.store).expanduser()
+    if not (root / "cells").is_dir():  # checked before Store(), which would create it
+        raise UsageError(f"no store at {root.resolve()} (paths.store): nothing to verify; name the folder a "
+                         "`refinery run` or `sweep` wrote, e.g. paths.store=runs")
+    store = Store(root)
     cells = [store.cell(ref.key) for ref in experiment(overrides).refs()] if listed else store.cells()
     found = [_print_damage(cell, listed=bool(listed)) for cell in cells]
     rows = [{"cell": cell.key, "file": d.file, "problem": d.problem, "fix": cell.fix(d.file)}

@@ -20,6 +20,12 @@ def pytest_collection_modifyitems(items):
         if "cluster" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.xdist_group("slurm"))
 
+def fast_with(overrides: list[str], base: list[str] = FAST) -> list[str]:
+    """FAST (or `base`) but the keys `overrides` set, then `overrides`: a key is given once (a key
+    given twice with two values is refused)."""
+    given = {o.partition("=")[0].lstrip("+~") for o in overrides}
+    return [*(o for o in base if o.partition("=")[0] not in given), *overrides]
+
 
 @pytest.fixture(params=[1, 0], ids=["local-attention", "full-prefix"])
 def randomized_toy(request):

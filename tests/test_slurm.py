@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow  # sweeps on a one-node SLURM cluster
 
 # 2 cells of 8 videos, one video per batch (so that a kill lands between batches), 1 thread each:
 # cpus_per_task follows threads, so the node's 2 CPUs run both array tasks at once
-CELLS = [o for o in FAST if not o.startswith(("batch_size", "samples_per_prompt"))] + [
+CELLS = [o for o in FAST if not o.startswith(("batch_size", "samples_per_prompt", "sampler.steps"))] + [
     "samples_per_prompt=2", "batch_size=1", "threads=1"]
 SWEEP = [*CELLS, "sampler.steps=2,3"]
 SLURM = ["hydra/launcher=slurm", "hydra.launcher.partition=debug"]
@@ -95,12 +95,14 @@ def empty_folder(tmp_path: Path) -> Path:
 
 def test_a_slurm_sweep_fills_the_store_as_the_basic_launcher(cluster, local_store, tmp_path):
     store, work = tmp_path / "store", empty_folder(tmp_path)
-    result = refinery(cluster.env, work, "sweep", *SWEEP, *SLURM, f"paths.store={store}")
+    jobs = tmp_path / "jobs"
+    result = refinery(cluster.env, work, "sweep", *SWEEP, *SLURM, f"paths.store={store}", f"paths.jobs={jobs}")
     assert result.returncode == 0, result.stdout + result.stderr
     assert contents(store) == contents(local_store) and not leftovers(store)
-    logs = sorted(store.glob(".sweeps/*/.submitit/*_*/*_log.out"))  # one folder per array task
+    logs = sorted(jobs.glob("*/*/*_*/*_log.out"))  # <store digest>/<time>/<array task>/: one folder per task
     assert len(logs) == 2 and all("videos generated" in log.read_text() for log in logs)
-    assert not any(work.iterdir())  # logs and Hydra's files go under the store, not the working folder
+    assert not list(store.rglob("*.pkl")) and list(jobs.rglob("*.pkl"))  # submitit's pickles: never in the store
+    assert not any(work.iterdir())  # logs go to paths.jobs and Hydra's files under the store, not the working folder
 
 
 def test_a_sharded_slurm_sweep_fills_the_store_as_the_basic_launcher(cluster, local_store, tmp_path):
@@ -142,7 +144,8 @@ def test_an_array_task_cancelled_mid_cell_is_finished_by_a_rerun(cluster, local_
     slow.mkdir()
     (slow / "sitecustomize.py").write_text(SLOW_DISK)  # every Python process of this sweep imports it
     one_cell = [*CELLS, "sampler.steps=2"]  # one of local_store's cells
-    sweep = refinery(cluster.env, work, "sweep", *one_cell, *SLURM, f"paths.store={store}", wait=False,
+    jobs = f"paths.jobs={tmp_path / 'jobs'}"
+    sweep = refinery(cluster.env, work, "sweep", *one_cell, *SLURM, f"paths.store={store}", jobs, wait=False,
                      path=f"{slow}:{ROOT}", log=tmp_path / "sweep.log")
     try:
         cell, status = _running_cell(store)
@@ -159,11 +162,11 @@ def test_an_array_task_cancelled_mid_cell_is_finished_by_a_rerun(cluster, local_
             sweep.wait()
     verify = refinery(cluster.env, work, "verify", f"paths.store={store}")
     assert f"cell {cell.name}: interrupted" in verify.stdout and "refinery run" in verify.stdout, verify.stdout
-    again = refinery(cluster.env, work, "sweep", *one_cell, *SLURM, f"paths.store={store}")
+    again = refinery(cluster.env, work, "sweep", *one_cell, *SLURM, f"paths.store={store}", jobs)
     assert again.returncode == 0, again.stdout + again.stderr
     expected = {f: c for f, c in contents(local_store).items() if f.startswith(f"cells/{cell.name}/")}
     assert contents(store) == expected and not leftovers(store)
-    job_logs = "".join(p.read_text() for p in store.glob(".sweeps/*/.submitit/*/*_log.err"))
+    job_logs = "".join(p.read_text() for p in (tmp_path / "jobs").glob("*/*/*/*_log.err"))
     assert f"cell {cell.name}: taking over the lock of" in job_logs  # the killed task's lock, by PID
     assert not any(work.iterdir())
 
@@ -171,6 +174,8 @@ def test_an_array_task_cancelled_mid_cell_is_finished_by_a_rerun(cluster, local_
 BAD_INPUT = {
     "unknown partition": (["hydra.launcher.partition=nope"], "unknown SLURM partition 'nope'"),
     "store only this host sees": (["hydra.launcher.partition=multi"], "which the other nodes of partition multi"),
+    "job pickles only this host sees": (["paths.jobs=/dev/shm/refinery-test-jobs", "hydra.launcher.partition=multi"],
+                                        "paths.jobs=/dev/shm/refinery-test-jobs/"),
 }
 
 

@@ -5,7 +5,7 @@ import statistics
 import pytest
 
 import harness.engine.rollout
-from conftest import FAST
+from conftest import fast_with
 from harness.experiment.plans import compose
 from harness.errors import UsageError
 from harness.experiment.pipeline import resolve_run
@@ -14,7 +14,7 @@ from harness.report.timing import Timing, read_timings, time_against, write_timi
 
 @pytest.fixture(scope="module")
 def runs():
-    return {name: resolve_run(compose([*FAST, *extra]))
+    return {name: resolve_run(compose(fast_with(extra)))
             for name, extra in {"base": [], "steps3": ["sampler.steps=3"],
                                 "other_seeds": ["seed=5"]}.items()}
 

@@ -31,6 +31,7 @@ class Paths:
     store: str
     reports: str
     weights: str
+    jobs: str | None = None  # submitit's job pickles (harness.experiment.launchers); None: ~/.cache/refinery/submitit
 
 
 @dataclass(frozen=True)

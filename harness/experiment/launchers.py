@@ -1,11 +1,22 @@
 """What Refinery adds around Hydra's launchers, without scheduling anything itself: a preflight of the
-SLURM launcher (sbatch on PATH, a known partition, a store its nodes can see), refused in one line
-before any job is submitted, and workers that stop when the sweep that started them is killed.
+joblib and SLURM launchers (a number of workers; sbatch on PATH, a known partition, a store its nodes
+can see), refused in one line before anything is written or submitted; a private folder for
+submitit's job pickles; and workers that stop when the sweep that started them is killed.
+
+submitit pickles each job (the function and its config) into its folder, and the job, on this host or
+a SLURM node, unpickles it: those files are code. They go to a per-user folder, `paths.jobs` (by
+default ~/.cache/refinery/submitit, $XDG_CACHE_HOME honoured), one subfolder per store, created with
+mode 0700; a folder that group or others can enter or write, or that another user owns, is refused,
+since whoever can write there can run code as the sweep's user. The shared store holds no pickle.
 """
 from __future__ import annotations
 
+import datetime
+import hashlib
 import os
+import re
 import shutil
+import stat
 import socket
 import subprocess
 import threading
@@ -65,9 +76,12 @@ def _ancestors() -> list[int]:
 # -- SLURM preflight -------------------------------------------------------------------------------
 
 
-def check_launcher(launcher: DictConfig, store: Path) -> None:
-    """Refuse a SLURM sweep that cannot work before anything is submitted; other launchers pass."""
-    if not str(launcher.get("_target_", "")).endswith(".SlurmLauncher"):
+def check_launcher(launcher: DictConfig, store: Path, jobs: str | None = None) -> None:
+    """Refuse a joblib or SLURM sweep that cannot work before anything is written or submitted."""
+    target = str(launcher.get("_target_", ""))
+    if target.endswith(".JoblibLauncher"):
+        _check_joblib(launcher)
+    if not target.endswith(".SlurmLauncher"):
         return
     for program in ("sbatch", "sinfo", "scontrol"):
         if shutil.which(program) is None:
@@ -75,11 +89,72 @@ def check_launcher(launcher: DictConfig, store: Path) -> None:
                              "sweep on a login node of the cluster, or try it here with hydra/launcher=submitit_local")
     partition = _partition(launcher.get("partition"))
     others = [n for n in _partition_nodes(partition) if n != socket.gethostname().split(".")[0]]
-    local = _node_local(store)
-    if others and local:
-        raise UsageError(f"paths.store={store} is on {local}, which the other nodes of partition {partition} "
-                         f"({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}) cannot see; put the store "
-                         "on a file system that every node mounts (e.g. paths.store=/shared/$USER/runs)")
+    for key, folder, example in (("paths.store", store, "/shared/$USER/runs"),
+                                 ("paths.jobs", job_folder(jobs, store), "~/.cache/refinery/submitit")):
+        local = _node_local(folder)
+        if others and local:
+            raise UsageError(f"{key}={folder} is on {local}, which the other nodes of partition {partition} "
+                             f"({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}) cannot see; put it "
+                             f"on a file system that every node mounts (e.g. {key}={example})")
+
+
+# -- submitit's job pickles -----------------------------------------------------------------------
+
+
+def job_folder(jobs: str | None, store: Path) -> Path:
+    """The folder of a store's submitit jobs: paths.jobs (default ~/.cache/refinery/submitit), then a
+    digest of the store's real path, so that two stores' sweeps never share one."""
+    root = Path(jobs).expanduser() if jobs else _cache_home() / "refinery" / "submitit"
+    return root / hashlib.sha256(os.path.realpath(store).encode()).hexdigest()[:16]
+
+
+def _cache_home() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+
+
+def private_job_folder(folder: Path) -> Path:
+    """Create `folder` with mode 0700 (its missing parents too), or refuse one that others could plant
+    a pickle in: owned by another user, or open to group or others (module docstring)."""
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    try:
+        for path in reversed(missing):
+            path.mkdir(mode=0o700)
+    except OSError as exc:
+        raise UsageError(f"paths.jobs: cannot create {folder} ({exc.strerror}); set paths.jobs to a folder of "
+                         "yours") from None
+    info = folder.stat()
+    if info.st_uid != os.geteuid() or info.st_mode & 0o077:
+        who = "is owned by another user" if info.st_uid != os.geteuid() else \
+            f"is open to group or others (mode {stat.S_IMODE(info.st_mode):04o})"
+        raise UsageError(f"{folder}, the folder of submitit's job pickles (which jobs load and run), {who}; "
+                         f"`chmod 700 {folder}` if it is yours, or set paths.jobs to a private folder")
+    return folder
+
+
+def submitit_sweep_folder(launcher: DictConfig, jobs: str | None, store: Path, overrides: list[str]) -> Path | None:
+    """For a submitit launcher, this sweep's folder of job scripts, pickles and logs: one subfolder per
+    sweep of the store's private job folder; None for other launchers."""
+    if "submitit_folder" not in launcher:
+        return None
+    if any(o.lstrip("+~").partition("=")[0] == "hydra.launcher.submitit_folder" for o in overrides):
+        raise UsageError("hydra.launcher.submitit_folder is set by Refinery (a private folder per store, since its "
+                         "pickles are code); set paths.jobs=DIR to choose where it goes")
+    return private_job_folder(job_folder(jobs, store)) / f"{datetime.datetime.now():%Y-%m-%d_%H-%M-%S}"
+
+
+def submitit_override(folder: Path) -> str:
+    """The Hydra override that makes submitit write its job folders (`%j`: the job id) under folder."""
+    # Hydra's quoted strings: a quote is escaped with a backslash, and backslashes only before a quote
+    quoted = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", f"{folder}/%j")
+    return f"hydra.launcher.submitit_folder='{quoted}'"
+
+
+def _check_joblib(launcher: DictConfig) -> None:
+    """joblib's n_jobs: a number of workers, or -1 for every core (-2 all but one...); 0 means nothing."""
+    n_jobs = launcher.get("n_jobs")
+    if n_jobs is not None and (isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs == 0):
+        raise UsageError(f"hydra.launcher.n_jobs={n_jobs!r} is not a number of workers; give a whole number "
+                         "other than 0, e.g. hydra.launcher.n_jobs=2 (-1: one per core)")
 
 
 def _slurm(*args: str) -> str:

@@ -118,6 +118,24 @@ def _check_group_choices(overrides: list[str]) -> None:
                 raise unknown_name(key, choice, known)
 
 
+def _setting(override: str) -> tuple[str, str]:
+    """(key, value) of an override, the key without Hydra's +, ++ or ~."""
+    key, _, value = override.partition("=")
+    return key.lstrip("+~"), value
+
+
+def _refuse_repeated(overrides: list[str]) -> None:
+    """A key given twice with two values is refused: Hydra would keep the last one silently
+    (`method=bon method=sop` runs sop). The same setting twice changes nothing and passes."""
+    seen: dict[str, str] = {}
+    for override in overrides:
+        key, _ = _setting(override)
+        if key in seen and seen[key] != override:
+            raise UsageError(f"{key} is given twice ({seen[key]}, then {override}); give each key once "
+                             f"(to sweep it, list its values in one override: {key}=a,b)")
+        seen.setdefault(key, override)
+
+
 def compose(overrides: list[str], with_hydra: bool = False) -> DictConfig:
     """The root config (sweeps/config.yaml) with the overrides, plug-ins' configs on the search path."""
     from hydra import compose as hydra_compose
@@ -127,6 +145,9 @@ def compose(overrides: list[str], with_hydra: bool = False) -> DictConfig:
 
     from harness.experiment.config_schema import override_error
 
+    import yaml
+
+    _refuse_repeated(overrides)
     _check_group_choices(overrides)
     try:
         with initialize_config_dir(str(CONFIG_DIR), version_base=None, job_name="refinery"):
@@ -134,6 +155,18 @@ def compose(overrides: list[str], with_hydra: bool = False) -> DictConfig:
                                  return_hydra_config=with_hydra)
     except (HydraException, OmegaConfBaseException) as exc:
         raise override_error(exc, overrides, compose) from None
+    except yaml.YAMLError as exc:  # Hydra reads configs with a safe loader, which refuses a tag
+        raise yaml_refused(exc) from None
+
+
+def yaml_refused(exc: Exception, path: Path | None = None) -> UsageError:
+    """A config file that a safe YAML loader refuses (a `!!python/...` tag, which is never run, or a
+    syntax error) as one line naming the file and line."""
+    mark = getattr(exc, "problem_mark", None)
+    where = str(path or (mark.name if mark else "a config file")) + (f", line {mark.line + 1}," if mark else "")
+    problem = getattr(exc, "problem", None) or type(exc).__name__
+    return UsageError(f"config file {where} is not plain YAML ({problem}); configs are data, read with a safe "
+                      "loader: remove the tag (e.g. !!python/...) or fix the syntax")
 
 
 def _parse(overrides: list[str], check: bool = True) -> list:
@@ -143,6 +176,7 @@ def _parse(overrides: list[str], check: bool = True) -> list:
     from harness.experiment.config_schema import override_error
 
     if check:
+        _refuse_repeated(overrides)
         _check_group_choices(overrides)
     try:
         return OverridesParser.create().parse_overrides(overrides)
@@ -158,7 +192,7 @@ def fixed_overrides(overrides: list[str]) -> list[str]:
 def expand(overrides: list[str]) -> list[list[str]]:
     """Every point of a sweep, as Hydra's basic sweeper makes them: the experiment's sweeper params
     and the command line's sweeps (which win over the experiment's sweep of the same key), as a
-    cartesian product in the order given; a key set twice keeps its first place and its last value."""
+    cartesian product in the order given (a key the command line sets twice is refused)."""
     given = _parse(overrides)
     # the experiment's sweep: composed from the group choices alone, since a setting such as
     # method.params.n=2 may only exist under the swept options (method=bon,sop)
@@ -168,7 +202,7 @@ def expand(overrides: list[str]) -> list[list[str]]:
     params = OmegaConf.to_container(params) if params else {}
     keys = {o.get_key_element() for o in given}
     parsed = _parse([f"{k}={v}" for k, v in params.items() if k not in keys] + overrides)
-    values: dict[str, list[str]] = {}  # a key keeps its first position, with its last setting
+    values: dict[str, list[str]] = {}  # key -> its points, in the order the keys come
     for o in parsed:
         key = o.get_key_element()
         if not o.is_sweep_override():
@@ -286,7 +320,8 @@ class Experiment:
         kept = [o for o in fixed_overrides(self.overrides)
                 if o.lstrip("+~").partition("=")[0].partition(".")[0] not in groups
                 or "." not in o.partition("=")[0]]
-        point = [*kept, *chosen]
+        replaced = {_setting(o)[0] for o in chosen}  # the baseline's own choice of a key the command line set
+        point = [*(o for o in kept if _setting(o)[0] not in replaced), *chosen]
         cfg = compose(point)
         validate(cfg)
         return CellPlan(point, cfg)
@@ -342,7 +377,10 @@ def resolved_yaml(path: Path) -> dict[str, Any]:
     `defaults`, as model/toy.yaml includes toy_sf.yaml), read with a safe loader, without Hydra."""
     import yaml
 
-    own = yaml.safe_load(path.read_text()) or {}
+    try:
+        own = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise yaml_refused(exc, path) from None
     merged: dict[str, Any] = {}
     for entry in own.pop("defaults", None) or []:
         if isinstance(entry, str) and entry != "_self_" and (path.parent / f"{entry}.yaml").is_file():

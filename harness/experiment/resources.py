@@ -64,8 +64,21 @@ def check_creatable(path: Path, key: str) -> None:
     if existing != path.absolute() and not existing.is_dir():
         raise UsageError(f"{key}={path} is under {existing}, a plain file, not a folder; choose a path in a folder")
     folder = existing if existing.is_dir() else existing.parent
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise UsageError(f"{key}={path}: folder {folder} is not writable; choose a path in a writable folder")
+    reason = _write_refused(folder)
+    if reason:
+        raise UsageError(f"{key}={path}: folder {folder} is not writable ({reason}); choose a path in a writable folder")
+
+
+def _write_refused(folder: Path) -> str | None:
+    """Why a file cannot be created in folder, found by creating (and removing) one: permission bits
+    alone miss a read-only file system, and root, and /proc or /sys, where nothing can be created."""
+    probe = folder / f".refinery-probe.{os.getpid()}"
+    try:
+        probe.touch(exist_ok=False)
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    probe.unlink()
+    return None
 
 
 def check_resources(spec: ModelSpec, device: torch.device, dtype: torch.dtype, rows_per_video: int,

@@ -20,6 +20,13 @@ from omegaconf import DictConfig, OmegaConf
 from harness.errors import UsageError, unknown_name
 
 SOURCES = ("world_eval", "list", "vbench", "prompt_file")
+# The suite keys each source reads, beyond name, version, source and samples_per_prompt (which the root
+# config reads), and a shipped suite of that source: a key the source does not read is refused, never
+# ignored (`suite.prompts=[...]` on world_eval would otherwise generate its 42 frozen prompts).
+_READS = {"world_eval": (), "list": ("prompts",), "vbench": ("full_info", "dimensions"), "prompt_file": ("path",)}
+_SHIPPED = {"world_eval": "suite=world_eval", "list": "suite=world_smoke", "vbench": "suite=vbench",
+            "prompt_file": "suite=prompt_file"}
+_COMMON = ("name", "version", "source", "samples_per_prompt")
 
 
 @dataclass(frozen=True)
@@ -32,12 +39,23 @@ def read_suite(suite: DictConfig) -> Suite:
     source = suite.get("source")
     if source not in SOURCES:
         raise unknown_name("suite.source", str(source), SOURCES)
+    _refuse_unread(suite, source)
     read = {"world_eval": _world_eval, "list": _listed, "vbench": _vbench, "prompt_file": _prompt_file}[source]
     result = read(suite)
     if not result.prompts:
         raise UsageError(f"suite {suite.get('name')!r} has no prompts; list some under suite.prompts, "
                          "or choose another suite")
     return result
+
+
+def _refuse_unread(suite: DictConfig, source: str) -> None:
+    for key in suite:
+        if key in _COMMON or key in _READS[source] or suite.get(key) is None:
+            continue
+        readers = [s for s, keys in _READS.items() if key in keys]
+        choose = f"choose a suite that reads it ({' or '.join(_SHIPPED[s] for s in readers)}) or " if readers else ""
+        raise UsageError(f"suite.{key} is set, but suite {suite.get('name')!r} (source {source}) does not read it "
+                         f"and would ignore it; {choose}leave suite.{key} out")
 
 
 def _world_eval(suite: DictConfig) -> Suite:

@@ -112,3 +112,16 @@ def cast_keeping_fp32(module: nn.Module, dtype: "torch.dtype") -> nn.Module:
                     if tensor is not None and tensor.is_floating_point() and kept.intersection(parts):
                         tensor.data = tensor.data.float()
     return module
+
+def load_tensors(path: Path, **options: Any) -> Any:
+    """torch.load(path, weights_only=True): only tensors and plain containers come out of the pickle,
+    anything else raises. torch's warnings about a pickle's protocol are silenced, so that a refused
+    file (a planted pickle) ends in the caller's one line and nothing before it."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+        return torch.load(path, weights_only=True, **options)
+

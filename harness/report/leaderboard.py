@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from harness.errors import UsageError
+from harness.report.exports import csv_bytes
 from harness.report.markdown import markdown_table
 from harness.report.tables import OVERHEAD, TIMING, build_report, metric_title, paired_entry
 from harness.store.cells import CellRef
@@ -178,4 +179,4 @@ def _csv(report: ReportData, table: Table, metrics: list[str], baseline: str) ->
                 record[m] = summary[(row.cell, m)]["mean"]
         record["baseline_cell"] = baseline
         records.append(record)
-    return pd.DataFrame(records).to_csv(index=False, lineterminator="\n").encode()
+    return csv_bytes(pd.DataFrame(records))

@@ -5,8 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pandas as pd
-
+from harness.report.exports import csv_bytes
 from harness.report.figures import cost_quality_figures
 from harness.report.latex import report_latex
 from harness.report.markdown import markdown
@@ -26,8 +25,8 @@ def write_report(store: Store, refs: list[CellRef], out_dir: Path, title: str, *
     report = build_report(store, refs, title, **options)
     figures = cost_quality_figures(report)
     files = {"report.md": markdown(report, figures).encode(),
-             "report.csv": _csv(report.summary.drop(columns=["higher_is_better"])),
-             "paired.csv": _csv(report.paired),
+             "report.csv": csv_bytes(report.summary.drop(columns=["higher_is_better"])),
+             "paired.csv": csv_bytes(report.paired),
              "report.tex": report_latex(report, latex_layout).encode(),
              "report.html": report_html(report, store, figures, gallery_prompts).encode(),
              **{f.file: f.png for f in figures}}
@@ -38,10 +37,6 @@ def write_report(store: Store, refs: list[CellRef], out_dir: Path, title: str, *
     for name, data in files.items():
         atomic_write_bytes(out_dir / name, data)
     return {name: out_dir / name for name in files}
-
-
-def _csv(frame: pd.DataFrame) -> bytes:
-    return frame.to_csv(index=False, lineterminator="\n").encode()
 
 
 def report_folder(root: Path, name: str, overrides: list[str]) -> Path:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from harness.errors import UsageError
+from harness.models.weights import load_tensors
 from harness.store.files import atomic_write, atomic_write_text
 
 
@@ -35,7 +36,7 @@ def load_resume(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        return torch.load(path, weights_only=True)
+        return load_tensors(path)
     except Exception as exc:  # any unreadable file is the same problem to the user
         raise UsageError(f"resume state {path} is unreadable ({type(exc).__name__}); delete it (and its "
                          "checkpoint) to train from the start") from None

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from harness.errors import UsageError
+from harness.models.weights import load_tensors
 from harness.store.files import atomic_folder
 from harness.models.wan_causal.parts import architecture
 
@@ -54,7 +55,7 @@ def read_checkpoint(path: Path, key: str) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise UsageError(f"checkpoint {path} is missing; download it (docs/real-models.md) and pass its path")
     try:
-        raw = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        raw = load_tensors(path, map_location="cpu", mmap=True)
     except Exception as exc:  # a pickle that weights_only refuses, or a file that is not a torch checkpoint
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UsageError(f"{path} is not a torch checkpoint of tensors ({reason}); give the upstream .pt file") from None
