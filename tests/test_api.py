@@ -21,7 +21,7 @@ CHEAP = [*FAST, "~metric.world_bench", "~metric.world_alignment", "report.metric
     ["experiment=bon_n", "seed=3"],
     ["method=bon,sop", "sampler.steps=2,3,4", "seed=1"],
     ["experiment=pnp_tau", "method.params.tau=0.5"],  # the command line's setting beats the experiment's sweep
-    ["sampler.steps=2", "sampler.steps=3,5", "seed=0", "seed=1"],  # later settings of one key win
+    ["seed=1", "experiment=quickstart", "sampler.steps=3,5"],  # the command line's sweep replaces the experiment's
 ])
 def test_sweeps_expand_as_hydras_basic_sweeper_expands_them(overrides):
     """Reference: hydra's BasicSweeper.split_arguments over the same overrides (the experiment's sweeper
