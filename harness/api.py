@@ -212,8 +212,8 @@ def report(overrides: Sequence[str] = ()) -> pd.DataFrame:
     overrides = list(overrides)
     r = _reportable(overrides)
     cfg, store = r.exp.cfg, r.exp.store
-    for ref in r.refs:  # a report never goes on with fewer videos than a cell has
-        store.cell(ref.key).refuse_damage()
+    for ref in r.refs:  # a report never goes on with fewer videos than a cell has (by size and time)
+        store.cell(ref.key).refuse_damage(full=False)
     if r.baseline and cfg.report.timing:
         _bench(r.cells, r.baseline, store)
     out = report_folder(Path(cfg.paths.reports), r.exp.name, overrides)

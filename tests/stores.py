@@ -1,6 +1,6 @@
 """What two stores must share byte for byte when the same sweep filled them (any launcher, any process):
 every video, spec and quality score file as bytes; records, the compute scores and the manifest with
-their measured fields (times, memory, host) left out, since those are measurements, not results."""
+their measured fields (times, memory, host, file times) left out, since those are measurements, not results."""
 from __future__ import annotations
 
 import json
@@ -23,8 +23,8 @@ def _compute_scores(data: bytes) -> dict:
 
 def _manifest(data: bytes) -> dict:
     manifest = json.loads(data)
-    manifest["files"] = {f: d for f, d in manifest["files"].items()
-                         if not f.startswith("records/") and f != "scores/compute.json"}
+    manifest["files"] = {f: {k: v for k, v in d.items() if k != "mtime_ns"} for f, d in manifest["files"].items()
+                         if not f.startswith("records/") and f != "scores/compute.json"}  # a file's time: when it was written
     return manifest
 
 

@@ -28,7 +28,8 @@ from omegaconf import DictConfig
 
 from harness.errors import UsageError
 from harness.store.files import read_json
-from harness.vbench.export import SAMPLES_PER_PROMPT, Export, ffmpeg, read_export
+from harness.store.video_format import ffmpeg
+from harness.vbench.export import SAMPLES_PER_PROMPT, Export, read_export
 from harness.vbench.scores import STANDARD, dimensions_for, read_full_info
 from harness.engine.metric import WeightFile
 
