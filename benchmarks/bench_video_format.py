@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness.store.video_format import NPY, decode, video_format, _ffmpeg  # noqa: E402
+from harness.store.video_format import NPY, decode, ffmpeg, video_format  # noqa: E402
 
 FORMATS = ["npy", "ffv1", "png", "h264-crf12", "h264-crf17", "h264-crf23"]
 
@@ -108,7 +108,7 @@ def toy(frames: int, h: int, w: int) -> np.ndarray:
 
 
 def _png_in_mkv(path: Path, video: np.ndarray) -> None:
-    writer = _ffmpeg().write_frames(str(path), (video.shape[2], video.shape[1]), fps=16, codec="png", quality=None,
+    writer = ffmpeg().write_frames(str(path), (video.shape[2], video.shape[1]), fps=16, codec="png", quality=None,
                                     pix_fmt_in="rgb24", pix_fmt_out="rgb24", macro_block_size=1,
                                     ffmpeg_log_level="error", output_params=["-f", "matroska"])
     writer.send(None)

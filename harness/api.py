@@ -354,4 +354,7 @@ def _print_damage(cell: Cell, listed: bool) -> tuple[list[Damage], str]:
               f"resume it with `{cell.resume_command()}`")
     elif state == "missing" and listed:
         print(f"cell {cell.key}: missing (not run yet)")
+    if not damage and cell.stamp_times():
+        print(f"cell {cell.key}: file times added to its manifest (written before 2026-12-07): run and report "
+              "now recognise it by size and time; verify still hashes every byte")
     return damage, state

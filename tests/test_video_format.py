@@ -177,3 +177,16 @@ def test_a_manifest_without_times_is_checked_by_hash(tmp_path):
     video.write_bytes(bytes(data))
     os.utime(video, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert not _up_to_date(cell)
+
+
+def test_verify_stamps_the_times_an_old_manifest_lacks(tmp_path, capsys):
+    from harness import api
+
+    store, key = _run(tmp_path)
+    path = store.cell(key).path / "manifest.json"
+    stamped = json.loads(path.read_text())
+    old = {**stamped, "files": {f: {k: v for k, v in e.items() if k != "mtime_ns"} for f, e in stamped["files"].items()}}
+    path.write_text(json.dumps(old))
+    assert api.verify([f"paths.store={tmp_path}"]).empty
+    assert "file times added to its manifest" in capsys.readouterr().out
+    assert json.loads(path.read_text()) == stamped

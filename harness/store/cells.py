@@ -336,6 +336,25 @@ class Cell:
             files.update({f: d for f, d in old.items() if f.startswith("scores/") and not self._file_problem(f, d)})
         atomic_write_json(self.path / "manifest.json", {"videos": videos, "files": files})
 
+    def stamp_times(self) -> bool:
+        """Add the modification times a manifest written before 2026-12-07 lacks, so that run and report
+        recognise the cell by size and time; only after a full check found no damage. Returns whether
+        it stamped; a cell held by a writer, or in a store this process cannot write, is left as it is."""
+        manifest = self.manifest()
+        if manifest is None or all("mtime_ns" in e for e in manifest["files"].values()):
+            return False
+        try:
+            with self.lock(timeout=0):
+                manifest = self.manifest()  # as it is now that the cell is ours
+                if manifest is None or self.damage():
+                    return False
+                for file, entry in manifest["files"].items():
+                    entry.setdefault("mtime_ns", (self.path / file).stat().st_mtime_ns)
+                atomic_write_json(self.path / "manifest.json", manifest)
+        except (LockTimeout, OSError):
+            return False
+        return True
+
     def damage(self, full: bool = True) -> list[Damage]:
         """Every damaged or missing file of the cell. A cell still being written is checked for its spec
         and status only: its videos are checked when it completes. full=False trusts a file whose size
