@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/bench_store_checks.py --before <commit> [--repeats 3]
 
 Exports <commit>'s code (git archive) beside this checkout's, fills one store with each (the toy,
-suite=world_smoke x 250 seeds = 1,000 videos in one cell, stored as npy), then times `refinery run`
+suite=world_smoke x 250 seeds = 1,000 videos in one cell, 2 chunks and 2 steps (6 frames of 32x32), stored as npy), then times `refinery run`
 (the rerun: 0 videos generated) and `refinery report` of that cell with each code on its own store,
 alternating before and after. Prints the medians and their ratio.
 """
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CELL = ["suite=world_smoke", "samples_per_prompt=250", "batch_size=50", "~metric.world_bench",
+CELL = ["suite=world_smoke", "samples_per_prompt=250", "batch_size=50", "model.num_chunks=2", "sampler.steps=2", "~metric.world_bench",
         "~metric.world_alignment", "report.metrics=[temporal_flicker,dynamics]", "report.headline=[dynamics.ssim]"]
 
 
