@@ -44,7 +44,7 @@ import numpy as np
 from harness.errors import UsageError
 from harness.store.files import TEMP_NAME, atomic_write_bytes, atomic_write_json, canonical_json, json_file_bytes, read_json, sha256_hex
 from harness.store.lease import Lease, LockTimeout, lease, read_holder, say, slurm_job
-from harness.store.video_format import VideoFormat, format_of_spec, stored_problem
+from harness.store.video_format import VideoFormat, format_of_spec, format_of_suffix, stored_problem
 
 __all__ = ["LockTimeout", "Store", "Cell", "Damage", "cell_key"]
 
@@ -216,7 +216,11 @@ class Cell:
     def video_format(self) -> VideoFormat:
         """How the cell stores its videos, as its spec records (npy for a spec without a "video" entry)."""
         if self._format is None:
-            spec = self.spec()
+            try:
+                spec = self.spec()
+            except UsageError:  # a damaged spec (damage() lists it): the manifest's file names say the format
+                names = [f for f in (self.manifest() or {"files": {}})["files"] if f.startswith("videos/")]
+                return format_of_suffix(Path(names[0]).suffix if names else ".npy")
             if spec is None:
                 return format_of_spec(None)
             self._format = format_of_spec(spec)

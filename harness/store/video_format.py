@@ -29,7 +29,7 @@ import numpy as np
 from harness.errors import UsageError
 from harness.store.files import atomic_write, atomic_write_bytes
 
-__all__ = ["VideoFormat", "NPY", "FORMAT_NAMES", "video_format", "format_of_spec", "stored_problem", "decode",
+__all__ = ["VideoFormat", "NPY", "FORMAT_NAMES", "video_format", "format_of_spec", "format_of_suffix", "stored_problem", "decode",
            "ffmpeg"]
 
 FORMAT_NAMES = "npy, ffv1 or h264-crf<N> (N from 0 to 51)"
@@ -142,6 +142,11 @@ def format_of_spec(spec: dict | None) -> VideoFormat:
     if not isinstance(entry, dict) or not isinstance(entry.get("format"), str):
         raise UsageError(f"the cell spec's video entry {entry!r} is not a video format; rerun the cell")
     return video_format(entry["format"], entry.get("fps") or 16)
+
+
+def format_of_suffix(suffix: str) -> VideoFormat:
+    """A format that names and decodes files of this suffix (their encoder settings unknown)."""
+    return {".mkv": video_format("ffv1"), ".mp4": video_format("h264-crf17")}.get(suffix, NPY)
 
 
 def stored_problem(suffix: str, data: bytes) -> str | None:
