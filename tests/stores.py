@@ -1,7 +1,7 @@
 """What two stores must share byte for byte when the same sweep filled them (any launcher, any number
 of writers per cell): every video, spec and quality score file as bytes; records, the compute scores
-and the manifest with their measured fields (times, memory, host, and the `worker` that wrote each
-record) left out, since those are measurements, not results."""
+and the manifest with their measured fields (times, memory, host, file times, and the `worker` that
+wrote each record) left out, since those are measurements, not results."""
 from __future__ import annotations
 
 import json
@@ -25,8 +25,8 @@ def _compute_scores(data: bytes) -> dict:
 
 def _manifest(data: bytes) -> dict:
     manifest = json.loads(data)
-    manifest["files"] = {f: d for f, d in manifest["files"].items()
-                         if not f.startswith("records/") and f != "scores/compute.json"}
+    manifest["files"] = {f: {k: v for k, v in d.items() if k != "mtime_ns"} for f, d in manifest["files"].items()
+                         if not f.startswith("records/") and f != "scores/compute.json"}  # a file's time: when it was written
     return manifest
 
 

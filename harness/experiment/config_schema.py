@@ -23,6 +23,7 @@ from omegaconf.errors import OmegaConfBaseException
 from harness.errors import UsageError
 from harness.engine.schema import check, option, unknown_key
 from harness.report.stats import Resampling
+from harness.store.video_format import video_format
 from harness.vbench.scores import MODES
 
 
@@ -126,6 +127,7 @@ class ToyModel:
     num_chunks: int = option(min=1)
     checkpoint: str | None = None
     real_guidance: float | None = option(None, min=0)  # the DMD teacher's CFG when training on this model
+    video_format: str = "npy"  # how the store keeps its videos (harness/store/video_format.py)
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,7 @@ class WanModel:
     vae: str | None = None
     origins: dict[str, str] = field(default_factory=dict)
     convert_key: str | None = None
+    video_format: str = "npy"  # how the store keeps its videos (harness/store/video_format.py)
 
 
 @dataclass(frozen=True)
@@ -269,6 +272,7 @@ def validate(cfg: DictConfig) -> None:
     root = check(Root, values, "")
     MODELS.target(str(root.model.get("backend")))  # an unknown backend: its did-you-mean line first
     check(MODEL_SCHEMAS.get(root.model["backend"], AnyModel), _known_only(root.model, root.model["backend"]), "model")
+    video_format(str(root.model.get("video_format", "npy")))  # a name that is no format: one line
     check(METHODS.get(root.method.name).Params, root.method.params, "method.params")
     for name, options in root.metric.items():
         METRICS.get(name).check_options(options)

@@ -2,8 +2,9 @@
 expansion of an experiment's sweep into the cells a report reads.
 
 A cell's key hashes its frozen run spec: the resolved model (with its weights' digest), sampler,
-method (with its version), suite prompts, seeds, batch size and CPU threads, i.e. everything that
-changes the bits of a video (batch size and threads change the order of float32 sums). Metrics are
+method (with its version), suite prompts, seeds, batch size and CPU threads, and the stored video
+format where it is not npy (harness/store/video_format.py), i.e. everything that changes the bits of a
+video as metrics read it (batch size and threads change the order of float32 sums). Metrics are
 not part of the key: changing a metric rescores stored videos, it never regenerates them.
 """
 from __future__ import annotations
@@ -33,8 +34,9 @@ from harness.experiment.resources import check_resources
 from harness.engine.samplers import Sampler
 from harness.engine.rollout import rollout
 from harness.store.cells import Cell, Store, cell_key
-from harness.store.embeddings import PromptEmbeddings
 from harness.experiment.spec_form import normal_timesteps
+from harness.store.embeddings import PromptEmbeddings
+from harness.store.video_format import video_format
 from harness.experiment.suites import read_suite
 from harness.engine.metric import VideoBatch, check_weights
 
@@ -111,6 +113,8 @@ def resolve_run(cfg: DictConfig) -> Run:
                     method.rows_per_video(), len(suite.prompts) * cfg.samples_per_prompt, cfg.batch_size,
                     Path(cfg.paths.store))
     seeds = list(range(cfg.seed, cfg.seed + cfg.samples_per_prompt))
+    video = video_format(cfg.model.get("video_format", "npy"), model.spec.fps)
+    video.check_size(*model.spec.video_shape[1:])
     spec = {
         "refinery": __version__,
         "model": {"name": cfg.model.name, "digest": model.digest(), "num_chunks": model.spec.num_chunks,
@@ -122,6 +126,8 @@ def resolve_run(cfg: DictConfig) -> Run:
         "batch_size": cfg.batch_size,
         "threads": cfg.threads,
     }
+    if video.spec() is not None:  # npy: no entry, so cells stored as before keep their keys
+        spec["video"] = video.spec()
     return Run(model, method, sampler, suite.prompts, suite.tags, seeds, cfg.batch_size, cfg.threads, spec)
 
 
@@ -187,8 +193,9 @@ def generate(run: Run, store: Store, progress: bool = True, resume: str | None =
 
 
 def _up_to_date(cell: Cell) -> bool:
-    """Complete, with every video, record and the spec intact (score files are score's business)."""
-    return cell.is_complete() and not [d for d in cell.damage() if not d.file.startswith("scores/")]
+    """Complete, with every video, record and the spec intact (score files are score's business), as
+    size and modification time say: a finished cell opens no video."""
+    return cell.is_complete() and not [d for d in cell.damage(full=False) if not d.file.startswith("scores/")]
 
 
 def _complete(cell: Cell, videos: int, resume: str | None) -> None:
@@ -278,7 +285,7 @@ def score(cell: Cell, metric_cfg: DictConfig, weights_dir: Path, force: bool = F
     absent, with the cell's CPU threads; a cell with a damaged video or record is refused.
 
     Returns the names of the metrics computed."""
-    cell.refuse_damage(scores=False)
+    cell.refuse_damage(scores=False, full=False)
     if not cell.is_complete():
         raise UsageError(f"cell {cell.key} is not complete; run `refinery run` (or sweep) for it first")
     indices = cell.video_indices()

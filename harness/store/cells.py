@@ -5,13 +5,18 @@ Layout under the root folder::
     cells/<key>/spec.json             frozen run spec, written once; its canonical JSON hashes to <key>
     cells/<key>/status.json           state (running | complete | failed), host, pid, SLURM job, time,
                                       error, and the command that resumes the cell
-    cells/<key>/videos/<i:05d>.npy    uint8 (F, H, W, 3)
+    cells/<key>/videos/<i:05d>.<ext>  uint8 (F, H, W, 3) frames in the format the spec records
+                                      (harness/store/video_format.py): .npy where it records none,
+                                      .mkv (FFV1, lossless), .mp4 (H.264)
     cells/<key>/records/<i:05d>.json  per-video record, written after its video: its presence
                                       means the video is complete
     cells/<key>/scores/<metric>.json  per-video values of one metric, in video-index order
-    cells/<key>/manifest.json         sha256 and size of every video, record and score file, written
-                                      last when the cell completes and again when a score file is
-                                      written: a complete cell can always be checked (Cell.damage)
+    cells/<key>/manifest.json         sha256, size and modification time of every video, record and
+                                      score file, written last when the cell completes and again when
+                                      a score file is written: a complete cell can always be checked
+                                      in full (Cell.damage, `refinery verify`), and is recognised as
+                                      unchanged by size and time alone (Cell.damage(full=False): what
+                                      `run` and `report` check, opening no video, as make and rsync do)
     cells/<key>/.lock                 lease of the process changing the cell's spec, status, manifest or
                                       scores (harness/store/lease.py), held for those writes only
     cells/<key>/.writers/<host>.<pid>.lock  lease of each process generating the cell's videos
@@ -27,7 +32,6 @@ when no other writer of the cell is alive.
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -45,8 +49,9 @@ import numpy as np
 from harness.errors import UsageError
 from harness.store.files import TEMP_NAME, atomic_write_bytes, atomic_write_json, canonical_json, json_file_bytes, read_json, sha256_hex
 from harness.store.lease import Holder, Lease, LockTimeout, lease, read_holder, say, slurm_job, try_lease
+from harness.store.video_format import VideoFormat, format_of_spec, format_of_suffix, stored_problem
 
-__all__ = ["LockTimeout", "Store", "Cell", "Damage", "cell_key", "atomic_save_npy", "read_npy"]
+__all__ = ["LockTimeout", "Store", "Cell", "Damage", "cell_key"]
 
 STATES = ("running", "complete", "failed")  # what status.json says; Cell.state() adds the rest
 _SCORE_KEYS = ("metric", "version", "higher_is_better", "values", "videos")
@@ -69,23 +74,11 @@ def cell_key(spec: dict) -> str:
     return sha256_hex(_spec_json(spec))[:16]
 
 
-def atomic_save_npy(path: str | Path, array: np.ndarray) -> None:
-    buf = io.BytesIO()
-    np.save(buf, np.asarray(array), allow_pickle=False)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def read_npy(path: str | Path, fix: str = "rerun the command that wrote it") -> np.ndarray:
-    path = Path(path)
-    try:
-        return np.load(path, allow_pickle=False)
-    except (ValueError, EOFError) as e:
-        raise UsageError(f"{path} is corrupt ({e}); {fix}") from e
-
-
-def file_digest(data: bytes) -> dict[str, Any]:
-    """A manifest entry: the sha256 and size of a file's bytes."""
-    return {"sha256": sha256_hex(data), "size": len(data)}
+def file_digest(path: Path) -> dict[str, Any]:
+    """A manifest entry: the sha256 and size of a file's bytes, and its modification time (ns), by which
+    a later check that opens nothing recognises it as unchanged."""
+    data = path.read_bytes()
+    return {"sha256": sha256_hex(data), "size": len(data), "mtime_ns": path.stat().st_mtime_ns}
 
 
 class Store:
@@ -132,6 +125,7 @@ class Cell:
     def __init__(self, key: str, path: Path):
         self.key = key
         self.path = path
+        self._format: VideoFormat | None = None  # from the spec, once it is written
 
     def __repr__(self) -> str:
         return f"Cell({self.key!r}, {str(self.path)!r})"
@@ -222,8 +216,25 @@ class Cell:
 
     # -- videos and records ---------------------------------------------------------------------
 
+    def video_format(self) -> VideoFormat:
+        """How the cell stores its videos, as its spec records (npy for a spec without a "video" entry)."""
+        if self._format is None:
+            try:
+                spec = self.spec()
+            except UsageError:  # a damaged spec (damage() lists it): the manifest's file names say the format
+                names = [f for f in (self.manifest() or {"files": {}})["files"] if f.startswith("videos/")]
+                return format_of_suffix(Path(names[0]).suffix if names else ".npy")
+            if spec is None:
+                return format_of_spec(None)
+            self._format = format_of_spec(spec)
+        return self._format
+
+    def video_file(self, i: int) -> str:
+        """Video i's path relative to the cell's folder."""
+        return f"videos/{i:05d}{self.video_format().suffix}"
+
     def video_path(self, i: int) -> Path:
-        return self.path / _video_file(i)
+        return self.path / self.video_file(i)
 
     def has_record(self, i: int) -> bool:
         return (self.path / _record_file(i)).exists()
@@ -232,7 +243,7 @@ class Cell:
         """Store video i, then its record (when given): a record is the mark that its video is complete."""
         if video.dtype != np.uint8 or video.ndim != 4 or video.shape[-1] != 3:
             raise ValueError(f"video must be uint8 (F, H, W, 3), got {video.dtype} {video.shape}")
-        atomic_save_npy(self.video_path(i), video)
+        self.video_format().write(self.video_path(i), video)
         if record is not None:
             self.write_record(i, record)
 
@@ -241,9 +252,13 @@ class Cell:
 
     def read_video(self, i: int) -> np.ndarray:
         self._check_recorded(i)
+        file = self.video_file(i)
         if not self.video_path(i).exists():
-            raise self._damaged(_video_file(i), "is missing")
-        return read_npy(self.video_path(i), fix=self.fix(_video_file(i)))
+            raise self._damaged(file, "is missing")
+        try:
+            return self.video_format().read(self.video_path(i))
+        except (ValueError, EOFError) as e:
+            raise self._damaged(file, f"is corrupt ({e})") from e
 
     def read_record(self, i: int) -> dict:
         self._check_recorded(i)
@@ -284,7 +299,7 @@ class Cell:
             atomic_write_bytes(self.path / file, data)
             manifest = self.manifest()
             if manifest is not None:
-                manifest["files"][file] = file_digest(data)
+                manifest["files"][file] = file_digest(self.path / file)
                 atomic_write_json(self.path / "manifest.json", manifest)
 
     def read_scores(self) -> dict[str, dict]:
@@ -318,9 +333,8 @@ class Cell:
         every byte keeps its scores; one that rewrote a record (whose ledger times are measured anew)
         leaves them stale, to be recomputed by `score`."""
         old = (self.manifest() or {"files": {}})["files"]
-        files = {f: file_digest((self.path / f).read_bytes())
-                 for i in range(videos) for f in (_video_file(i), _record_file(i))}
-        changed = [f for f, digest in files.items() if f in old and old[f] != digest]
+        files = {f: file_digest(self.path / f) for i in range(videos) for f in (self.video_file(i), _record_file(i))}
+        changed = [f for f, digest in files.items() if f in old and _content(old[f]) != _content(digest)]
         for f in changed:
             if f.startswith("videos/"):
                 say(f"cell {self.key}: {f} was regenerated with other bytes than before (another torch build "
@@ -329,9 +343,29 @@ class Cell:
             files.update({f: d for f, d in old.items() if f.startswith("scores/") and not self._file_problem(f, d)})
         atomic_write_json(self.path / "manifest.json", {"videos": videos, "files": files})
 
-    def damage(self) -> list[Damage]:
+    def stamp_times(self) -> bool:
+        """Add the modification times a manifest written before 2026-12-07 lacks, so that run and report
+        recognise the cell by size and time; only after a full check found no damage. Returns whether
+        it stamped; a cell held by a writer, or in a store this process cannot write, is left as it is."""
+        manifest = self.manifest()
+        if manifest is None or all("mtime_ns" in e for e in manifest["files"].values()):
+            return False
+        try:
+            with self.lock(timeout=0):
+                manifest = self.manifest()  # as it is now that the cell is ours
+                if manifest is None or self.damage():
+                    return False
+                for file, entry in manifest["files"].items():
+                    entry.setdefault("mtime_ns", (self.path / file).stat().st_mtime_ns)
+                atomic_write_json(self.path / "manifest.json", manifest)
+        except (LockTimeout, OSError):
+            return False
+        return True
+
+    def damage(self, full: bool = True) -> list[Damage]:
         """Every damaged or missing file of the cell. A cell still being written is checked for its spec
-        and status only: its videos are checked when it completes."""
+        and status only: its videos are checked when it completes. full=False trusts a file whose size
+        and modification time are the manifest's without opening it (a changed time still hashes it)."""
         if not self.path.is_dir():
             return []
         has_manifest = (self.path / "manifest.json").exists()
@@ -342,18 +376,19 @@ class Cell:
         manifest = self.manifest()
         if manifest is not None:
             files = manifest["files"]
-            expected = [f for i in range(manifest["videos"]) for f in (_video_file(i), _record_file(i))]
+            expected = [f for i in range(manifest["videos"]) for f in (self.video_file(i), _record_file(i))]
             problems.update({f: "is not in the manifest" for f in expected if f not in files})
-            problems.update({f: self._file_problem(f, digest) for f, digest in sorted(files.items())})
+            problems.update({f: self._file_problem(f, digest, full) for f, digest in sorted(files.items())})
         elif has_manifest:
             problems["manifest.json"] = "is not a manifest (not JSON, or without files)"
         elif self.is_complete():
             problems["manifest.json"] = "is missing, though the cell is complete"
         return [Damage(self.key, f, p) for f, p in problems.items() if p]
 
-    def refuse_damage(self, scores: bool = True) -> None:
-        """A UsageError naming the first damaged file (a score file too, when scores) and its fix."""
-        found = [d for d in self.damage() if scores or not d.file.startswith("scores/")]
+    def refuse_damage(self, scores: bool = True, full: bool = True) -> None:
+        """A UsageError naming the first damaged file (a score file too, when scores) and its fix;
+        full=False: checked by size and time (damage)."""
+        found = [d for d in self.damage(full) if scores or not d.file.startswith("scores/")]
         if found:
             more = f" (and {len(found) - 1} more: `refinery verify` lists them)" if len(found) > 1 else ""
             raise self._damaged(found[0].file, found[0].problem + more)
@@ -364,7 +399,7 @@ class Cell:
         files = (self.manifest() or {"files": {}})["files"]
         found = {}
         for i in indices:
-            parts = {part for part, f in (("video", _video_file(i)), ("record", _record_file(i)))
+            parts = {part for part, f in (("video", self.video_file(i)), ("record", _record_file(i)))
                      if self._file_problem(f, files.get(f))}
             if parts:
                 found[i] = parts
@@ -388,9 +423,17 @@ class Cell:
         except ValueError as e:
             return f"is not JSON ({e})"
 
-    def _file_problem(self, file: str, entry: dict | None) -> str | None:
+    def _file_problem(self, file: str, entry: dict | None, full: bool = True) -> str | None:
         """Why a video, record or score file is unusable, or None. Against its manifest entry when it has
-        one (size, then sha256), else it must parse."""
+        one (size, then sha256; without full, a file of the entry's size and modification time passes
+        unopened), else it must parse."""
+        if not full and entry is not None and "mtime_ns" in entry:
+            try:
+                stat = (self.path / file).stat()
+            except FileNotFoundError:
+                return "is missing"
+            if (stat.st_size, stat.st_mtime_ns) == (entry.get("size"), entry["mtime_ns"]):
+                return None
         try:
             data = (self.path / file).read_bytes()
         except FileNotFoundError:
@@ -456,10 +499,6 @@ class Cell:
                     (self.path / folder / name).unlink(missing_ok=True)
 
 
-def _video_file(i: int) -> str:
-    return f"videos/{i:05d}.npy"
-
-
 def _record_file(i: int) -> str:
     return f"records/{i:05d}.json"
 
@@ -477,13 +516,17 @@ def _status_problem(status: Any) -> str | None:
     return f"is not a status object (a dict whose state is one of {', '.join(STATES)})"
 
 
+def _content(entry: dict) -> tuple[Any, Any]:
+    """What a manifest entry says of a file's bytes (its time says when they were written)."""
+    return entry.get("sha256"), entry.get("size")
+
+
 def _parse_problem(file: str, data: bytes) -> str | None:
+    if file.startswith("videos/"):
+        return stored_problem(Path(file).suffix, data)
     try:
-        if file.endswith(".npy"):
-            np.load(io.BytesIO(data), allow_pickle=False)
-        else:
-            json.loads(data)
-    except (ValueError, EOFError, OSError) as e:
+        json.loads(data)
+    except ValueError as e:
         return f"is not readable ({e})"
     return None
 

@@ -29,7 +29,8 @@ from omegaconf import DictConfig
 from harness.errors import UsageError
 from harness.engine.devices import gpus_for, visible_gpus
 from harness.store.files import atomic_write_json, read_json
-from harness.vbench.export import SAMPLES_PER_PROMPT, Export, ffmpeg, read_export
+from harness.store.video_format import ffmpeg
+from harness.vbench.export import SAMPLES_PER_PROMPT, Export, read_export
 from harness.vbench.scores import STANDARD, dimensions_for, read_full_info
 from harness.vbench.shards import SHARDS_DIR, merge, merged_run_info, plan_jobs, run_jobs
 from harness.engine.metric import WeightFile

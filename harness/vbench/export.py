@@ -27,6 +27,7 @@ import numpy as np
 from harness.errors import UsageError
 from harness.store.files import atomic_folder, atomic_write_json, read_json
 from harness.store.cells import Cell
+from harness.store.video_format import ffmpeg
 from harness.vbench.scores import CUSTOM, check_mode, read_full_info
 
 SAMPLES_PER_PROMPT = 5  # VBench's standard evaluation reads {prompt}-0 .. {prompt}-4
@@ -162,16 +163,6 @@ def write_mp4(path: Path, video: np.ndarray, fps: int, crf: int) -> None:
     for frame in video:
         writer.send(np.ascontiguousarray(frame))
     writer.close()
-
-
-def ffmpeg():
-    """The imageio_ffmpeg module, which reads and writes mp4 through its bundled ffmpeg binary."""
-    try:
-        import imageio_ffmpeg
-    except ImportError:
-        raise UsageError("reading and writing mp4 needs the imageio-ffmpeg package: "
-                         "pip install imageio-ffmpeg") from None
-    return imageio_ffmpeg
 
 
 def vbench_cli(export: Export, dimensions: list[str], full_info: Path | None) -> str:
