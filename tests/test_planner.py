@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import fast_with
 from harness.cli import main
 from harness.engine.cost import rollout_cost
 from harness.engine.registry import METHODS
@@ -29,7 +30,7 @@ def test_declared_cost_equals_the_ledger(case):
     from harness.engine.rollout import rollout
     from harness.experiment.pipeline import resolve_run
 
-    cfg = compose([*FAST, *case])
+    cfg = compose(fast_with(case, FAST))
     run = resolve_run(cfg)
     ledger = rollout(run.model, run.method, run.prompts[:1], run.seeds[:1], run.sampler).ledger
     cost = rollout_cost(METHODS.declared(cfg.method.name, "cost"), planner._params(cfg, str(cfg.model.name)),

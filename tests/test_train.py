@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from conftest import fast_with
 from harness.cli import main
 from harness.experiment.plans import compose
 from harness.errors import UsageError
@@ -28,7 +29,7 @@ CASES = [("lora", "reward"), ("init_noise_refiner", "reward"), ("autorefiner", "
 
 def config(tmp_path: Path, method: str, objective: str = "reward", *extra: str):
     out = tmp_path / f"{method}_{objective}.safetensors"
-    return compose([f"+train={objective}", f"method={method}", *TINY, f"train.out={out}", *extra])
+    return compose(fast_with([f"+train={objective}", f"method={method}", f"train.out={out}", *extra], TINY))
 
 
 def tensors(t) -> dict[str, torch.Tensor]:

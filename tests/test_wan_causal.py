@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, fast_with
 from harness.cli import main
 from harness.experiment.plans import compose
 from harness.models.base import NoiseLevel
@@ -221,7 +221,7 @@ def test_bad_prompts_and_settings_are_one_line_before_anything_is_written(tmp_pa
     ]
     cases.append((["metric=default", "suite.prompts=[a dog on a sofa]"], "scores shapes-world prompts only"))
     for overrides, reason in cases:
-        assert main(["run", *fast, "suite=world_smoke", *overrides]) == 2, overrides
+        assert main(["run", *fast_with([*overrides, "suite=world_smoke"], fast)]) == 2, overrides
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and reason in err and "Traceback" not in err, (overrides, err)
     assert not store.exists()
