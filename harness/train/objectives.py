@@ -249,8 +249,12 @@ class DmdObjective(Objective):
         self.shift = sampler.shift if self.params.timestep_shift is None else self.params.timestep_shift
         self.real, self.fake = model.dmd_scores(weights_dir)
         self.fake.module.requires_grad_(True)
-        self.fake_opt = torch.optim.AdamW(self.fake.module.parameters(), lr=self.params.fake_lr, betas=(0.0, 0.999),
-                                          weight_decay=0.0)
+        self.fake_opt = self.critic_optimizer()
+
+    def critic_optimizer(self) -> torch.optim.Optimizer:
+        """AdamW over the fake score's parameters (built again once FSDP has sharded them)."""
+        return torch.optim.AdamW(self.fake.module.parameters(), lr=self.params.fake_lr, betas=(0.0, 0.999),
+                                 weight_decay=0.0)
 
     def draw(self, spec: ModelSpec, n: int, gen: torch.Generator) -> Draws:
         """Per video: the level and noise of the loss's score evaluations, then of each critic update's

@@ -103,9 +103,8 @@ def shard_scores(objective: object, mixed: bool, shared: nn.Module) -> None:
         fully_shard(module, mesh=mesh, mp_policy=policy)
         if trained:
             module.set_gradient_divide_factor(1.0)  # the losses carry their share of the batch already
-    fake_opt = getattr(objective, "fake_opt", None)
-    if fake_opt is not None:
-        objective.fake_opt = type(fake_opt)(objective.fake.module.parameters(), **fake_opt.defaults)
+    if callable(getattr(objective, "critic_optimizer", None)):
+        objective.fake_opt = objective.critic_optimizer()
 
 
 def whole_state(module: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, object]:
