@@ -4,6 +4,9 @@ machine loads both alike:
 
     checkpointing   wan_tiny, with and without train.checkpointing: seconds per step (the log's mean,
                     first step left out) and the process's peak resident set (ru_maxrss)
+    activations     the same step in this process, with and without checkpointing: megabytes of the
+                    distinct tensors autograd saves for the backward pass (torch's saved-tensor hooks; a
+                    checkpointed block saves its input only)
     ranks           2 gloo ranks (train.devices=2) against 1 process accumulating the same micro-batches
                     (train.micro_batch=1): wall seconds and CPU seconds (user + system, every process)
 
@@ -21,6 +24,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 WAN = ["model=wan_tiny", "method=autorefiner", "train=reward", "model.num_chunks=3", "train.batch=2",
        "train.steps=4", "train.threads=1"]
@@ -54,6 +58,28 @@ def run(overrides: list[str]) -> dict:
             "s_per_step": sum(steps[1:]) / max(len(steps) - 1, 1)}
 
 
+def saved_activation_mb(overrides: list[str]) -> float:
+    """Megabytes of the distinct tensors that one training step's forward passes save for backward."""
+    import torch
+
+    from harness.experiment.plans import compose
+    from harness.train.trainer import resolve_training, train_step
+
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with tempfile.TemporaryDirectory() as tmp:
+        groups = [o for o in overrides if o.startswith("train=")]
+        rest = [o for o in overrides if not o.startswith("train=")]
+        t = resolve_training(compose([f"+{groups[-1]}", *rest, f"train.out={tmp}/a.safetensors"]))
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            train_step(t, torch.optim.SGD(t.parameters, lr=0.0), 0)
+    return sum(seen.values()) / 2**20
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=2)
@@ -61,6 +87,11 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     for what in args.what.split(","):
+        if what == "activations":
+            for name, overrides in CASES["checkpointing"].items():
+                print(f"activations saved for backward, checkpointing {name}: "
+                      f"{saved_activation_mb([*overrides, *args.overrides]):.1f} MB")
+            continue
         results: dict[str, list[dict]] = {name: [] for name in CASES[what]}
         for _ in range(args.rounds):
             for name, overrides in CASES[what].items():

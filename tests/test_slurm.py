@@ -194,7 +194,7 @@ def test_a_training_job_runs_two_gloo_ranks_that_train_as_one_process_accumulati
     import torch
     from safetensors.torch import load_file
 
-    settings = ["method=lora", "model.num_chunks=2", "sampler.steps=2", "train.batch=2", "train.steps=2",
+    settings = ["method=lora", "model.num_chunks=2", "sampler.steps=2", "train.batch=2", "train.steps=1",
                 "train.threads=1"]
     one = tmp_path / "one" / "lora_reward.safetensors"
     alone = refinery(os.environ, ROOT, "train", *settings, "train.micro_batch=1", f"train.out={one}")
@@ -207,4 +207,4 @@ def test_a_training_job_runs_two_gloo_ranks_that_train_as_one_process_accumulati
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in b)
     logs = list(two.parent.glob("lora_reward.slurm/*/*_log.out"))
     assert len(logs) == 2  # one per task
-    assert len((two.parent / "lora_reward.log.jsonl").read_text().splitlines()) == 2  # rank 0's lines only
+    assert len((two.parent / "lora_reward.log.jsonl").read_text().splitlines()) == 1  # rank 0's line only

@@ -47,8 +47,9 @@ def test_micro_batches_accumulate_to_the_whole_batch_update(tmp_path, method, ob
     micro = train(config(tmp_path / "micro.safetensors", *common, "train.micro_batch=1", method=method,
                          objective=objective), progress=False)
     a, b = weights(micro), weights(whole)
-    moved = max(float(v.double().norm()) for v in b.values())
-    assert moved > 0 and relative_gap(a, b) <= 1e-6
+    moved, gap = max(float(v.double().norm()) for v in b.values()), relative_gap(a, b)
+    print(f"micro-batches of 1 vs the whole batch of 2, {method} {objective}: relative gap {gap:.3g}")
+    assert moved > 0 and gap <= 1e-6
 
 
 def test_a_run_killed_mid_accumulation_resumes_to_the_same_weights(tmp_path, monkeypatch):

@@ -2,7 +2,10 @@
 
 An objective turns one training rollout (harness.engine.rollout with an exit step: videos and latents that
 are differentiable where the method made them so) into the loss the method's parameters minimise,
-and may keep its own trained state (DMD's fake score), which resumes with the run.
+and may keep its own trained state (DMD's fake score), which resumes with the run. Its random numbers
+(DMD's levels and noises, the reward's sampled frames) are drawn for the step's whole effective batch
+before any rollout (`draw`), so that micro-batches and ranks each read their own rows of one draw
+(harness.train.distributed).
 
 - `reward`: a weighted mixture of differentiable verifiers (harness.engine.registry.VERIFIERS) on the decoded
   videos, maximised: loss = -Σ_k w_k R_k(video), averaged over the batch. The default is the shapes

@@ -35,10 +35,6 @@ class MasterWeights:
         self.parameters = list(named.values())
         self.weights = [p.detach().float().clone().requires_grad_(True) for p in self.parameters]
 
-    def zero_grad(self) -> None:
-        for w in self.weights:
-            w.grad = None
-
     def take_gradients(self) -> None:
         """The adapter's gradients (summed over micro-batches and ranks), in fp32, onto the copies."""
         for w, p in zip(self.weights, self.parameters):

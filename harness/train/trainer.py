@@ -5,12 +5,16 @@ sampler and method are those of sampling; method.params set the architecture (ra
 refined timesteps); its `checkpoint` is what sampling loads and is not read here: training starts
 from the zero-initialised adapter. train.*: objective {name, params}, reg_weight, steps, batch, lr,
 weight_decay, betas, grad_clip, ema and ema_start, seed, checkpoint_every, out (a shipped tag or a path),
-threads.
+threads; at paper scale micro_batch, devices, precision, checkpointing, sharding, slurm
+(harness.train.distributed, harness.train.scale; docs/training.md#training-at-paper-scale).
 
-One step: draw `batch` training prompts, their video seeds and an exit step (among the method's
-exit_steps) from a generator keyed by (seed, step); roll them out through harness.engine.rollout with that
-exit step (the one loop, the keyed noise source, a ledger); loss = objective + reg_weight *
-regulariser (½||Δε||² of the refinements that carry gradient); one AdamW step on the adapter; then
+One step: draw `batch` training prompts, their video seeds, an exit step (among the method's
+exit_steps) and the objective's random numbers from a generator keyed by (seed, step); this rank
+takes its rows of that draw, in micro-batches (harness.train.distributed); roll each out through
+harness.engine.rollout with that exit step (the one loop, the keyed noise source, a ledger); loss =
+objective + reg_weight * regulariser (½||Δε||² of the refinements that carry gradient), weighted by the
+micro-batch's share of the batch, one backward pass each; the gradients summed over the ranks; one
+AdamW step on the adapter; then
 the objective's own update (DMD's fake score), which may draw fresh rollouts of the updated method
 (`Fresh`: prompts, seeds and exit step keyed by (seed, step, k), rolled out without gradient). All
 randomness of a step is keyed by its index, so a resumed run repeats exactly what an uninterrupted
@@ -50,7 +54,7 @@ from harness.engine.rollout import rollout
 from harness.engine.schema import check
 from harness.train.checkpoints import TrainingLog, load_resume, log_path, resume_path, save_resume
 from harness.train.distributed import Split, World, join_world, launched, start_ranks, submit_to_slurm
-from harness.train.objectives import Objective, pick
+from harness.train.objectives import Draws, Objective, pick
 from harness.train.scale import MasterWeights, enable_checkpointing, shard_scores
 
 # settings that do not change what is trained (how the effective batch is computed: up to round-off)
@@ -260,8 +264,26 @@ def train_step(t: Training, optimizer: torch.optim.Optimizer, step: int) -> dict
     split = t.split()
     ledger = Ledger()
     optimizer.zero_grad(set_to_none=True)
+    sums = backward_passes(t, split, prompts, seeds, exit_step, draws, ledger)
+    t.world.sum_gradients(t.parameters)
     if t.masters:
-        t.masters.zero_grad()
+        t.masters.take_gradients()
+    grad_norm = torch.nn.utils.clip_grad_norm_(t.optimised, s.grad_clip or math.inf)
+    optimizer.step()
+    if t.masters:
+        t.masters.give_weights()
+    sums.update(t.objective.update(draws, Fresh(t, step), split))
+    counts = {"nfe": ledger.nfe, "refiner_calls": ledger.refiner_calls}
+    sums = t.world.sum_figures({**sums, **counts})
+    return {"step": step + 1, **{k: v for k, v in sums.items() if k not in counts}, "grad_norm": grad_norm.item(),
+            "exit_step": exit_step, **{k: int(sums[k]) for k in counts}, "seconds": time.perf_counter() - began}
+
+
+def backward_passes(t: Training, split: Split, prompts: list[str], seeds: list[int], exit_step: int,
+                    draws: Draws, ledger: Ledger) -> dict[str, float]:
+    """This rank's micro-batches of the step, one rollout and backward pass each, each loss weighted
+    by its share of the effective batch; the log's figures, weighted alike."""
+    s = t.settings
     sums: dict[str, float] = {}
     for rows in split.parts:
         mine = [prompts[i] for i in rows]
@@ -276,20 +298,7 @@ def train_step(t: Training, optimizer: torch.optim.Optimizer, step: int) -> dict
                    **figures}
         for k, v in figures.items():
             sums[k] = sums.get(k, 0.0) + share * v
-    t.world.sum_gradients(t.parameters)
-    if t.masters:
-        t.masters.take_gradients()
-    grad_norm = torch.nn.utils.clip_grad_norm_(t.optimised, s.grad_clip or math.inf)
-    optimizer.step()
-    if t.masters:
-        t.masters.give_weights()
-    sums.update(t.objective.update(draws, Fresh(t, step), split))
-    counts = {"nfe": ledger.nfe, "refiner_calls": ledger.refiner_calls}
-    sums = t.world.sum_figures({**sums, **counts})
-    return {"step": step + 1, **{k: sums[k] for k in ("loss", "objective", "regulariser")},
-            **{k: v for k, v in sums.items() if k not in (*counts, "loss", "objective", "regulariser")},
-            "grad_norm": grad_norm.item(), "exit_step": exit_step, **{k: int(sums[k]) for k in counts},
-            "seconds": time.perf_counter() - began}
+    return sums
 
 
 def draw(t: Training, gen: torch.Generator, *key: object) -> tuple[list[str], list[int], int]:
