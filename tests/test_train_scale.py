@@ -203,3 +203,12 @@ def test_a_checkpoint_of_two_ranks_resumes_in_one_process(tmp_path, sharding):
     gap = relative_gap(weights(two), b)
     print(f"2 -> 1 ranks, sharding {sharding}: relative gap {gap:.3g}")
     assert gap <= RESUME_GAP[sharding]
+
+
+def test_a_slurm_run_without_sbatch_is_refused_in_one_line(tmp_path):
+    ran = subprocess.run([sys.executable, "-m", "harness.cli", "train", "method=lora", "train.batch=2",
+                          "train.slurm={nodes: 1, tasks_per_node: 2}", f"train.out={tmp_path / 'a.safetensors'}"],
+                         cwd=ROOT, env={"PATH": str(tmp_path), "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
+    lines = ran.stderr.strip().splitlines()
+    assert ran.returncode == 2 and len(lines) == 1 and "needs SLURM's sbatch on PATH" in lines[0], ran.stderr
+    assert not any(tmp_path.iterdir())

@@ -47,6 +47,7 @@ from harness.store.files import canonical_json
 from harness.engine.ledger import Ledger
 from harness.models.base import VideoModel
 from harness.engine.noise import key_seed
+from harness.experiment.launchers import check_launcher
 from harness.experiment.resources import check_creatable
 from harness.engine.context import RolloutResult
 from harness.engine.samplers import Sampler
@@ -58,6 +59,7 @@ from harness.train.objectives import Draws, Objective, pick
 from harness.train.scale import MasterWeights, enable_checkpointing, shard_scores
 
 # settings that do not change what is trained (how the effective batch is computed: up to round-off)
+SLURM_LAUNCHER = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"  # the sweeps' one
 RUNTIME_KEYS = ("threads", "checkpoint_every", "out", "micro_batch", "devices", "checkpointing", "sharding", "slurm")
 
 
@@ -192,6 +194,8 @@ def start(cfg: DictConfig, argv: list[str]) -> Path:
     if settings.slurm is not None:
         job = check(SlurmJob, settings.slurm, "train.slurm")
         check_ranks(settings.batch, job.nodes * job.tasks_per_node)
+        # the sweeps' preflight: SLURM's programs on PATH, a known partition, an output its nodes can see
+        check_launcher(OmegaConf.create({"_target_": SLURM_LAUNCHER, "partition": job.partition}), out.parent)
         submit_to_slurm(job, train, (cfg, False), out.with_name(out.stem + ".slurm") / "%j")
         return out
     if settings.devices > 1:
