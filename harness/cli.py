@@ -94,7 +94,7 @@ def cmd_train(overrides: list[str]) -> None:
         raise unknown_name("train", name, known)
     rest = [o for o in overrides if o.partition("=")[0].lstrip("+") != "train"]
     path = start(compose([f"+train={name}", *rest]), ["train", *overrides])
-    if os.environ.get("RANK", "0") == "0":
+    if path is not None and os.environ.get("RANK", "0") == "0":
         print(f"adapter checkpoint at {path} (training log {log_path(path)})")
 
 

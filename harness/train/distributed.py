@@ -52,10 +52,15 @@ class World:
 
     def sum_gradients(self, parameters: list[torch.nn.Parameter]) -> None:
         """Sum the gradients of replicated parameters over the ranks, in one flat buffer (a parameter
-        without a gradient on a rank adds zeros). Gradients of FSDP-sharded parameters (DTensors) are
-        reduce-scattered by FSDP itself and left alone."""
+        without a gradient on a rank adds zeros). FSDP has reduce-scattered the gradients of sharded
+        parameters (DTensors) already, as a mean over the ranks: they are multiplied back to the sum
+        (exact for a power-of-two world). FSDP2's divide factor 1 would spare that, but it needs NCCL's
+        PreMulSum under a mixed-precision policy, which gloo lacks."""
         if self.size == 1:
             return
+        for p in parameters:
+            if is_sharded(p) and p.grad is not None:
+                p.grad.mul_(self.size)
         local = [p for p in parameters if not is_sharded(p)]
         if not local:
             return

@@ -97,8 +97,6 @@ def shard_scores(objective: object, mixed: bool, shared: nn.Module) -> None:
         for block in blocks_of(module):
             fully_shard(block, mesh=mesh, mp_policy=policy)
         fully_shard(module, mesh=mesh, mp_policy=policy)
-        if trained:
-            module.set_gradient_divide_factor(1.0)  # the losses carry their share of the batch already
     if callable(getattr(objective, "critic_optimizer", None)):
         objective.fake_opt = objective.critic_optimizer()
 

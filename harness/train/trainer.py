@@ -182,10 +182,11 @@ def checked_settings(cfg: DictConfig) -> TrainSettings:
     return check(TrainSettings, resolved(cfg)["train"], "train")
 
 
-def start(cfg: DictConfig, argv: list[str]) -> Path:
+def start(cfg: DictConfig, argv: list[str]) -> Path | None:
     """`refinery <argv>` (a train command composed into `cfg`): in this process, as train.devices ranks
-    on this host (the command again under torchrun's launcher), or as one SLURM job (train.slurm);
-    a process that a launcher started is one rank already. Settings are checked first, in one line."""
+    on this host (the command again under torchrun's launcher; None then), or as one SLURM job
+    (train.slurm); a process that a launcher started is one rank already. Settings are checked first,
+    in one line. Returns the adapter file."""
     settings = checked_settings(cfg)
     out = planned_out(cfg)
     check_creatable(out, "train.out")
@@ -203,7 +204,7 @@ def start(cfg: DictConfig, argv: list[str]) -> Path:
         code = start_ranks(settings.devices, argv)
         if code:
             raise SystemExit(code)
-        return out
+        return None  # rank 0 has said where the adapter is
     return train(cfg)
 
 
