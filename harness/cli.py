@@ -8,6 +8,7 @@ problem and the fix, and exit code 2, before anything is written.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -95,7 +96,7 @@ def cmd_train(overrides: list[str]) -> None:
     option is appended to them."""
     from harness.experiment.plans import compose, group_choices
     from harness.train.checkpoints import log_path
-    from harness.train.trainer import train
+    from harness.train.trainer import start
 
     known = group_choices("train", overrides)
     chosen = [o.partition("=")[2] for o in overrides if o.partition("=")[0].lstrip("+") == "train"]
@@ -103,8 +104,9 @@ def cmd_train(overrides: list[str]) -> None:
     if name not in known:
         raise unknown_name("train", name, known)
     rest = [o for o in overrides if o.partition("=")[0].lstrip("+") != "train"]
-    path = train(compose([f"+train={name}", *rest]))
-    print(f"adapter checkpoint at {path} (training log {log_path(path)})")
+    path = start(compose([f"+train={name}", *rest]), ["train", *overrides])
+    if path is not None and os.environ.get("RANK", "0") == "0":
+        print(f"adapter checkpoint at {path} (training log {log_path(path)})")
 
 
 def cmd_train_reward(overrides: list[str]) -> None:

@@ -202,3 +202,26 @@ def test_a_slurm_sweep_without_sbatch_is_refused_in_one_line(tmp_path):
     assert result.returncode == 2, result.stdout + result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "needs SLURM's sbatch on PATH" in lines[0], result.stderr
+
+
+def test_a_training_job_runs_two_gloo_ranks_that_train_as_one_process_accumulating(cluster, tmp_path):
+    """`refinery train train.slurm=...`: one SLURM job of 2 tasks on this CPU node, each a gloo rank
+    (submitit's TorchDistributedEnvironment), trains the weights one process trains with one video per
+    micro-batch, bit for bit, and only rank 0 writes."""
+    import torch
+    from safetensors.torch import load_file
+
+    settings = ["method=lora", "model.num_chunks=2", "sampler.steps=2", "train.batch=2", "train.steps=1",
+                "train.threads=1"]
+    one = tmp_path / "one" / "lora_reward.safetensors"
+    alone = refinery(os.environ, ROOT, "train", *settings, "train.micro_batch=1", f"train.out={one}")
+    assert alone.returncode == 0, alone.stderr
+    two = tmp_path / "two" / "lora_reward.safetensors"
+    job = refinery(cluster.env, ROOT, "train", *settings, f"train.out={two}",
+                   "train.slurm={nodes: 1, tasks_per_node: 2, partition: debug}")
+    assert job.returncode == 0, job.stdout + job.stderr
+    a, b = load_file(str(two)), load_file(str(one))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in b)
+    logs = list(two.parent.glob("lora_reward.slurm/*/*_log.out"))
+    assert len(logs) == 2  # one per task
+    assert len((two.parent / "lora_reward.log.jsonl").read_text().splitlines()) == 1  # rank 0's line only

@@ -335,6 +335,7 @@ def test_dmd_scores_are_separate_models_and_the_fake_one_trains(wan_tiny):
     """On Wan the real and fake scores are models of their own (bidirectional), not the generator; the
     fake score's parameters move with its optimizer, the real score's and the generator's do not."""
     from harness.engine.context import RolloutResult
+    from harness.train.distributed import Split, World
     from harness.train.objectives import DmdObjective
 
     model = wan_tiny.with_chunks(2)
@@ -345,10 +346,11 @@ def test_dmd_scores_are_separate_models_and_the_fake_one_trains(wan_tiny):
     fake_before = [p.clone() for p in objective.fake.module.parameters()]
     latents = chunk((2, 6, *model.spec.latent_shape), 5).requires_grad_(True)
     result = RolloutResult(torch.zeros(2, 1, 3, 32, 32), latents, None)
-    loss, _ = objective.loss(result, PROMPTS, torch.Generator().manual_seed(0))
+    draws = objective.draw(model.spec, 2, torch.Generator().manual_seed(0))
+    loss, _ = objective.loss(result, PROMPTS, draws)
     loss.backward()
     assert latents.grad.abs().sum() > 0
-    objective.update(result, PROMPTS, torch.Generator().manual_seed(1), lambda k: (result, PROMPTS))
+    objective.update(draws, lambda k, rows: (result, PROMPTS), Split.of(2, 2, World()))
     assert all(torch.equal(a, b) for a, b in zip(real_before, objective.real.module.parameters()))
     assert any(not torch.equal(a, b) for a, b in zip(fake_before, objective.fake.module.parameters()))
 

@@ -171,6 +171,18 @@ MODEL_SCHEMAS: dict[str, type] = {"toy": ToyModel, "wan_causal": WanModel}
 
 
 @dataclass(frozen=True)
+class SlurmJob:
+    """train.slurm: run the training as one SLURM job of nodes x tasks_per_node ranks (one task per GPU)."""
+    nodes: int = option(1, min=1)
+    tasks_per_node: int = option(1, min=1)  # ranks per node: its GPUs (gpus_per_node), or gloo ranks on CPUs
+    gpus_per_node: int | None = option(None, min=0)
+    cpus_per_task: int = option(1, min=1)
+    timeout_min: int = option(60, min=1)
+    mem_gb: int | None = option(None, min=1)
+    partition: str | None = option(None)  # null: the cluster's default partition
+
+
+@dataclass(frozen=True)
 class TrainSettings:
     """train.* of `refinery train` (sweeps/train/)."""
     objective: dict[str, Any]  # {name, params}: the objective's Params check params
@@ -188,6 +200,15 @@ class TrainSettings:
     out: str = option()  # a shipped tag or a .safetensors path
     prompts: str | None = option()  # a prompt file; None: the shapes world's training prompts
     threads: int = option(min=0)  # 0: torch's default
+    # paper scale (docs/training.md#training-at-paper-scale); the defaults are one process, one backward pass
+    micro_batch: int | None = option(None, min=1)  # videos per backward pass per process; None: the whole batch
+    devices: int = option(1, min=1)  # processes (one per GPU; gloo processes on a CPU)
+    precision: str = option("model", choices=("model", "mixed"))  # mixed: fp32 master weights, AdamW state
+    # None (the default) for both: the paper's recipe on more than one device (fsdp with checkpointing),
+    # none without checkpointing on one (harness.experiment.planner.train_settings)
+    checkpointing: bool | None = option(None)  # recompute each transformer block in the backward pass
+    sharding: str | None = option(None, choices=("none", "fsdp"))  # fsdp: DMD's scores sharded over the processes
+    slurm: dict[str, Any] | None = option(None)  # SlurmJob: submit the run as one SLURM job; null: run here
 
     def __post_init__(self) -> None:
         if not isinstance(self.objective.get("name"), str):

@@ -59,6 +59,12 @@ class ModelSpec:
     def num_latent_frames(self) -> int:
         return self.frames_per_chunk * self.num_chunks
 
+    @property
+    def video_frames(self) -> int:
+        """Decoded frames of a whole video: the first latent frame gives one, every later one
+        `frames_per_latent` (Wan's VAE: 21 latent frames -> 81 frames)."""
+        return 1 + (self.num_latent_frames - 1) * self.frames_per_latent
+
 
 @dataclass
 class Cond:

@@ -30,7 +30,7 @@ from harness.models.base import Cond, EmbeddingStore, KVCache, ModelSpec, timest
 from harness.models.wan_causal.parts import load_scores
 from harness.models.wan_causal.text import WanTextEncoder
 from harness.models.wan_causal.transformer import CausalWan, LayerKV
-from harness.models.wan_causal.vae import VaeState, decode_latents
+from harness.models.wan_causal.vae import VaeState, decode_frames, decode_latents
 from harness.models.weights import module_digest
 from harness.store.files import sha256_hex
 
@@ -253,6 +253,11 @@ class WanCausalModel(nn.Module):
     @torch.no_grad()
     def decode_next(self, latents: torch.Tensor, state: VaeState | None) -> tuple[torch.Tensor, VaeState]:
         return decode_latents(self.vae, latents, state)
+
+    def decode_frames(self, latents: torch.Tensor, frames: list[int]) -> torch.Tensor:
+        """Only the video frames `frames` (ascending), differentiable: decoded a chunk of latent frames at
+        a time, each chunk checkpointed (harness.models.wan_causal.vae.decode_frames)."""
+        return decode_frames(self.vae, latents, frames, self.cfg.frames_per_chunk)
 
     # -- identity ------------------------------------------------------------------------------
     def digest(self) -> str:
