@@ -310,7 +310,8 @@ def train_memory(cfg: DictConfig, gpu_memory_gb: float | None = None) -> TrainMe
         raise UsageError(f"model {model!r}'s calibration table has no training section; the training plan knows "
                          "self_forcing, causvid and wan_tiny")
     s = train_settings(cfg.train)
-    precision = str(s["precision"] or cfg.model.get("dtype", "float32"))
+    # train.precision: model computes in the model's dtype, mixed in bf16 (with fp32 masters of the adapter)
+    precision = "bfloat16" if s["precision"] == "mixed" else str(cfg.model.get("dtype", "float32"))
     compute = 2 if precision in ("bfloat16", "float16") else 4
     shard = s["devices"] if s["sharding"] == "fsdp" else 1
     method, objective = str(cfg.method.name), str(cfg.train.objective.name)
