@@ -92,10 +92,9 @@ def precision(results: list[dict]) -> None:
     emit(results, {"section": "precision", "bf16_vs_fp32_max_abs": float(diff.max()),
                    "bf16_vs_fp32_mean_abs": float(diff.mean()), "note": "random full-size weights, 2 chunks"})
     extra = ROOT / "benchmarks" / "gpu_check_precision.py"
-    if extra.is_file():
-        done = subprocess.run([sys.executable, str(extra)], capture_output=True, text=True, timeout=180)
-        emit(results, {"section": "precision", "script": extra.name, "rc": done.returncode,
-                       "output": done.stdout[-2000:] + done.stderr[-1000:]})
+    done = subprocess.run([sys.executable, str(extra)], capture_output=True, text=True, timeout=180)
+    emit(results, {"section": "precision", "script": extra.name, "rc": done.returncode,
+                   "output": done.stdout[-2000:] + done.stderr[-1000:]})
 
 
 def shards(results: list[dict]) -> None:
