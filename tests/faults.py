@@ -32,6 +32,7 @@ import harness.store.files
 import harness.store.lease
 from harness.store.cells import Store
 from harness.store.files import TEMP_NAME
+from conftest import ROOT
 from stores import contents
 
 # A cell of 4 videos in 2 batches, scored with the cheap metrics: about 2 s per command here.
@@ -42,7 +43,8 @@ COMMANDS = ("run", "score", "report")
 KILL = "kill"
 RAISED = {"enospc": errno.ENOSPC, "eacces": errno.EACCES, "erofs": errno.EROFS}
 KILLED = 137  # the exit status of a killed process, as a shell reports it
-_BAR = re.compile(r".*\d+/\d+ \[")  # a tqdm progress bar's refresh, not a message
+_BAR = re.compile(r"^.*\| *\d+/\d+ \[[^]]*\]")  # a tqdm progress bar's refresh, not a message
+_WRITTEN_AT = re.compile(rb"\d{4}-\d\d-\d\d \d\d:\d\d UTC")  # harness/report/page.py's date of writing
 
 
 @dataclass(frozen=True)
@@ -139,23 +141,25 @@ class Injector:
                 setattr(module, name, value)
 
 
-def command_args(command: str) -> list[str]:
-    """Relative store and reports paths (commands run in their workspace): every workspace's .plans
-    entries and report folder have the same names and bytes."""
-    return [command, *CELL, "paths.store=store", "paths.reports=reports"]
+def command_args(command: str, store: str = "store") -> list[str]:
+    """Relative store and reports paths (commands run in their workspace), so that every workspace's
+    .plans entries and report folder have the same names and bytes; the repository's weights folder."""
+    return [command, *CELL, f"paths.store={store}", "paths.reports=reports", f"paths.weights={ROOT / 'weights'}"]
 
 
-def run_command(command: str, work: Path, injector: Injector | None = None) -> tuple[int, list[str]]:
-    """Exit code and the lines on stderr (progress bars left out) of one command, in this process."""
+def run_command(command: str, work: Path, injector: Injector | None = None,
+                store: str = "store") -> tuple[int, list[str]]:
+    """Exit code and the lines on stderr (progress bars left out) of one command, in this process, in
+    the folder `work`."""
     from harness.cli import main
 
     err = io.StringIO()
     work.mkdir(parents=True, exist_ok=True)
     with contextlib.chdir(work), contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         with injector.installed() if injector else contextlib.nullcontext():
-            code = main(command_args(command))
-    lines = [part for line in err.getvalue().splitlines() for part in line.split("\r")]
-    return code, [line for line in lines if line.strip() and not _BAR.match(line)]
+            code = main(command_args(command, store))
+    parts = [_BAR.sub("", part) for line in err.getvalue().splitlines() for part in line.split("\r")]
+    return code, [part for part in parts if part.strip()]
 
 
 def killed_command(command: str, work: Path, injector: Injector) -> int:
@@ -183,9 +187,10 @@ def debris(work: Path) -> list[str]:
 
 def outcome(command: str, work: Path) -> dict[str, object]:
     """What must equal an uninterrupted run's: the store's deterministic contents (measured times left
-    out, tests/stores.py) and .plans entries after `run` and `score`; the report's bytes after `report`."""
+    out, tests/stores.py) and .plans entries after `run` and `score`; the report's bytes after `report`,
+    but for the date report.html says it was written."""
     if command == "report":
-        return tree(work / "reports")
+        return {name: _WRITTEN_AT.sub(b"<date>", data) for name, data in tree(work / "reports").items()}
     return {**contents(work / "store"), **{f".plans/{k}": v for k, v in tree(work / "store" / ".plans").items()}}
 
 

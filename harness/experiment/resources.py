@@ -108,6 +108,6 @@ def check_resources(spec: ModelSpec, device: torch.device, dtype: torch.dtype, r
     stored = cell_bytes(videos, video_bytes(spec), metrics, disk_block(store))
     free = free_disk(store)
     if stored > free:
-        raise UsageError(f"the cell's {videos} videos with their records, manifest and {metrics} score files need "
-                         f"{_gib(stored)} in paths.store={store}, which has {_gib(free)} free; lower "
+        raise UsageError(f"the cell's {videos} videos need {_gib(stored)} with their records, manifest and {metrics} "
+                         f"score files in paths.store={store}, which has {_gib(free)} free; lower "
                          "samples_per_prompt or the suite's prompts, or free space")

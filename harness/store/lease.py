@@ -77,10 +77,13 @@ class Holder:
         pid = self.info.get("pid")
         return self.info.get("host") == socket.gethostname() and isinstance(pid, int) and not pid_alive(pid)
 
+    def silence_allowed(self) -> float:
+        """Seconds of watched silence after which the holder is gone (module docstring)."""
+        return 2 * HEARTBEAT_S if self.age() > LEASE_S else LEASE_S
+
     def silent(self, watched: float) -> bool:
-        """Gone, judged by `watched`: the seconds this host has seen the lock file unchanged (module docstring)."""
-        return (self.dead_here() or watched >= LEASE_S
-                or (self.age() > LEASE_S and watched >= 2 * HEARTBEAT_S))
+        """Gone, judged by `watched`: the seconds this host has seen the lock file unchanged."""
+        return self.dead_here() or watched >= self.silence_allowed()
 
     def same_as(self, other: Holder) -> bool:
         """The same lock file content and heartbeat: no beat came in between."""
@@ -192,8 +195,8 @@ def lease(path: Path, label: str, timeout: float | None = None,
                 continue
         elif holder.text != announced:
             announced = holder.text
-            say(f"{label}: waiting for {holder.describe()} (taken over if its heartbeat stops for "
-                f"{LEASE_S:.0f} s)")
+            say(f"{label}: waiting for {holder.describe()} (taken over if no heartbeat is seen for "
+                f"{holder.silence_allowed():.0f} s)")
         if deadline is not None and time.monotonic() >= deadline:
             raise LockTimeout(f"{path} is held by {holder.describe()}; wait for it to finish, or for its "
                               f"lease to lapse ({LEASE_S:.0f} s without a heartbeat) if it is gone")
