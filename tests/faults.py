@@ -44,7 +44,8 @@ KILL = "kill"
 RAISED = {"enospc": errno.ENOSPC, "eacces": errno.EACCES, "erofs": errno.EROFS}
 KILLED = 137  # the exit status of a killed process, as a shell reports it
 _BAR = re.compile(r"^.*\| *\d+/\d+ \[[^]]*\]")  # a tqdm progress bar's refresh, not a message
-_WRITTEN_AT = re.compile(rb"\d{4}-\d\d-\d\d \d\d:\d\d UTC")  # harness/report/page.py's date of writing
+# harness/report/page.py's run metadata: when, and from which source tree, a report was written
+_WRITTEN_AT = re.compile(rb"<dt>generated</dt><dd>[^<]*</dd>\n<dt>git commit</dt><dd>[^<]*</dd>")
 
 
 @dataclass(frozen=True)
@@ -188,9 +189,9 @@ def debris(work: Path) -> list[str]:
 def outcome(command: str, work: Path) -> dict[str, object]:
     """What must equal an uninterrupted run's: the store's deterministic contents (measured times left
     out, tests/stores.py) and .plans entries after `run` and `score`; the report's bytes after `report`,
-    but for the date report.html says it was written."""
+    but for the date and source tree (git commit) report.html says it was written with."""
     if command == "report":
-        return {name: _WRITTEN_AT.sub(b"<date>", data) for name, data in tree(work / "reports").items()}
+        return {name: _WRITTEN_AT.sub(b"<written>", data) for name, data in tree(work / "reports").items()}
     return {**contents(work / "store"), **{f".plans/{k}": v for k, v in tree(work / "store" / ".plans").items()}}
 
 

@@ -45,6 +45,8 @@ def test_the_commands_write_what_the_sweep_expects(ref):
             ("rename", ".plans")} <= run, run
     assert {p.kind for p in ref.points["score"]} == {"lock", "write", "rename"}
     assert any(p.path.endswith("report.html") for p in ref.points["report"])
+    (html,) = [data for name, data in ref.outcomes["report"].items() if name.endswith("report.html")]
+    assert html.count(b"<written>") == 1  # the date and commit of writing, left out of the comparison
 
 
 @pytest.mark.slow

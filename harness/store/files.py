@@ -30,17 +30,15 @@ from harness.errors import UsageError
 TEMP_NAME = re.compile(r"\..+\.\d+\.[0-9a-f]{8}\.tmp")  # what temp_path names (and named before host tags)
 TEMP_PARTS = re.compile(r"\..+\.(?P<host>[0-9a-f]{8})\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp")
 
-# errno -> what it says about the file system, and the fix
-_REFUSALS = {
-    errno.ENOSPC: ("its file system is full", "free space there or point the command at a folder on a disk with "
-                   "room (paths.store, paths.reports), then rerun it: what is finished is kept"),
-    errno.EDQUOT: ("its file system quota is used up", "free space under your quota or point the command at "
-                   "another folder (paths.store, paths.reports), then rerun it: what is finished is kept"),
-    errno.EROFS: ("it is read-only", "point the command at a writable folder (paths.store, paths.reports)"),
-    errno.EACCES: ("it is not writable", "make the folder writable or point the command at a writable folder "
-                   "(paths.store, paths.reports)"),
-    errno.EPERM: ("it is not writable", "make the folder writable or point the command at a writable folder "
-                  "(paths.store, paths.reports)"),
+_FULL_FIX = ("free space there or point the command at a folder with room (paths.store, paths.reports), then "
+             "rerun it: what is finished is kept")
+_LOCKED_FIX = "point the command at a writable folder (paths.store, paths.reports), or make this one writable"
+_REFUSALS = {  # errno -> what it says about the file system, and the fix
+    errno.ENOSPC: ("its file system is full", _FULL_FIX),
+    errno.EDQUOT: ("the quota of its file system is used up", _FULL_FIX),
+    errno.EROFS: ("its file system is read-only", _LOCKED_FIX),
+    errno.EACCES: ("its folder is not writable", _LOCKED_FIX),
+    errno.EPERM: ("its folder is not writable", _LOCKED_FIX),
 }
 
 
@@ -48,24 +46,17 @@ class WriteRefused(UsageError):
     """The file system refused a write (full, over quota, read-only, not permitted); the message is one line."""
 
 
-def write_refused(path: str | Path, error: OSError) -> WriteRefused | None:
-    """The WriteRefused line for an OSError that says the file system refused to write `path`, else None."""
-    if isinstance(error, WriteRefused) or error.errno not in _REFUSALS:
-        return None
-    what, fix = _REFUSALS[error.errno]
-    return WriteRefused(f"cannot write {path}: {what} ({error.strerror or os.strerror(error.errno)}); {fix}")
-
-
 @contextmanager
 def refusing_writes(path: str | Path) -> Iterator[None]:
-    """Writes of `path` inside the block raise WriteRefused where the file system refuses them."""
+    """An OSError inside the block that says the file system refused to write `path` becomes a
+    WriteRefused naming the file, what the file system said and the fix."""
     try:
         yield
     except OSError as e:
-        refused = write_refused(path, e)
-        if refused is None:
+        if isinstance(e, WriteRefused) or e.errno not in _REFUSALS:
             raise
-        raise refused from e
+        what, fix = _REFUSALS[e.errno]
+        raise WriteRefused(f"cannot write {path}: {what} ({e.strerror or os.strerror(e.errno)}); {fix}") from e
 
 
 def host_tag(host: str | None = None) -> str:
@@ -113,7 +104,8 @@ def atomic_folder(target: Path) -> Iterator[Path]:
     try:
         with refusing_writes(target):
             target.parent.mkdir(parents=True, exist_ok=True)
-            yield tmp
+        yield tmp  # the block's own writes say what they could not write
+        with refusing_writes(target):
             os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
