@@ -28,7 +28,7 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
 # Fault injection at every write of `run`, `score` and `report` (tests/faults.py): ENOSPC, EACCES or
-# EROFS, and a kill, at each point in turn; about 200 cases, 15 minutes on a loaded 2-core machine.
+# EROFS, and a kill, at each point in turn: 195 cases, 10 minutes on the loaded 2-core machine (RESULTS.md).
 test-faults: $(STAMP)
 	REFINERY_FAULTS=all $(BIN)/python -m pytest -q tests/test_faults.py
 

@@ -37,6 +37,7 @@ def ref(tmp_path_factory):
     return reference(tmp_path_factory.mktemp("reference"))
 
 
+@pytest.mark.slow  # builds the reference: 3 commands
 def test_the_commands_write_what_the_sweep_expects(ref):
     """The enumeration sees every kind of write: temp files, renames and locks of each command, the
     cell's files, the .plans entry and the report's."""

@@ -97,6 +97,7 @@ def test_the_free_space_check_counts_every_file_a_cell_writes(tmpfs):
     assert not (folder / "store" / "cells").exists() or not any((folder / "store" / "cells").iterdir())
 
 
+@pytest.mark.slow
 def test_cell_bytes_is_a_lower_bound_of_a_real_cell(tmp_path):
     """The estimate never exceeds what a finished cell takes (st_blocks) with the temp copy of its manifest
     that a rewrite needs, and counts more than its videos."""
@@ -170,7 +171,7 @@ def test_a_live_holder_on_a_skewed_host_is_waited_for(tmp_path, short_lease, off
     holder.start()
     try:
         with pytest.raises(LockTimeout, match="held by elsewhere pid 4242"):
-            with cell.lock(timeout=3):
+            with cell.lock(timeout=2.5):  # 2.5 leases
                 pass
     finally:
         stop.set()
