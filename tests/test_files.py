@@ -1,11 +1,13 @@
 """harness.store.files: atomic writes leave the old or the new file and no temp file behind; the canonical
 JSON and the digests built on it keep their values, so stored cells and shipped weights keep theirs."""
+import errno
 import os
 from pathlib import Path
 
 import pytest
 
-from harness.store.files import TEMP_NAME, atomic_folder, atomic_write, atomic_write_text, canonical_json, sha256_hex, temp_path
+from harness.store.files import (TEMP_NAME, WriteRefused, atomic_folder, atomic_write, atomic_write_text, canonical_json,
+                                  sha256_hex, temp_path)
 from harness.store.cells import cell_key
 from harness.models.weights import safetensors_digest
 
@@ -64,3 +66,28 @@ def test_atomic_folder_appears_whole_or_not_at_all(tmp_path):
         tmp.mkdir()
         (tmp / "a").write_text("a")
     assert os.listdir(tmp_path / "out") == ["cell"] and (target / "a").read_text() == "a"
+
+
+@pytest.mark.parametrize("code, said", [(errno.ENOSPC, "its file system is full (No space left on device); free space"),
+                                        (errno.EROFS, "its file system is read-only (Read-only file system); point"),
+                                        (errno.EACCES, "its folder is not writable (Permission denied); point")])
+def test_a_refused_write_is_one_line_naming_the_file_and_the_fix(tmp_path, code, said):
+    target = tmp_path / "x.json"
+
+    def refused(tmp):
+        tmp.write_text("half")
+        raise OSError(code, os.strerror(code))
+
+    with pytest.raises(WriteRefused) as caught:
+        atomic_write(target, refused)
+    assert str(caught.value).startswith(f"cannot write {target}: {said}") and "\n" not in str(caught.value)
+    assert os.listdir(tmp_path) == []
+
+
+def test_other_write_errors_pass_through(tmp_path):
+    def broken(tmp):
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    with pytest.raises(OSError) as caught:
+        atomic_write(tmp_path / "x", broken)
+    assert caught.value.errno == errno.EIO and not isinstance(caught.value, WriteRefused)

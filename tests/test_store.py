@@ -204,14 +204,20 @@ def _foreign_lock(cell, heartbeat_age_s: float) -> Path:
     return lock
 
 
-def test_foreign_hosts_stale_lock_is_taken_over_with_one_line(tmp_path, said):
+def test_foreign_hosts_stale_lock_is_taken_over_with_one_line(tmp_path, said, monkeypatch):
+    """A lock whose time is older than a lease, unchanged for two heartbeats while watched."""
+    monkeypatch.setattr(harness.store.lease, "HEARTBEAT_S", 0.5)
     cell = Store(tmp_path).cell("abc")
     _foreign_lock(cell, heartbeat_age_s=harness.store.lease.LEASE_S + 1)
+    start = time.monotonic()
     with cell.lock(timeout=5):
         assert json.loads((cell.path / ".lock").read_text())["host"] == socket.gethostname()
+    assert time.monotonic() - start >= 1.0  # watched for 2 heartbeats first
     lines, _ = said
-    assert len(lines) == 1
-    assert lines[0].startswith("cell abc: taking over the lock of elsewhere pid 4242 (SLURM job 77)")
+    assert len(lines) == 2 and lines[0].startswith("cell abc: waiting for elsewhere pid 4242")
+    assert lines[0].endswith("(taken over if no heartbeat is seen for 1 s)")
+    assert lines[1].startswith("cell abc: taking over the lock of elsewhere pid 4242 (SLURM job 77)")
+    assert "(no heartbeat seen for 1 s; a lease lasts 60 s)" in lines[1]
 
 
 def test_foreign_hosts_fresh_lock_is_waited_for_with_who_and_since(tmp_path, said):

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from harness.experiment.config_schema import validate
 from harness import __version__
 from harness.errors import UsageError
+from harness.store.files import WriteRefused
 from harness.store.lease import Lease, LeaseLost, say, slurm_job
 from harness.engine.method import Method
 from harness.models.base import VideoModel, encode_suite
@@ -111,7 +112,7 @@ def resolve_run(cfg: DictConfig) -> Run:
     method.bind(model)  # refuses a checkpoint trained for other weights, before anything is written
     check_resources(model.spec, model.device, getattr(torch, str(cfg.model.get("dtype", "float32"))),
                     method.rows_per_video(), len(suite.prompts) * cfg.samples_per_prompt, cfg.batch_size,
-                    Path(cfg.paths.store))
+                    Path(cfg.paths.store), metrics=len(cfg.metric))
     seeds = list(range(cfg.seed, cfg.seed + cfg.samples_per_prompt))
     video = video_format(cfg.model.get("video_format", "npy"), model.spec.fps)
     video.check_size(*model.spec.video_shape[1:])
@@ -161,7 +162,9 @@ class Generated:
 
 def generate(run: Run, store: Store, progress: bool = True, resume: str | None = None) -> Generated:
     """Generate the cell's missing or damaged videos and records, and nothing else; a complete, intact
-    cell costs no model call. resume: the command that finishes the cell if this process dies.
+    cell costs no model call. resume: the command that finishes the cell if this process dies. A write
+    the file system refuses (full, read-only) ends it with a WriteRefused line; what was finished
+    stays, and the same command resumes the cell.
 
     Any number of processes (on any hosts of a shared store) may generate one cell at once: each
     claims whole rollout batches (Cell.claim), skips those another live writer holds, waits for them
@@ -183,13 +186,23 @@ def generate(run: Run, store: Store, progress: bool = True, resume: str | None =
         except LeaseLost:
             raise  # the batch is another process's now: this one writes nothing more
         except BaseException as exc:
-            with cell.lock():
-                if not cell.is_complete():
-                    cell.set_status("failed", error=f"{type(exc).__name__}: {exc}", resume=resume)
+            _record_failure(cell, exc, resume)
             raise
         _complete(cell, len(run.items()), resume)
     cell.tidy_claims()
     return made
+
+
+def _record_failure(cell: Cell, exc: BaseException, resume: str | None) -> None:
+    """Mark the cell failed. Where the file system refuses that too (the disk that stopped the cell is
+    still full, or read-only), its status stays "running" under a lease released right after, which
+    reads as interrupted (Cell.state): resumable by the same command, never a live writer."""
+    try:
+        with cell.lock():
+            if not cell.is_complete():  # another writer of the cell may have finished it
+                cell.set_status("failed", error=f"{type(exc).__name__}: {exc}", resume=resume)
+    except WriteRefused:
+        pass
 
 
 def _up_to_date(cell: Cell) -> bool:
@@ -284,23 +297,33 @@ def score(cell: Cell, metric_cfg: DictConfig, weights_dir: Path, force: bool = F
     """Score a complete cell with every configured metric whose stored scores are stale, damaged or
     absent, with the cell's CPU threads; a cell with a damaged video or record is refused.
 
-    Returns the names of the metrics computed."""
+    Returns the names of the metrics computed. Deciding what is stale and computing it happen under the
+    cell's lease: a second process scoring the same cell waits, then finds the first one's scores
+    up to date and computes nothing (unless force)."""
     cell.refuse_damage(scores=False, full=False)
     if not cell.is_complete():
         raise UsageError(f"cell {cell.key} is not complete; run `refinery run` (or sweep) for it first")
-    indices = cell.video_indices()
     with cell.lock():  # the cell's other writers (shards) wait, then find the scores up to date
-        existing = cell.read_scores()
-        stale = {}
-        for name, options in metric_cfg.items():
-            options = OmegaConf.to_container(options) if options is not None else {}
-            metric_cls = METRICS.get(name)
-            old = existing.get(name, {})
-            if force or old.get("version") != metric_cls.version or old.get("options") != options \
-                    or old.get("videos") != len(indices):
-                stale[name] = (metric_cls(weights_dir=weights_dir, **options), options)  # refuses missing weights
+        indices = cell.video_indices()
+        stale = _stale_metrics(cell, metric_cfg, weights_dir, len(indices), force)
         with cpu_threads(cell.spec().get("threads", torch.get_num_threads())):
             return [_score_one(cell, name, metric, options, indices) for name, (metric, options) in stale.items()]
+
+
+def _stale_metrics(cell: Cell, metric_cfg: DictConfig, weights_dir: Path, videos: int,
+                   force: bool) -> dict[str, tuple[Any, dict]]:
+    """name -> (metric, options) of every configured metric whose stored scores are not up to date for
+    its version, its options and the cell's videos (all of them when force)."""
+    existing = cell.read_scores()
+    stale = {}
+    for name, options in metric_cfg.items():
+        options = OmegaConf.to_container(options) if options is not None else {}
+        metric_cls = METRICS.get(name)
+        old = existing.get(name, {})
+        if force or old.get("version") != metric_cls.version or old.get("options") != options \
+                or old.get("videos") != videos:
+            stale[name] = (metric_cls(weights_dir=weights_dir, **options), options)  # refuses missing weights
+    return stale
 
 
 def _score_one(cell: Cell, name: str, metric: Any, options: dict, indices: list[int]) -> str:

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from harness.assets import CONFIG_DIR
 from harness.errors import UsageError, unknown_name
 from harness.store.files import atomic_write_json, canonical_json, read_json
+from harness.store.lease import remove_stale_temp_files
 
 if TYPE_CHECKING:
     from harness.experiment.pipeline import Run
@@ -271,6 +272,7 @@ def record(plan: CellPlan, run: Run, store: Store) -> None:
     """Note in the store that this plan's cell key is run.key (a writer resolved it just now, so it
     replaces what an older version of the code recorded)."""
     entry = store.root / _PLANS / f"{plan.plan_id()}.json"
+    remove_stale_temp_files(entry.parent)  # of a writer killed mid-write
     if not entry.is_file() or read_json(entry).get("key") != run.key:
         atomic_write_json(entry, {"key": run.key, "overrides": plan.overrides})
 

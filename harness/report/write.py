@@ -13,13 +13,14 @@ from harness.report.page import report_html
 from harness.report.tables import build_report
 from harness.store.cells import CellRef, Store
 from harness.store.files import atomic_write_bytes, sha256_hex
+from harness.store.lease import remove_stale_temp_files
 
 
 def write_report(store: Store, refs: list[CellRef], out_dir: Path, title: str, **options) -> dict[str, Path]:
     """Build the report (build_report's options, and `latex`: a paper layout for report.tex,
     `gallery_prompts`: how many prompts the sample gallery shows) and write report.md, report.csv,
     paired.csv, report.tex, report.html and figure-<metric>.png; nothing is written when any input is
-    bad."""
+    bad. The temp files that a killed report writer left in the folder are removed."""
     latex_layout = options.pop("latex", None)
     gallery_prompts = options.pop("gallery_prompts", 4)
     report = build_report(store, refs, title, **options)
@@ -31,6 +32,7 @@ def write_report(store: Store, refs: list[CellRef], out_dir: Path, title: str, *
              "report.html": report_html(report, store, figures, gallery_prompts).encode(),
              **{f.file: f.png for f in figures}}
     out_dir = Path(out_dir)
+    remove_stale_temp_files(out_dir)  # of a report writer killed mid-write
     for stale in out_dir.glob("figure*.png"):  # figures of an earlier report would not match the tables
         if stale.name not in files:
             stale.unlink()

@@ -74,6 +74,25 @@ def cell_key(spec: dict) -> str:
     return sha256_hex(_spec_json(spec))[:16]
 
 
+# Lower bounds of the small files' sizes (a toy cell's are 400 B per record, 130 B per manifest entry,
+# 20 B or more per score value; a spec, status or .plans entry is a few hundred bytes).
+_RECORD_BYTES, _MANIFEST_ENTRY_BYTES, _SCORE_VALUE_BYTES, _SMALL_FILE_BYTES = 300, 100, 16, 200
+_NPY_HEADER_BYTES = 128
+
+
+def cell_bytes(videos: int, video_bytes: int, metrics: int, block: int) -> int:
+    """At least the disk space a complete cell takes on a file system of `block`-byte blocks: every
+    video and record, the spec, status and manifest, one score file per metric and the store's .plans
+    entry, each rounded up to whole blocks, and the temp copy that rewriting the manifest (after each
+    score file) needs beside the old one."""
+    def on_disk(size: int) -> int:
+        return -(-size // block) * block
+
+    manifest = on_disk((2 * videos + metrics) * _MANIFEST_ENTRY_BYTES)
+    return (videos * (on_disk(video_bytes + _NPY_HEADER_BYTES) + on_disk(_RECORD_BYTES))
+            + metrics * on_disk(videos * _SCORE_VALUE_BYTES) + 3 * on_disk(_SMALL_FILE_BYTES) + 2 * manifest)
+
+
 def file_digest(path: Path) -> dict[str, Any]:
     """A manifest entry: the sha256 and size of a file's bytes, and its modification time (ns), by which
     a later check that opens nothing recognises it as unchanged."""

@@ -6,11 +6,14 @@ taken. Its heartbeat is the file's modification time, which a thread of the hold
 HEARTBEAT_S. Touching never replaces the file, so a holder that lost its lease can never overwrite
 its successor's lock file.
 
-A waiter takes a lease over when its heartbeat is older than LEASE_S, wherever the holder ran (it
-died, or its node did), or at once when the holder ran on this host and its PID is gone. It prints
-one line when it does, and one line naming the holder it waits for. Heartbeat ages compare the
-file's time with this host's clock: the hosts of a cluster must agree on the time to well within
-LEASE_S (NTP gives milliseconds).
+A waiter judges a holder by the heartbeats it sees, on this host's monotonic clock, never by the
+file's time alone (another host's clock may be hours off): it takes a lease over once the lock file
+(its bytes and its time) has not changed for LEASE_S while it watched, wherever the holder ran (it
+died, or its node did); after 2 * HEARTBEAT_S of watched silence already when the file's time is
+also older than LEASE_S (a lock left long ago); and at once when the holder ran on this host and its
+PID is gone. A holder whose heartbeat moves is waited for, whatever time its file shows. The waiter
+prints one line when it takes over, and one line naming the holder it waits for. Cell.state(), one
+look without watching, reads the file's time (Holder.gone).
 """
 from __future__ import annotations
 
@@ -30,10 +33,12 @@ from pathlib import Path
 from typing import Callable
 
 from harness.errors import UsageError
+from harness.store.files import TEMP_NAME, TEMP_PARTS, host_tag, refusing_writes
 
 LEASE_S = 60.0
 HEARTBEAT_S = 10.0  # six heartbeats per lease: a holder stalled by load or a slow file server keeps it
 _POLL_S = 0.2
+TEMP_STALE_S = 3600.0  # a temp file of another host (or named before host tags) this old has lost its writer
 
 
 class LockTimeout(UsageError):
@@ -65,10 +70,24 @@ class Holder:
 
     def gone(self) -> bool:
         """Provably not holding any more: heartbeat older than the lease, or a dead PID of this host."""
-        if self.age() > LEASE_S:
-            return True
+        return self.age() > LEASE_S or self.dead_here()
+
+    def dead_here(self) -> bool:
+        """Held by a process of this host that is gone."""
         pid = self.info.get("pid")
         return self.info.get("host") == socket.gethostname() and isinstance(pid, int) and not pid_alive(pid)
+
+    def silence_allowed(self) -> float:
+        """Seconds of watched silence after which the holder is gone (module docstring)."""
+        return 2 * HEARTBEAT_S if self.age() > LEASE_S else LEASE_S
+
+    def silent(self, watched: float) -> bool:
+        """Gone, judged by `watched`: the seconds this host has seen the lock file unchanged."""
+        return self.dead_here() or watched >= self.silence_allowed()
+
+    def same_as(self, other: Holder) -> bool:
+        """The same lock file content and heartbeat: no beat came in between."""
+        return (self.text, self.heartbeat) == (other.text, other.heartbeat)
 
     def describe(self) -> str:
         if not self.info:
@@ -92,6 +111,20 @@ def read_holder(path: Path) -> Holder | None:
     return Holder(text, info if isinstance(info, dict) else {}, mtime)
 
 
+class Watch:
+    """How long a lock file has stayed unchanged, as this host's monotonic clock sees it."""
+
+    def __init__(self) -> None:
+        self._seen: Holder | None = None
+        self._since = 0.0
+
+    def silence(self, holder: Holder) -> float:
+        """Seconds since `holder` (this content and heartbeat) was first seen; 0 for a new one."""
+        if self._seen is None or not holder.same_as(self._seen):
+            self._seen, self._since = holder, time.monotonic()
+        return time.monotonic() - self._since
+
+
 class Lease:
     """The holder's side: a daemon thread keeps the heartbeat fresh until release()."""
 
@@ -112,8 +145,8 @@ class Lease:
                 return
             try:
                 os.utime(self.path)
-            except FileNotFoundError:
-                pass  # released or taken over in between; the next beat finds out which
+            except OSError:
+                pass  # released or taken over in between (the next beat finds out which), or read-only now
 
     def check(self) -> None:
         """Raise LeaseLost when another process took this lease over; call before every write."""
@@ -127,7 +160,10 @@ class Lease:
             self._thread.join()
         holder = read_holder(self.path)
         if holder is not None and holder.token == self.owner["token"]:
-            self.path.unlink(missing_ok=True)
+            try:
+                self.path.unlink(missing_ok=True)
+            except OSError:
+                pass  # a file system gone read-only: the lock is left, and is gone once this pid is (Holder.gone)
 
 
 _HELD: dict[Path, Lease] = {}  # leases this process holds: taking one again is a no-op (re-entrant)
@@ -141,23 +177,26 @@ def lease(path: Path, label: str, timeout: float | None = None,
     if path in _HELD:
         yield _HELD[path]
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
+    with refusing_writes(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
     owner = _owner()
     deadline = None if timeout is None else time.monotonic() + timeout
     announced = None  # the holder last named in a waiting line
+    watch, guard_watch = Watch(), Watch()
     while not _try_create(path, owner):
         holder = read_holder(path)
         if holder is None:
             continue  # released between our attempt and the read
-        if holder.gone():
-            if _take_over(path, holder):
+        watched = watch.silence(holder)
+        if holder.silent(watched):
+            if _take_over(path, holder, guard_watch):
                 say(f"{label}: taking over the lock of {holder.describe()} "
-                    f"(last heartbeat {holder.age():.0f} s ago; a lease lasts {LEASE_S:.0f} s)")
+                    f"({_silence_words(holder, watched)}; a lease lasts {LEASE_S:.0f} s)")
                 continue
         elif holder.text != announced:
             announced = holder.text
-            say(f"{label}: waiting for {holder.describe()} (last heartbeat {holder.age():.0f} s ago; "
-                f"taken over if none for {LEASE_S:.0f} s)")
+            say(f"{label}: waiting for {holder.describe()} (taken over if no heartbeat is seen for "
+                f"{holder.silence_allowed():.0f} s)")
         if deadline is not None and time.monotonic() >= deadline:
             raise LockTimeout(f"{path} is held by {holder.describe()}; wait for it to finish, or for its "
                               f"lease to lapse ({LEASE_S:.0f} s without a heartbeat) if it is gone")
@@ -204,6 +243,12 @@ def _hold(path: Path, owner: dict, on_acquire: Callable[[], None] | None) -> Ite
         held.release()
 
 
+def _silence_words(holder: Holder, watched: float) -> str:
+    if holder.dead_here():
+        return "its process is gone"
+    return f"no heartbeat seen for {watched:.0f} s"
+
+
 def say(line: str) -> None:
     """One line for the user on stderr: what the store is waiting for or doing, not a result."""
     print(line, file=sys.stderr, flush=True)
@@ -221,18 +266,23 @@ def _owner() -> dict:
 
 
 def _try_create(path: Path, owner: dict) -> bool:
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-        return False
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(owner))
-        f.flush()
-        os.fsync(f.fileno())
+    with refusing_writes(path):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(owner))
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError:  # a full disk: an unnamed lock would hold off every waiter for a whole lease
+            path.unlink(missing_ok=True)
+            raise
     return True
 
 
-def _take_over(path: Path, stale: Holder) -> bool:
+def _take_over(path: Path, stale: Holder, guard_watch: Watch) -> bool:
     """Remove a lock whose holder is gone; False when another process got there first."""
     # Two waiters may both find the lock stale; if one removed it and took a fresh lease before the
     # other acted, a plain unlink would delete the fresh one. Breakers therefore take turns under a
@@ -240,17 +290,39 @@ def _take_over(path: Path, stale: Holder) -> bool:
     guard = path.with_name(path.name + ".break")
     if not _try_create(guard, _owner()):
         other = read_holder(guard)
-        if other is not None and other.gone():  # a breaker killed in these few lines
+        if other is not None and other.silent(guard_watch.silence(other)):  # a breaker killed in these few lines
             guard.unlink(missing_ok=True)
         return False
     try:
         current = read_holder(path)
-        if current is None or current.text != stale.text or not current.gone():
+        if current is None or not current.same_as(stale):  # it beat, or another waiter took it, meanwhile
             return False
         path.unlink()
         return True
     finally:
         guard.unlink(missing_ok=True)
+
+
+def remove_stale_temp_files(folder: Path) -> list[Path]:
+    """Remove the temp files (harness.store.files.TEMP_NAME) in `folder` whose writers are gone: this
+    host's whose pid is dead, and any older than TEMP_STALE_S (another host's pid cannot be checked
+    from here), so that a temp file a live writer may still rename is never removed. For folders
+    without a lease (a store's .plans/, a report's folder). Returns the removed paths."""
+    try:
+        names = sorted(os.listdir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    removed, here = [], host_tag()
+    for name in filter(TEMP_NAME.fullmatch, names):
+        path, parts = folder / name, TEMP_PARTS.fullmatch(name)
+        try:
+            dead_here = parts is not None and parts["host"] == here and not pid_alive(int(parts["pid"]))
+            if dead_here or time.time() - path.lstat().st_mtime > TEMP_STALE_S:
+                path.unlink()
+                removed.append(path)
+        except FileNotFoundError:
+            pass  # renamed or removed by its writer meanwhile
+    return removed
 
 
 def pid_alive(pid: int) -> bool:
