@@ -8,7 +8,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from conftest import FAST, ROOT
+from conftest import FAST, ROOT, fast_with
 from harness.errors import UsageError
 from harness.report.export import GAP, GAP_GREY, MISSING_GREY, export_videos, split_options
 from harness.report.media import enlarged, gif_bytes
@@ -180,4 +180,4 @@ def test_export_of_a_run_cell_through_the_api(tmp_path):
     assert factor == 4 and back.shape[0] == len(video)  # toy frames of 32 px enlarged to 128
     assert psnr(back[:, ::factor, ::factor], video) >= 30  # the toy's videos have more than 256 colours
     with pytest.raises(UsageError, match="is not in the store"):
-        refinery.export([*cell, "sampler.steps=3", f"out={tmp_path / 'none.gif'}"])
+        refinery.export([*fast_with(["sampler.steps=3"], cell), f"out={tmp_path / 'none.gif'}"])

@@ -182,8 +182,11 @@ BAD_INPUT = {
 @pytest.mark.parametrize("case", sorted(BAD_INPUT))
 def test_a_slurm_sweep_that_cannot_work_is_refused_in_one_line(cluster, tmp_path, case):
     overrides, expected = BAD_INPUT[case]
-    # /dev/shm is memory of this host: the partition `multi` also has the node `ghost`
-    store = Path("/dev/shm") / f"refinery-test-{uuid.uuid4().hex[:8]}" if "multi" in overrides[0] else tmp_path / "s"
+    # /dev/shm is memory of this host: the partition `multi` also has the node `ghost`; a store the
+    # nodes could share (under the home folder) where the case is about something else
+    name = f"refinery-test-{uuid.uuid4().hex[:8]}"
+    store = (Path("/dev/shm") / name if overrides[0].startswith("hydra.launcher.partition=multi")
+             else Path.home() / ".cache" / name if "hydra.launcher.partition=multi" in overrides else tmp_path / "s")
     try:
         result = refinery(cluster.env, tmp_path, "sweep", *SWEEP, "hydra/launcher=slurm", *overrides,
                           f"paths.store={store}")

@@ -167,6 +167,7 @@ class Lease:
 
 
 _HELD: dict[Path, Lease] = {}  # leases this process holds: taking one again is a no-op (re-entrant)
+_WATCHES: dict[Path, Watch] = {}  # claims (try_lease) this process has found held, watched across its calls
 
 
 @contextmanager
@@ -215,15 +216,19 @@ def try_lease(path: Path, label: str) -> Iterator[Lease | None]:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     owner = _owner()
+    # a claim is polled again and again (a writer waits for its cell's other batches): its watches
+    # live across calls, so a holder's silence is judged on this host's clock, as lease() judges it
+    watch, guard_watch = (_WATCHES.setdefault(p, Watch()) for p in (path, path.with_name(path.name + ".break")))
     while not _try_create(path, owner):
         holder = read_holder(path)
         if holder is None:
             continue  # released between our attempt and the read
-        if not (holder.gone() and _take_over(path, holder)):
+        watched = watch.silence(holder)
+        if not (holder.silent(watched) and _take_over(path, holder, guard_watch)):
             yield None
             return
         say(f"{label}: taking over the lock of {holder.describe()} "
-            f"(last heartbeat {holder.age():.0f} s ago; a lease lasts {LEASE_S:.0f} s)")
+            f"({_silence_words(holder, watched)}; a lease lasts {LEASE_S:.0f} s)")
     with _hold(path, owner, None) as held:
         yield held
 
