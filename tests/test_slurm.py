@@ -4,6 +4,7 @@ hydra/launcher=slurm fills the store byte for byte as the basic launcher does, a
 mid-cell is finished by a rerun to the same store, and a SLURM sweep that cannot work is refused in
 one line. `make test-slurm` runs this module alone."""
 import json
+import re
 import os
 import signal
 import subprocess
@@ -107,11 +108,12 @@ def test_a_slurm_sweep_fills_the_store_as_the_basic_launcher(cluster, local_stor
 
 def test_a_sharded_slurm_sweep_fills_the_store_as_the_basic_launcher(cluster, local_store, tmp_path):
     """launcher.shards=2: two array tasks per cell share its videos; the store is the same."""
-    store, work = tmp_path / "store", empty_folder(tmp_path)
-    result = refinery(cluster.env, work, "sweep", *SWEEP, *SLURM, "launcher.shards=2", f"paths.store={store}")
+    store, work, jobs = tmp_path / "store", empty_folder(tmp_path), tmp_path / "jobs"
+    result = refinery(cluster.env, work, "sweep", *SWEEP, *SLURM, "launcher.shards=2", f"paths.store={store}",
+                      f"paths.jobs={jobs}")
     assert result.returncode == 0, result.stdout + result.stderr
     assert contents(store) == contents(local_store) and not leftovers(store)
-    logs = sorted(store.glob(".sweeps/*/.submitit/*_*/*_log.out"))
+    logs = sorted(jobs.glob("*/*/*_*/*_log.out"))  # <store digest>/<time>/<array task>/
     assert len(logs) == 4  # 2 cells x 2 shards, one array task each
     tasks = {json.loads(p.read_text())["worker"]["slurm_task"] for p in store.glob("cells/*/records/*.json")}
     assert all(t and "_" in t for t in tasks)  # every record names the array task that wrote it
@@ -167,7 +169,8 @@ def test_an_array_task_cancelled_mid_cell_is_finished_by_a_rerun(cluster, local_
     expected = {f: c for f, c in contents(local_store).items() if f.startswith(f"cells/{cell.name}/")}
     assert contents(store) == expected and not leftovers(store)
     job_logs = "".join(p.read_text() for p in (tmp_path / "jobs").glob("*/*/*/*_log.err"))
-    assert f"cell {cell.name}: taking over the lock of" in job_logs  # the killed task's lock, by PID
+    # the killed task's claim on its batch, taken over by PID
+    assert re.search(rf"cell {cell.name} videos from \d+: taking over the lock of", job_logs), job_logs
     assert not any(work.iterdir())
 
 
