@@ -5,7 +5,7 @@
 The first 24 prompts of the world's evaluation suite (seed 0, the full-length toy, 4 stochastic
 steps) are generated in one fresh process per (threads, batch size), each started with
 OMP_NUM_THREADS=1 as a joblib worker is and computing with the threads the pipeline sets
-(harness.pipeline.cpu_threads). Each result is compared with the first thread count at the same
+(harness.experiment.pipeline.cpu_threads). Each result is compared with the first thread count at the same
 batch size, and each batch size with the first one at the first thread count: videos that differ,
 the largest difference in 8-bit levels, and before rounding.
 """
@@ -25,8 +25,9 @@ VIDEOS = 24
 GENERATE = f"""
 import sys, torch
 from harness.models.toy import load_toy
-from harness.pipeline import cpu_threads
-from harness.rollout import Sampler, rollout
+from harness.experiment.pipeline import cpu_threads
+from harness.engine.samplers import Sampler
+from harness.engine.rollout import rollout
 from harness.world.prompts import eval_prompts
 from methods.base import Base
 threads, batch, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]

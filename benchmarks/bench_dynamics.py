@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from harness.world.grammar import parse  # noqa: E402
 from harness.world.prompts import eval_prompts  # noqa: E402
 from harness.world.render import render  # noqa: E402
-from metrics.base import VideoBatch  # noqa: E402
+from harness.engine.metric import VideoBatch
 from metrics.dynamics import Dynamics  # noqa: E402
 
 INTERVAL = 5

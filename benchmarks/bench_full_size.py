@@ -23,11 +23,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness.ledger import Ledger  # noqa: E402
-from harness.models.wan_causal.loader import ARCHITECTURES, TINY_TEXT, TINY_VAE  # noqa: E402
+from harness.engine.ledger import Ledger
+from harness.models.wan_causal.parts import ARCHITECTURES, TINY_TEXT, TINY_VAE  # noqa: E402
 from harness.models.wan_causal.model import WanCausalConfig, WanCausalModel  # noqa: E402
 from harness.models.wan_causal.text import WanTextEncoder, byte_tokenizer  # noqa: E402
-from harness.rollout import Sampler, rollout  # noqa: E402
+from harness.engine.samplers import Sampler
+from harness.engine.rollout import rollout
 from harness.verifiers.base import Verifier  # noqa: E402
 from methods.autorefiner import AutoRefiner  # noqa: E402
 from methods.base import Base  # noqa: E402
@@ -71,9 +72,13 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def time_method(model, name: str, repeats: int, device: torch.device) -> dict:
-    sampler = Sampler(steps=4, shift=5.0, timesteps=(1000.0, 750.0, 500.0, 250.0))
-    method = {"base": Base, "bon": lambda: BestOfN(n=5), "autorefiner": lambda: AutoRefiner(checkpoint=None)}[name]()
+SELF_FORCING_SAMPLER = Sampler(steps=4, shift=5.0, timesteps=(1000.0, 750.0, 500.0, 250.0))
+
+
+def time_method(model, name: str, repeats: int, device: torch.device, sampler: Sampler = SELF_FORCING_SAMPLER,
+                n: int = 5, prompts: tuple[str, ...] = (PROMPT,)) -> dict:
+    """Median seconds (after one warm-up run), FPS and peak memory of one method on `prompts` (one batch)."""
+    method = {"base": Base, "bon": lambda: BestOfN(n=n), "autorefiner": lambda: AutoRefiner(checkpoint=None)}[name]()
     method.prepare(model.spec, sampler, Path("weights"))
     if name == "bon":
         method.verifier = MeanColour(Path("weights"))
@@ -84,13 +89,13 @@ def time_method(model, name: str, repeats: int, device: torch.device) -> dict:
         ledger = Ledger()
         synchronize(device)
         start = time.perf_counter()
-        result = rollout(model, method, [PROMPT], [i], sampler, ledger)
+        result = rollout(model, method, list(prompts), [i] * len(prompts), sampler, ledger)
         synchronize(device)
         if i:
             seconds.append(time.perf_counter() - start)
             ledgers.append(ledger)
     wall = statistics.median(seconds)
-    frames = result.videos.shape[1]
+    frames = result.videos.shape[0] * result.videos.shape[1]
     peak = torch.cuda.max_memory_allocated() / 2 ** 30 if device.type == "cuda" else float("nan")
     return {"method": name, "seconds": wall, "seconds_per_chunk": wall / model.spec.num_chunks,
             "fps": frames / wall, "peak_gib": peak, "nfe": ledgers[0].nfe,

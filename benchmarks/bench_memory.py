@@ -40,9 +40,11 @@ def wan_1_3b_needs(frames_per_chunk: int = 3, latent_frames: int = 21, tokens_pe
 def child(method: str, batch: int, layers: int, width: int, latent: int) -> None:
     import torch
 
-    from harness.models.wan_causal.loader import ARCHITECTURES, build_tiny
+    from harness.models.wan_causal.loader import build_tiny
+    from harness.models.wan_causal.parts import ARCHITECTURES
     from harness.models.wan_causal.model import WanCausalConfig, WanCausalModel
-    from harness.rollout import Sampler, rollout
+    from harness.engine.samplers import Sampler
+    from harness.engine.rollout import rollout
     from harness.world.prompts import eval_prompts
     from methods.base import Base
     from methods.bon import BestOfN

@@ -21,10 +21,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness.ledger import Ledger  # noqa: E402
+from harness.engine.ledger import Ledger
 from harness.models.toy import load_toy  # noqa: E402
-from harness.registry import METHODS  # noqa: E402
-from harness.rollout import Sampler, rollout  # noqa: E402
+from harness.engine.registry import METHODS
+from harness.engine.samplers import Sampler
+from harness.engine.rollout import rollout
 from harness.world.prompts import eval_prompts  # noqa: E402
 
 METHODS_TO_TIME = {"base": {}, "bon": {"n": 5}, "sop": {"n": 5}, "pnp": {}, "cfg": {}, "cfg_zero": {},

@@ -25,10 +25,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness.experiment import compose  # noqa: E402
-from harness.noise import NoiseSource  # noqa: E402
-from harness.pipeline import load_model, sampler_from  # noqa: E402
-from harness.rollout import renoise, rollout  # noqa: E402
+from harness.experiment.plans import compose
+from harness.engine.noise import NoiseSource
+from harness.experiment.pipeline import load_model, sampler_from
+from harness.engine.samplers import renoise
+from harness.engine.rollout import rollout
 from harness.world.prompts import eval_prompts  # noqa: E402
 from methods.base import Base  # noqa: E402
 

@@ -41,7 +41,7 @@ def measure(case: str, steps: int, warmup: int, threads: int, overrides: list[st
     """One case in this process: resolve as `refinery train` does, warm up, time `steps` steps."""
     import torch
 
-    from harness.experiment import compose
+    from harness.experiment.plans import compose
     from harness.train.trainer import resolve_training, train_step
 
     torch.set_num_threads(threads)

@@ -21,7 +21,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from harness.store import Store, cell_key  # noqa: E402
+from harness.store.cells import Store, cell_key
 
 VIDEO_SHAPE = (21, 32, 32, 3)
 PER_CELL = 100

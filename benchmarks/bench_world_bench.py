@@ -27,7 +27,7 @@ from harness.world.grammar import parse  # noqa: E402
 from harness.world.oracle import read_video  # noqa: E402
 from harness.world.prompts import eval_prompts  # noqa: E402
 from harness.world.render import render  # noqa: E402
-from metrics.base import VideoBatch  # noqa: E402
+from harness.engine.metric import VideoBatch
 from metrics.world_bench import WorldBench  # noqa: E402
 
 NOISE_SIGMA = 0.05

@@ -8,17 +8,17 @@ problem and the fix, and exit code 2, before anything is written.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
+from harness import __version__
 from harness.errors import UsageError, unknown_name
-from harness.experiment import CONFIG_DIR, GROUPS, compose, config_description, group_choices, group_configs
 
-VERSION = "0.1.0"
+# Nothing heavy is imported here: --version, --help, `COMMAND --help`, `list` and every command-line
+# error answer without torch (tests/test_cli.py); each command imports what it needs when it runs.
 
 
 class _Parser(argparse.ArgumentParser):
@@ -35,6 +35,9 @@ class _Parser(argparse.ArgumentParser):
 def _api(name: str) -> Callable[[list[str]], None]:
     """A command that is the Python API's function of that name (imported when the command runs)."""
     def command(overrides: list[str]) -> None:
+        from harness.experiment.plans import fixed_overrides
+
+        fixed_overrides(overrides)  # an unknown option or a syntax error is refused before pandas and torch load
         import harness.api
 
         getattr(harness.api, name)(overrides)
@@ -51,6 +54,17 @@ def cmd_verify(overrides: list[str]) -> None:
                          "those files")
 
 
+def cmd_export(args: list[str]) -> None:
+    """The export's own options are taken out before Hydra parses the rest (a prompt may hold a comma)."""
+    from harness.experiment.plans import fixed_overrides
+    from harness.report.export import split_options
+
+    fixed_overrides(split_options(args)[1])  # errors before pandas and torch load
+    import harness.api
+
+    harness.api.export(args)
+
+
 def _options(command: str, overrides: list[str], known: list[str]) -> dict[str, str]:
     options = {}
     for o in overrides:
@@ -62,7 +76,7 @@ def _options(command: str, overrides: list[str], known: list[str]) -> dict[str, 
 
 
 def cmd_train_world(overrides: list[str]) -> None:
-    from harness.config_schema import command_options
+    from harness.experiment.config_schema import command_options
     from harness.models.toy_train import TrainWorldConfig, train_world
 
     path = train_world(TrainWorldConfig(**command_options("train-world", TrainWorldConfig, overrides)))
@@ -70,7 +84,7 @@ def cmd_train_world(overrides: list[str]) -> None:
 
 
 def cmd_distill(overrides: list[str]) -> None:
-    from harness.config_schema import command_options
+    from harness.experiment.config_schema import command_options
     from harness.models.toy_distill import DistillConfig, distill
 
     path = distill(DistillConfig(**command_options("distill", DistillConfig, overrides)))
@@ -80,8 +94,9 @@ def cmd_distill(overrides: list[str]) -> None:
 def cmd_train(overrides: list[str]) -> None:
     """The train group is not in the root config's defaults (sampling never reads it), so the chosen
     option is appended to them."""
+    from harness.experiment.plans import compose, group_choices
     from harness.train.checkpoints import log_path
-    from harness.train.trainer import train
+    from harness.train.trainer import start
 
     known = group_choices("train", overrides)
     chosen = [o.partition("=")[2] for o in overrides if o.partition("=")[0].lstrip("+") == "train"]
@@ -89,12 +104,13 @@ def cmd_train(overrides: list[str]) -> None:
     if name not in known:
         raise unknown_name("train", name, known)
     rest = [o for o in overrides if o.partition("=")[0].lstrip("+") != "train"]
-    path = train(compose([f"+train={name}", *rest]))
-    print(f"adapter checkpoint at {path} (training log {log_path(path)})")
+    path = start(compose([f"+train={name}", *rest]), ["train", *overrides])
+    if path is not None and os.environ.get("RANK", "0") == "0":
+        print(f"adapter checkpoint at {path} (training log {log_path(path)})")
 
 
 def cmd_train_reward(overrides: list[str]) -> None:
-    from harness.config_schema import TrainerOptions, command_options
+    from harness.experiment.config_schema import TrainerOptions, command_options
     from harness.verifiers import train_reward
 
     options = command_options("train-reward", TrainerOptions, overrides)
@@ -102,7 +118,7 @@ def cmd_train_reward(overrides: list[str]) -> None:
 
 
 def cmd_train_probe(overrides: list[str]) -> None:
-    from harness.config_schema import TrainerOptions, command_options
+    from harness.experiment.config_schema import TrainerOptions, command_options
     from harness.world import probe_train
 
     options = command_options("train-probe", TrainerOptions, overrides)
@@ -115,13 +131,13 @@ def cmd_weights(args: list[str]) -> None:
     -> the model's diffusers-layout transformer folder."""
     commands = {"check": _weights_check, "convert": _weights_convert}
     if not args or args[0] not in commands:
-        raise UsageError("use `refinery weights check [key=value ...]` or "
-                         "`refinery weights convert model=self_forcing checkpoint=PATH [key=generator_ema] [out=DIR]`")
+        raise UsageError(f"use `refinery {_usage('weights', 'check')}` or `refinery {_usage('weights', 'convert')}`")
     commands[args[0]](args[1:])
 
 
 def _weights_check(overrides: list[str]) -> None:
-    from harness.weights import needed_files
+    from harness.experiment.plans import compose
+    from harness.experiment.needed import needed_files
 
     files = needed_files(compose(overrides))
     width = max(len(f.owner) for f in files)
@@ -134,9 +150,10 @@ def _weights_check(overrides: list[str]) -> None:
 
 
 def _weights_convert(args: list[str]) -> None:
+    from harness.experiment.plans import compose
     from harness.models.wan_causal.convert import convert
     from harness.models.wan_causal.loader import folder_digest
-    from harness.weights import WeightFile
+    from harness.models.weights import WeightFile
 
     own = {"checkpoint", "key", "out"}
     options = _options("weights convert", [a for a in args if a.partition("=")[0] in own], sorted(own))
@@ -145,7 +162,7 @@ def _weights_convert(args: list[str]) -> None:
         raise UsageError(f"model {cfg.model.name!r} loads no converted checkpoint; convert for model=self_forcing "
                          "or model=causvid")
     if "checkpoint" not in options:
-        raise UsageError("weights convert needs checkpoint=PATH, the upstream .pt file (README, 'Real models')")
+        raise UsageError("weights convert needs checkpoint=PATH, the upstream .pt file (docs/real-models.md)")
     weights = Path(cfg.paths.weights)
     out = Path(options.get("out") or weights / str(cfg.model.transformer))
     summary = convert(Path(options["checkpoint"]), options.get("key", str(cfg.model.convert_key)),
@@ -154,6 +171,11 @@ def _weights_convert(args: list[str]) -> None:
                                                                         "diffusion_pytorch_model.safetensors")))
     print(f"converted {summary['tensors']} tensors ({summary['parameters'] / 1e9:.3f} B parameters) of "
           f"{options['checkpoint']} into {out}; content digest {digest}")
+
+
+def _usage(command: str, sub: str) -> str:
+    """A sub-command's usage line (COMMANDS), for its errors and its --help."""
+    return f"{command} {sub} {COMMANDS[command].subcommands[sub]}"
 
 
 def _positionals(args: list[str], usage: str, required: int, optional: int = 0) -> tuple[list[str], list[str]]:
@@ -174,11 +196,11 @@ def cmd_vbench(args: list[str]) -> None:
 
 
 def _vbench_export(args: list[str]) -> None:
-    from harness.experiment import experiment
+    from harness.experiment.plans import experiment
     from harness.vbench.export import export_cell, vbench_cli
     from harness.vbench.scores import dimensions_for
 
-    (out,), overrides = _positionals(args, "vbench export OUT [key=value ...]", 1)
+    (out,), overrides = _positionals(args, _usage("vbench", "export"), 1)
     exp = experiment(overrides)
     v = exp.cfg.vbench
     full_info = Path(v.full_info) if v.full_info else None
@@ -192,10 +214,11 @@ def _vbench_export(args: list[str]) -> None:
 
 
 def _vbench_evaluate(args: list[str]) -> None:
+    from harness.experiment.plans import compose
     from harness.vbench.evaluate import Settings, preflight, run
     from harness.vbench.scores import format_scores, read_results
 
-    (folder,), overrides = _positionals(args, "vbench evaluate DIR [key=value ...]", 1)
+    (folder,), overrides = _positionals(args, _usage("vbench", "evaluate"), 1)
     settings = Settings.from_config(compose(overrides))
     results = run(preflight(Path(folder), settings), settings)
     print(format_scores(read_results(results).scores))
@@ -205,7 +228,7 @@ def _vbench_evaluate(args: list[str]) -> None:
 def _vbench_aggregate(args: list[str]) -> None:
     from harness.vbench.scores import aggregate, format_scores, read_results, to_json
 
-    (path,), rest = _positionals(args, "vbench aggregate PATH [format=table|json]", 1)
+    (path,), rest = _positionals(args, _usage("vbench", "aggregate"), 1)
     form = _options("vbench aggregate", rest, ["format"]).get("format", "table")
     if form not in ("table", "json"):
         raise UsageError(f"format={form} is unknown; use format=table or format=json")
@@ -214,12 +237,13 @@ def _vbench_aggregate(args: list[str]) -> None:
 
 
 def _vbench_ingest(args: list[str]) -> None:
-    from harness.store import Store
+    from harness.experiment.plans import compose
+    from harness.store.cells import Store
     from harness.vbench.export import read_export
     from harness.vbench.ingest import ingest
     from harness.vbench.scores import read_results
 
-    given, overrides = _positionals(args, "vbench ingest DIR [RESULTS] [key=value ...]", 1, optional=1)
+    given, overrides = _positionals(args, _usage("vbench", "ingest"), 1, optional=1)
     export = read_export(Path(given[0]))
     results = read_results(Path(given[1]) if len(given) > 1 else export.result_dir)
     cell, payload = ingest(export, results, Store(Path(compose(overrides).paths.store)))
@@ -233,8 +257,8 @@ def _vbench_ingest(args: list[str]) -> None:
 
 def cmd_list(args: list[str]) -> None:
     """`list experiments | methods | metrics | models | cells [key=value ...]`."""
-    kinds = {"experiments": _list_experiments, "methods": _list_registry("METHODS"),
-             "metrics": _list_registry("METRICS"), "models": _list_models, "cells": _list_cells}
+    kinds = {"experiments": _list_experiments, "methods": _list_methods, "metrics": _list_metrics,
+             "models": _list_models, "cells": _list_cells}
     if not args or args[0] not in kinds:
         raise unknown_name("list", args[0] if args else "", kinds)
     kinds[args[0]](args[1:])
@@ -246,33 +270,67 @@ def _table(rows: list[tuple[str, ...]]) -> None:
         print("  ".join([*(c.ljust(w) for c, w in zip(row, widths)), row[-1]]).rstrip())
 
 
+def _group(group: str, overrides: list[str]) -> dict[str, Path]:
+    from harness.experiment.plans import group_configs
+
+    return group_configs(group, overrides)
+
+
 def _list_experiments(overrides: list[str]) -> None:
-    _table([(name, config_description(path)) for name, path in group_configs("experiment", overrides).items()])
+    from harness.experiment.plans import config_description
+
+    _table([(name, config_description(path)) for name, path in _group("experiment", overrides).items()])
 
 
-def _list_registry(name: str) -> Callable[[list[str]], None]:
-    def listing(overrides: list[str]) -> None:
-        import harness.registry as registry
-        from harness.experiment import load_plugins
+def _list_methods(overrides: list[str]) -> None:
+    """Every `method=` option (sweeps/method/ and plug-ins' configs), the plug-in it runs and where
+    that comes from; read from the files, nothing imported but include folders' plug-ins."""
+    from harness.engine.registry import METHODS
+    from harness.experiment.plans import config_description, load_plugin_folders, resolved_yaml
 
-        load_plugins(compose(overrides))  # the plug-ins' entries register on import
-        entries = getattr(registry, name)
-        _table([(n, entries.origin(n), entries.get(n).description) for n in entries.names()])
-    return listing
+    load_plugin_folders(overrides)  # their entries register on import
+    rows = []
+    for option, path in _group("method", overrides).items():
+        body = resolved_yaml(path)
+        body = body.get("method", body)  # a `# @package _global_` option sets method: and other groups
+        name = str(body.get("name", option))
+        origin = METHODS.origin(name) if name in METHODS.names() else "not registered"
+        described = config_description(path) or (METHODS.describe(name) if origin != "not registered" else "")
+        rows.append((option, name if name == option else f"-> {name}", origin, described))
+    _table(rows)
+
+
+def _list_metrics(overrides: list[str]) -> None:
+    from harness.engine.registry import METRICS
+    from harness.experiment.plans import load_plugin_folders
+
+    load_plugin_folders(overrides)
+    _table([(n, METRICS.origin(n), METRICS.describe(n)) for n in METRICS.names()])
 
 
 def _list_models(overrides: list[str]) -> None:
-    import yaml
+    from harness.experiment.plans import config_description, resolved_yaml
 
-    _table([(option, f"backend {yaml.safe_load(path.read_text()).get('backend', '?')}", config_description(path))
-            for option, path in group_configs("model", overrides).items()])
+    _table([(option, f"backend {resolved_yaml(path).get('backend', '?')}", config_description(path))
+            for option, path in _group("model", overrides).items()])
+
+
+def _store_root(overrides: list[str]) -> Path:
+    """paths.store as the command line sets it, without composing (no Hydra) where it is the only override."""
+    stores = [o.partition("=")[2] for o in overrides if o.partition("=")[0] == "paths.store"]
+    if len(stores) == len(overrides):
+        return Path(stores[-1] if stores else "runs")
+    from harness.experiment.plans import compose
+
+    return Path(compose(overrides).paths.store)
 
 
 def _list_cells(overrides: list[str]) -> None:
-    """Every cell of the store: key, state, videos, method, model, suite; read from its files only."""
-    from harness.store import Store
+    """Every cell of the store: key, state, videos, method with its settings, model, suite; read from
+    its files only."""
+    from harness.store.cells import Store
 
-    root = Path(compose(overrides).paths.store)
+    root = _store_root(overrides)
     if not (root / "cells").is_dir():
         print(f"no store at {root.resolve()} (paths.store); `refinery run` or `sweep` makes one")
         return
@@ -280,11 +338,21 @@ def _list_cells(overrides: list[str]) -> None:
     rows = []
     for cell in store.cells():
         spec = cell.spec() if cell.path.joinpath("spec.json").is_file() else None
-        what = (f"{spec['method']['name']} on {spec['model']['name']}, suite {spec['suite']['name']}"
-                if isinstance(spec, dict) else "no spec")
-        rows.append((cell.key, cell.state(), f"{len(cell.video_indices())} videos", what))
+        rows.append((cell.key, cell.state(), f"{len(cell.video_indices())} videos", _cell_summary(spec)))
     _table(rows)
     print(f"{len(rows)} cells in {store.root.resolve()}")
+
+
+def _cell_summary(spec: object) -> str:
+    """What a cell is, from its spec: `bon(n=3, verifier=world_reward) on toy_sf (stochastic, 4 steps),
+    suite world_eval`, so cells that differ only in a parameter can be told apart."""
+    if not isinstance(spec, dict):
+        return "no spec"
+    method = spec.get("method", {})
+    params = ", ".join(f"{k}={v}" for k, v in sorted((method.get("params") or {}).items()))
+    sampler = spec.get("sampler", {})
+    return (f"{method.get('name')}({params}) on {spec.get('model', {}).get('name')} "
+            f"({sampler.get('kind')}, {sampler.get('steps')} steps), suite {spec.get('suite', {}).get('name')}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,10 +365,15 @@ class Command:
     summary: str
     example: str
     takes: str = "config"  # config: Hydra overrides; options: the command's own key=value; words: sub-commands
+    subcommands: dict[str, str] = field(default_factory=dict)  # words: each sub-command's usage
+    own: tuple[str, ...] = ()  # config: the command's own KEY=VALUE options beside the overrides, for --help
 
 
 COMMANDS = {
     "run": Command(_api("run"), "generate and score one cell", "refinery run method=bon sampler.steps=8"),
+    "plan": Command(_api("plan_cost"), "what a sweep or a training run will cost, before it runs",
+                    "refinery plan experiment=table2_reward model=self_forcing gpus=8 [prompts=N gpu_memory_gb=80] "
+                    "| refinery plan model=self_forcing method=autorefiner train=dmd train.devices=8"),
     "sweep": Command(_api("sweep"), "a Hydra multirun over the cells of an experiment",
                      "refinery sweep experiment=quickstart [hydra/launcher=joblib|slurm]"),
     "score": Command(_api("score"), "(re)score stored videos", "refinery score experiment=quickstart"),
@@ -310,9 +383,19 @@ COMMANDS = {
                      "refinery bench experiment=training_free"),
     "leaderboard": Command(_api("leaderboard"), "rank methods across experiments",
                            "refinery leaderboard experiment=training_free,table2_reward"),
+    "export": Command(cmd_export, "an mp4 or GIF of a cell, a sample or a report's gallery",
+                      "refinery export method=bon out=bon.mp4 [video=3 | prompt='...' seed=0 | gallery=true] "
+                      "[fps=16 crf=17 scale=4]", own=(
+                          "out=FILE.mp4|FILE.gif  the file to write (required; the format from its suffix)",
+                          "video=I | prompt=P [seed=S]  one sample of the cell (seed: the sample's; default the first)",
+                          "gallery=true  the report's cells (rows) x report.gallery prompts (columns)",
+                          "fps=N  default vbench.fps;  crf=0..51  mp4 quality, default vbench.crf",
+                          "scale=N  whole-multiple enlargement; default up to about 128 pixels a video")),
     "verify": Command(cmd_verify, "check every cell's files", "refinery verify [experiment=quickstart | paths.store=runs]"),
     "list": Command(cmd_list, "list experiments, methods, metrics, models or cells",
-                    "refinery list experiments|methods|metrics|models|cells", takes="words"),
+                    "refinery list experiments|methods|metrics|models|cells", takes="words", subcommands={
+                        "experiments": "[key=value ...]", "methods": "[plugins=[DIR]]", "metrics": "[plugins=[DIR]]",
+                        "models": "[key=value ...]", "cells": "[paths.store=DIR]"}),
     "train": Command(cmd_train, "train a method's adapter",
                      "refinery train [train=reward|dmd] method=autorefiner [train.out=...]"),
     "train-world": Command(cmd_train_world, "retrain the toy model from scratch",
@@ -325,69 +408,112 @@ COMMANDS = {
                            "refinery train-probe [steps=1500 out=path]", takes="options"),
     "weights": Command(cmd_weights, "check or convert weight files",
                        "refinery weights check model=self_forcing | weights convert model=self_forcing checkpoint=PATH",
-                       takes="words"),
+                       takes="words", subcommands={
+                           "check": "[key=value ...]  (every weight file the composed run reads: where, present?, origin)",
+                           "convert": "model=self_forcing|causvid checkpoint=PATH [key=generator_ema] [out=DIR]  "
+                                      "(an upstream .pt -> the model's diffusers transformer folder)"}),
     "vbench": Command(cmd_vbench, "VBench via its official package",
-                      "refinery vbench export|evaluate|aggregate|ingest ...", takes="words"),
+                      "refinery vbench export|evaluate|aggregate|ingest ...", takes="words", subcommands={
+                          "export": "OUT [key=value ...]  (the cells' videos as mp4 in VBench's layout under OUT)",
+                          "evaluate": "DIR [key=value ...]  (run VBench on an export folder)",
+                          "aggregate": "PATH [format=table|json]  (VBench's totals from its result files)",
+                          "ingest": "DIR [RESULTS] [key=value ...]  (VBench's per-video scores into the store)"}),
 }
 ALIASES = {"methods": ["list", "methods"], "metrics": ["list", "metrics"]}
 
 
 def _root_settings() -> list[tuple[str, str]]:
     """The root config's own settings, each with its default or, for a section, its keys; for --help."""
-    root = OmegaConf.load(CONFIG_DIR / "config.yaml")
-    settings = []
-    for key in root:
-        if key in ("defaults", "hydra"):
-            continue
-        node = root._get_node(key)
-        value = node._value()
-        shown = f"({', '.join(map(str, root[key].keys()))})" if OmegaConf.is_dict(node) else \
-            "null" if value is None else str(value)
-        settings.append((str(key), shown))
-    return settings
+    import yaml
+
+    from harness.assets import CONFIG_DIR
+
+    root = yaml.safe_load((CONFIG_DIR / "config.yaml").read_text())
+    return [(str(key), f"({', '.join(map(str, value))})" if isinstance(value, dict) else
+             "null" if value is None else str(value).replace("'", "")) for key, value in root.items()
+            if key not in ("defaults", "hydra")]
 
 
 def _epilog(name: str, command: Command) -> str:
+    from harness.experiment.plans import GROUPS, group_choices
+
     lines = [f"example: {command.example}", ""]
+    if command.own:
+        lines += ["options of the command (KEY=VALUE):", *(f"  {o}" for o in command.own), ""]
     if command.takes == "config":
         lines.append("config groups (GROUP=OPTION; OPTION,OPTION sweeps):")
         lines += [f"  {group:11s} {', '.join(group_choices(group))}" for group in GROUPS]
         if name == "train":
             lines.append(f"  {'train':11s} {', '.join(group_choices('train'))}")
-        lines += ["", "settings (KEY=VALUE; nested keys with dots, e.g. sampler.steps=8, method.params.n=3):"]
+        lines += ["", "settings (KEY=VALUE; nested keys with dots, e.g. sampler.steps=8, method.params.n=3;",
+                  "plugins=[DIR,...]: folders of plug-in methods, metrics, models and their configs):"]
         lines += [f"  {k:18s} {v}" for k, v in _root_settings()]
-        lines.append("  plugins            [DIR,...]: folders of plug-in methods, metrics, models (README)")
     elif command.takes == "options":
         lines.append("options (KEY=VALUE):")
         lines += [f"  {n}" for n in _own_options(name)]
+    elif command.subcommands:
+        lines.append("sub-commands (`refinery " + name + " SUB --help` for one):")
+        lines += [f"  refinery {_usage(name, sub)}" for sub in command.subcommands]
     return "\n".join(lines)
 
 
+OPTION_SCHEMAS = {  # the dataclass of each command's own options (module, class)
+    "train-world": ("harness.models.toy_train", "TrainWorldConfig"),
+    "distill": ("harness.models.toy_distill", "DistillConfig"),
+    "train-reward": ("harness.experiment.config_schema", "TrainerOptions"),
+    "train-probe": ("harness.experiment.config_schema", "TrainerOptions"),
+}
+
+
 def _own_options(name: str) -> list[str]:
-    """A command's own options with their defaults (null: the command's built-in one)."""
-    from harness.config_schema import TrainerOptions
-    from harness.models.toy_distill import DistillConfig
-    from harness.models.toy_train import TrainWorldConfig
+    """A command's own options with their defaults as the source writes them (null: the command's
+    built-in one), read from the dataclass's source so that --help imports no training code."""
+    import ast
+    import importlib.util
 
-    schema = {"train-world": TrainWorldConfig, "distill": DistillConfig}.get(name, TrainerOptions)
-    return [f"{f.name}={'' if f.default is MISSING else 'null' if f.default is None else f.default}"
-            for f in fields(schema)]
+    module, cls = OPTION_SCHEMAS[name]
+    tree = ast.parse(Path(importlib.util.find_spec(module).origin).read_text())
+    body = next(node.body for node in tree.body if isinstance(node, ast.ClassDef) and node.name == cls)
+    options = []
+    for item in body:
+        if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
+            value = item.value
+            if isinstance(value, ast.Call) and getattr(value.func, "id", "") == "option":
+                value = value.args[0] if value.args else None
+            shown = "" if value is None else "null" if isinstance(value, ast.Constant) and value.value is None \
+                else ast.literal_eval(value) if isinstance(value, ast.Constant) else ast.unparse(value)
+            options.append(f"{item.target.id}={shown}")
+    return options
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser; the help text (epilog) is built for `command` alone, the one being asked
+    about, since it lists config options read from disk."""
     top = _Parser(prog="refinery", description="Compare inference-time methods on autoregressive video "
                   "diffusion models.", formatter_class=argparse.RawDescriptionHelpFormatter,
                   epilog="`refinery COMMAND --help` lists a command's options; the Python API is `import refinery`.")
-    top.add_argument("--version", action="version", version=f"refinery {VERSION}")
+    top.add_argument("--version", action="version", version=f"refinery {__version__}")
     sub = top.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for name, command in COMMANDS.items():
-        p = sub.add_parser(name, help=command.summary, description=command.summary,
-                           epilog=_epilog(name, command), formatter_class=argparse.RawDescriptionHelpFormatter)
-        p.add_argument("args", nargs="*", metavar="key=value" if command.takes != "words" else "ARG",
+    for name, spec in COMMANDS.items():
+        p = sub.add_parser(name, help=spec.summary, description=spec.summary,
+                           epilog=_epilog(name, spec) if name == command else None,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("args", nargs="*", metavar="key=value" if spec.takes != "words" else "ARG",
                        help={"config": "Hydra overrides: GROUP=OPTION, KEY=VALUE, ~KEY (remove), a,b (sweep)",
-                             "options": "the command's options (below)", "words": "sub-command and its arguments"}
-                       [command.takes])
+                             "options": "the command's own options (below)", "words": "sub-command and its arguments"}
+                       [spec.takes])
     return top
+
+
+def _subcommand_help(args: list[str]) -> bool:
+    """`refinery vbench export --help`: the sub-command's own usage, not its command's."""
+    spec = COMMANDS.get(args[0])
+    if spec is None or not spec.subcommands or len(args) < 3 or args[1] not in spec.subcommands:
+        return False
+    if not {"-h", "--help"} & set(args[2:]):
+        return False
+    print(f"usage: refinery {_usage(args[0], args[1])}")
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -400,7 +526,9 @@ def main(argv: list[str] | None = None) -> int:
             args = [*ALIASES[args[0]], *args[1:]]
         if not args[0].startswith("-") and args[0] not in COMMANDS:
             raise unknown_name("command", args[0], [*COMMANDS, *ALIASES])
-        parsed = parser().parse_args(args)
+        if _subcommand_help(args):
+            return 0
+        parsed = parser(args[0]).parse_args(args)
         if parsed.command is None:
             raise UsageError("name a command; see `refinery --help`")
         COMMANDS[parsed.command].run(parsed.args)

@@ -3,7 +3,7 @@ reflective KV cache.
 
 At every refined intermediate timestep t_j the sampler's fresh path noise ε (the noise that renoises
 the previous step's x0 to t_j, Eq. 4) is replaced by ε + Δε, Δε = T_φ(ε; x0_{t_(j+1)}, x^{<i}) (Eq. 9-10):
-T_φ is harness.adapters.NoiseRefiner, the base denoiser with LoRA deltas and an output layer that starts
+T_φ is harness.train.adapters.NoiseRefiner, the base denoiser with LoRA deltas and an output layer that starts
 at zero (untrained: Δε = 0, the method is `base` bit for bit). Its reflective KV cache (Sec. 3.4)
 holds the clean past chunks (switch `history`) and the previous step's denoised output x0
 (switch `previous_output`), which shares the noise's frame positions; the noise enters at the level
@@ -33,8 +33,9 @@ import torch
 
 from harness.errors import UsageError
 from harness.models.base import ModelSpec, VideoModel
-from harness.rollout import Context, Sampler
-from harness.adapters import DEFAULT_RANK, NoiseRefiner, TrainedMethod, check_head, check_rank, check_switch
+from harness.engine.context import Context
+from harness.engine.samplers import Sampler
+from harness.train.adapters import DEFAULT_RANK, NoiseRefiner, TrainedMethod, check_head, check_rank, check_switch
 
 
 def intermediate_timesteps(sampler: Sampler) -> list[int]:
@@ -74,6 +75,7 @@ class AutoRefiner(TrainedMethod):
     description = ("AutoRefiner: a zero-initialised LoRA noise refiner of the intermediate path noises, "
                    "conditioned on the history and the previous denoised output (reflective KV cache)")
     Params = AutoRefinerParams
+    cost = {"refiner": "intermediate", "refiner_history": "history", "refiner_previous": "previous_output"}
     legacy_arch: ClassVar[dict[str, Any]] = {"head": "lora"}
     arch_defaults: ClassVar[dict[str, Any]] = {"rank": DEFAULT_RANK, "alpha": None, "history": True, "head": "full",
                                                "previous_output": True, "timesteps": None}

@@ -1,7 +1,7 @@
 """`base`: the model's own sampler, unchanged. Every other method is measured against it."""
 from __future__ import annotations
 
-from harness.method import Method
+from harness.engine.method import Method
 
 
 class Base(Method):

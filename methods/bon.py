@@ -16,24 +16,26 @@ from typing import Any
 
 import torch
 
-from harness.method import Method
+from harness.engine.method import Method
 from harness.models.base import ModelSpec
-from harness.registry import VERIFIERS
-from harness.rollout import Context, Sampler
-from harness.schema import option
+from harness.engine.registry import VERIFIERS
+from harness.engine.context import Context
+from harness.engine.samplers import Sampler
+from harness.engine.schema import option
 from harness.verifiers.base import Verifier
 
 
 @dataclass(frozen=True)
 class SearchParams:
     n: int = option(5, min=1)  # candidates per video
-    verifier: str = "world_reward"  # a harness.registry.VERIFIERS name
+    verifier: str = "world_reward"  # a harness.engine.registry.VERIFIERS name
 
 
 class BestOfN(Method):
     name = "bon"
     description = "Best-of-N: N initial noises per chunk, the verifier's best clean chunk is committed"
     Params = SearchParams
+    cost = {"candidates": "n", "verify": "last"}
 
     def __init__(self, **params: Any):
         super().__init__(**params)

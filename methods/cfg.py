@@ -44,10 +44,11 @@ from pathlib import Path
 import torch
 
 from harness.errors import UsageError
-from harness.method import Method
+from harness.engine.method import Method
 from harness.models.base import ModelSpec
-from harness.rollout import Context, Sampler
-from harness.schema import option
+from harness.engine.context import Context
+from harness.engine.samplers import Sampler
+from harness.engine.schema import option
 
 
 def guided_velocity(v_c: torch.Tensor, v_u: torch.Tensor, scale: float,
@@ -96,6 +97,7 @@ class ClassifierFreeGuidance(Method):
     description = "classifier-free guidance v_u + w (v_c - v_u), the unconditional branch with its own KV cache"
     Params = CfgParams
     needs_uncond = True
+    cost = {"branches": 2}
 
     def rows_per_video(self) -> int:
         return 2  # the conditional and the unconditional branch, each with its cache
@@ -129,6 +131,7 @@ class CfgZeroStar(ClassifierFreeGuidance):
     name = "cfg_zero"
     description = "CFG-Zero*: per-sample optimised unconditional scale s* and zero-init of the first steps"
     Params = CfgZeroParams
+    cost = {"branches": 2, "skipped_steps": "zero_init_steps"}
 
     def prepare(self, spec: ModelSpec, sampler: Sampler, weights_dir: Path) -> None:
         super().prepare(spec, sampler, weights_dir)

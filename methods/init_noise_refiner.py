@@ -1,7 +1,7 @@
 """`init_noise_refiner`: a noise refiner of each chunk's initial noise only (the AutoRefiner paper's
 "+InitNoiseRefiner" baseline, after HyperNoise, Eyring et al. 2025): ε' = ε + T_φ(ε), once per chunk.
 
-T_φ is harness.adapters.NoiseRefiner: the base denoiser with LoRA deltas and an output layer that starts
+T_φ is harness.train.adapters.NoiseRefiner: the base denoiser with LoRA deltas and an output layer that starts
 at zero, so the untrained refiner returns Δε = 0 and the method is `base` bit for bit. It sees the
 initial noise at the first noise level, the prompt and (switch `history`) the clean past chunks
 through its own KV cache, as a LoRA of an AR model does; there is no previous denoised output at the
@@ -24,8 +24,8 @@ from typing import Any, ClassVar
 import torch
 
 from harness.models.base import VideoModel
-from harness.rollout import Context
-from harness.adapters import DEFAULT_RANK, NoiseRefiner, TrainedMethod, check_head, check_rank, check_switch
+from harness.engine.context import Context
+from harness.train.adapters import DEFAULT_RANK, NoiseRefiner, TrainedMethod, check_head, check_rank, check_switch
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,7 @@ class InitNoiseRefiner(TrainedMethod):
     description = ("a LoRA noise refiner of each chunk's initial noise, zero-initialised "
                    "(one refiner call per chunk)")
     Params = InitNoiseRefinerParams
+    cost = {"refiner": "initial", "refiner_history": "history"}
     legacy_arch: ClassVar[dict[str, Any]] = {"head": "lora"}
     arch_defaults: ClassVar[dict[str, Any]] = {"rank": DEFAULT_RANK, "alpha": None, "history": True, "head": "full"}
 

@@ -4,7 +4,7 @@ paper's "+LoRA" baseline, Tables 1, 2 and 7).
 The method samples with the base model's trainable module carrying peft LoRA adapters on the
 backend's adapter targets (every linear layer of the toy's denoiser; every linear layer of Wan's
 transformer blocks, as LongLive adapts Self-Forcing), as deltas on the shared base weights
-(harness.adapters): every denoising step and every cache pass runs the adapted weights, and
+(harness.train.adapters): every denoising step and every cache pass runs the adapted weights, and
 the ledger counts them as the base method's: ΔNFE 0. Untrained (B = 0) it is `base`, bit for bit.
 
 Training (harness.train.trainer), as Self-Forcing trains its generator: roll out without gradient and
@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from harness.models.base import VideoModel
-from harness.adapters import TrainedGenerator, adapted_copy, check_rank, trainable_backend
+from harness.train.adapters import TrainedGenerator, adapted_copy, check_rank, trainable_backend
 
 
 @dataclass(frozen=True)

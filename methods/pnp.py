@@ -50,17 +50,18 @@ Conventions:
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from harness.errors import UsageError
-from harness.method import Method
+from harness.engine.method import Method
 from harness.models.base import ModelSpec
-from harness.rollout import Context, Sampler, renoise
-from harness.schema import option
+from harness.engine.context import Context
+from harness.engine.cost import step_schedule
+from harness.engine.samplers import Sampler, renoise
+from harness.engine.schema import option
 
 MAX_ITERATIONS = 999  # the noise key step * 1000 + k must not reach the next step's keys
 PlanEntry = tuple[int, int, int]
@@ -95,19 +96,8 @@ class PnpParams:
             object.__setattr__(self, "plan", _check_plan(self.plan))
 
     def per_step(self, steps: int) -> list[int]:
-        """Extra iterations at each of the sampler's steps."""
-        if self.plan is None:
-            refined = math.ceil(round(self.fraction * steps, 9))  # round: 0.3 * 10 must not give 4 steps
-            return [self.iterations if i < refined else 0 for i in range(steps)]
-        extra = [0] * steps
-        for start, end, iterations in self.plan:
-            if not iterations:
-                continue  # the official code skips an entry of 0 iterations
-            if end >= steps:
-                raise UsageError(f"method.params.plan entry {list((start, end, iterations))} reaches step {end}, "
-                                 f"but the sampler has steps 0..{steps - 1}; shorten the entry")
-            extra[start:end + 1] = [iterations] * (end + 1 - start)
-        return extra
+        """Extra iterations at each of the sampler's steps (the schedule `refinery plan` counts too)."""
+        return step_schedule(steps, self.iterations, self.fraction, self.plan)
 
 
 def uncertainty(x0: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
@@ -120,6 +110,7 @@ class PredictAndPerturb(Method):
     description = ("Predict-and-Perturb: extra predict/renoise iterations at the same noise level on the early "
                    "steps, with the self-consistency uncertainty mask")
     Params = PnpParams
+    cost = {"extra_iterations": "schedule"}
 
     def prepare(self, spec: ModelSpec, sampler: Sampler, weights_dir: Path) -> None:
         super().prepare(spec, sampler, weights_dir)

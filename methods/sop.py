@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import torch
 
-from harness.rollout import Context, sampler_path_noise
+from harness.engine.context import Context
+from harness.engine.samplers import sampler_path_noise
 from methods.bon import BestOfN
 
 
 class SearchOverPath(BestOfN):
     name = "sop"
     description = "Search-over-Path: N noises per step, the verifier's best clean prediction goes on"
+    cost = {"candidates": "n", "verify": "every"}
 
     def select(self, x0: torch.Tensor, ctx: Context) -> torch.Tensor | None:
         return self.best(x0, ctx) if self.params.n > 1 else None

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from harness.verifiers.clip_score import VIT_B_32, ClipScore
-from metrics.base import Metric, VideoBatch
+from harness.engine.metric import Metric, VideoBatch
 
 
 class ClipScoreMetric(Metric):

@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from harness.errors import UsageError
-from metrics.base import Metric, VideoBatch
+from harness.engine.metric import Metric, VideoBatch
 
 LEDGER_KEYS: tuple[str, ...] = (
     "nfe", "cache_passes", "refiner_calls", "verifier_calls",

@@ -31,9 +31,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.errors import UsageError
-from harness.schema import option
+from harness.engine.schema import option
 from harness.world.probe import PROBE_WEIGHTS, load_probe
-from metrics.base import Metric, VideoBatch, WeightFile
+from harness.engine.metric import Metric, VideoBatch, WeightFile
 from metrics.dynamics import device_option
 
 DINO_ARCH = "vit_base_patch16_224.dino"

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from harness.errors import UsageError
-from harness.schema import option
-from metrics.base import Metric, VideoBatch
+from harness.engine.schema import option
+from harness.engine.metric import Metric, VideoBatch
 
 DATA_RANGE = 255.0
 # skimage returns inf for identical images, which would make every mean over pairs infinite. 100 dB

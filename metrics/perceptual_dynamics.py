@@ -27,9 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.errors import UsageError
-from harness.schema import option
+from harness.engine.schema import option
 from harness.world.probe import PROBE_WEIGHTS, WorldProbe, load_probe
-from metrics.base import VideoBatch, WeightFile
+from harness.engine.metric import VideoBatch, WeightFile
 from metrics.dynamics import Dynamics, DynamicsOptions
 
 ALEXNET = WeightFile(

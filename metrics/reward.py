@@ -13,14 +13,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness.registry import VERIFIERS
-from harness.weights import WeightFile
-from metrics.base import Metric, VideoBatch
+from harness.engine.registry import VERIFIERS
+from harness.models.weights import WeightFile
+from harness.engine.metric import Metric, VideoBatch
 
 
 @dataclass(frozen=True)
 class RewardOptions:
-    verifier: str = "world_reward"  # a harness.registry.VERIFIERS name
+    verifier: str = "world_reward"  # a harness.engine.registry.VERIFIERS name
 
 
 class Reward(Metric):

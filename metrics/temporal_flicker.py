@@ -11,7 +11,7 @@ from typing import ClassVar
 import numpy as np
 
 from harness.errors import UsageError
-from metrics.base import Metric, VideoBatch
+from harness.engine.metric import Metric, VideoBatch
 
 
 def flicker_score(video: np.ndarray) -> float:

@@ -18,7 +18,7 @@ import numpy as np
 from harness.errors import UsageError
 from harness.world.grammar import Scene, parse
 from harness.world.oracle import Detection, Reading, judge, read_video
-from metrics.base import Metric, VideoBatch
+from harness.engine.metric import Metric, VideoBatch
 
 DIMENSIONS = ("colour", "shape", "count", "motion", "object", "persistence", "persistent")
 MERGED_AREA = 1.4  # a detection this many times an object's median area is a merge (the oracle's rule)

@@ -23,7 +23,7 @@ Prompt subsets: VBench scores each dimension only on the prompts written for it.
 that the prompt does not test is NaN for that video: multiple_objects on one-object prompts,
 physics on prompts other than bouncing/falling, dynamic_degree on "standing still" prompts (a
 correct still video must not be punished for not moving). The report averages the non-NaN values
-(harness/report.py summarize), so a dimension's mean is its mean over its own prompt subset, as in
+(harness/report/tables.py summarize), so a dimension's mean is its mean over its own prompt subset, as in
 VBench. Per video, a group score is the weighted mean of the group's applicable dimensions.
 
 Per-video totals and VBench's total: normalisation is affine and the group scores are fixed-weight
@@ -50,7 +50,7 @@ from harness.errors import UsageError
 from harness.world.grammar import Scene, parse
 from harness.world.oracle import Reading, judge, read_video
 from harness.world.render import GRAVITY
-from metrics.base import Metric, VideoBatch
+from harness.engine.metric import Metric, VideoBatch
 from metrics.temporal_flicker import flicker_score
 from metrics.world_alignment import check_world_prompts, filled, merged_frames, subject_sightings
 

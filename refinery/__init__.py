@@ -6,10 +6,10 @@
 
 Every function takes the command line's Hydra overrides; bad input raises refinery.UsageError.
 """
-from harness.api import bench, leaderboard, plans, report, run, score, scores, sweep, verify
+from harness import __version__
+from harness.api import bench, export, leaderboard, plan_cost, plans, report, run, score, scores, sweep, verify
 from harness.errors import UsageError
-from harness.experiment import CellPlan, compose
+from harness.experiment.plans import CellPlan, compose
 
-__version__ = "0.1.0"
-__all__ = ["run", "sweep", "score", "report", "bench", "leaderboard", "verify", "plans", "scores", "compose",
+__all__ = ["run", "sweep", "score", "report", "bench", "leaderboard", "export", "verify", "plans", "plan_cost", "scores", "compose",
            "CellPlan", "UsageError", "__version__"]

@@ -13,6 +13,20 @@ torch.set_num_threads(1)
 FAST = ["suite=world_smoke", "samples_per_prompt=1", "model.num_chunks=2", "sampler.steps=2", "batch_size=4"]
 
 
+def pytest_collection_modifyitems(items):
+    """Under pytest-xdist (`make test` runs -n auto --dist loadgroup), every test that uses the one-node
+    SLURM cluster runs on one worker: each module's cluster is started once, never two at a time."""
+    for item in items:
+        if "cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("slurm"))
+
+def fast_with(overrides: list[str], base: list[str] = FAST) -> list[str]:
+    """FAST (or `base`) but the keys `overrides` set, then `overrides`: a key is given once (a key
+    given twice with two values is refused)."""
+    given = {o.partition("=")[0].lstrip("+~") for o in overrides}
+    return [*(o for o in base if o.partition("=")[0] not in given), *overrides]
+
+
 @pytest.fixture(params=[1, 0], ids=["local-attention", "full-prefix"])
 def randomized_toy(request):
     """An untrained toy model whose zero-initialised output layers are randomised, so every path
@@ -47,15 +61,15 @@ def toy_flow():
 @pytest.fixture(scope="session")
 def wan_tiny():
     """The wan_causal backend at its tiny random-weight size (sweeps/model/wan_tiny.yaml)."""
-    from harness.experiment import compose
-    from harness.pipeline import load_model
+    from harness.experiment.plans import compose
+    from harness.experiment.pipeline import load_model
 
     return load_model(compose(["model=wan_tiny"]))
 
 
 def prepared_rollout(model, method, prompts, seeds, sampler, ledger=None):
     """A rollout of a method prepared as the pipeline prepares it (resolve_run) before any compute."""
-    from harness.rollout import rollout
+    from harness.engine.rollout import rollout
 
     method.prepare(model.spec, sampler, Path("weights"))
     return rollout(model, method, prompts, seeds, sampler, ledger)

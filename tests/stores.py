@@ -1,6 +1,7 @@
-"""What two stores must share byte for byte when the same sweep filled them (any launcher, any process):
-every video, spec and quality score file as bytes; records, the compute scores and the manifest with
-their measured fields (times, memory, host) left out, since those are measurements, not results."""
+"""What two stores must share byte for byte when the same sweep filled them (any launcher, any number
+of writers per cell): every video, spec and quality score file as bytes; records, the compute scores
+and the manifest with their measured fields (times, memory, host, file times, and the `worker` that
+wrote each record) left out, since those are measurements, not results."""
 from __future__ import annotations
 
 import json
@@ -11,6 +12,7 @@ MEASURED = ("wall_seconds", "decode_seconds", "verifier_seconds", "peak_memory_m
 
 def _record(data: bytes) -> dict:
     record = json.loads(data)
+    record.pop("worker", None)  # which writer made it: any of a cell's shards, same bytes
     record["ledger"] = {k: v for k, v in record["ledger"].items() if k not in MEASURED}
     return record
 
@@ -23,8 +25,8 @@ def _compute_scores(data: bytes) -> dict:
 
 def _manifest(data: bytes) -> dict:
     manifest = json.loads(data)
-    manifest["files"] = {f: d for f, d in manifest["files"].items()
-                         if not f.startswith("records/") and f != "scores/compute.json"}
+    manifest["files"] = {f: {k: v for k, v in d.items() if k != "mtime_ns"} for f, d in manifest["files"].items()
+                         if not f.startswith("records/") and f != "scores/compute.json"}  # a file's time: when it was written
     return manifest
 
 
@@ -49,5 +51,28 @@ def contents(store: Path) -> dict[str, object]:
 
 
 def leftovers(store: Path) -> list[Path]:
-    """Temp files and locks, which no finished sweep may leave."""
-    return [p for p in (store / "cells").rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".lock")]
+    """Temp files and locks (the cell's, writers' and claims'), which no finished sweep may leave."""
+    return [p for p in (store / "cells").rglob("*") if p.name.endswith((".tmp", ".lock")) or p.name.startswith(".lock")]
+
+
+def slow_disk(folder: Path, seconds: float, barrier: int = 0) -> Path:
+    """A folder whose sitecustomize.py (put it first on PYTHONPATH) makes every fsync of the Python
+    processes started with it take `seconds` longer; with barrier=N, each process's first fsync also
+    waits, when it writes a video, until N of them have got there (so that N writers of one cell all
+    hold a batch at once)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(f"""import os, time
+_sync, _first = os.fsync, [True]
+def _slow(fd):
+    if _first[0] and {barrier} and ".npy." in os.readlink(f"/proc/self/fd/{{fd}}"):
+        _first[0] = False
+        open(os.path.join({str(folder)!r}, f"at-barrier.{{os.getpid()}}"), "w").close()
+        deadline = time.monotonic() + 120
+        while len([n for n in os.listdir({str(folder)!r}) if n.startswith("at-barrier.")]) < {barrier} \\
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+    time.sleep({seconds})
+    return _sync(fd)
+os.fsync = _slow
+""")
+    return folder

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from harness.report import CellRef
-from harness.store import Store
+from harness.store.cells import CellRef
+from harness.store.cells import Store
 
 PROMPTS = [f"<b>p{i}</b>" for i in range(8)]  # markup: it must print as text everywhere
 

@@ -10,7 +10,7 @@ import pytest
 from conftest import FAST, ROOT
 from harness.cli import COMMANDS, main
 from harness.errors import UsageError
-from harness.experiment import expand, experiment
+from harness.experiment.plans import expand, experiment
 
 CHEAP = [*FAST, "~metric.world_bench", "~metric.world_alignment", "report.metrics=[temporal_flicker,dynamics]",
          "report.headline=[dynamics.ssim]"]
@@ -21,7 +21,7 @@ CHEAP = [*FAST, "~metric.world_bench", "~metric.world_alignment", "report.metric
     ["experiment=bon_n", "seed=3"],
     ["method=bon,sop", "sampler.steps=2,3,4", "seed=1"],
     ["experiment=pnp_tau", "method.params.tau=0.5"],  # the command line's setting beats the experiment's sweep
-    ["sampler.steps=2", "sampler.steps=3,5", "seed=0", "seed=1"],  # later settings of one key win
+    ["seed=1", "experiment=quickstart", "sampler.steps=3,5"],  # the command line's sweep replaces the experiment's
 ])
 def test_sweeps_expand_as_hydras_basic_sweeper_expands_them(overrides):
     """Reference: hydra's BasicSweeper.split_arguments over the same overrides (the experiment's sweeper
@@ -30,7 +30,7 @@ def test_sweeps_expand_as_hydras_basic_sweeper_expands_them(overrides):
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
 
-    from harness.experiment import compose, fixed_overrides
+    from harness.experiment.plans import compose, fixed_overrides
 
     parser = OverridesParser.create()
     params = compose([o for o in fixed_overrides(overrides) if o.startswith("experiment=")],
@@ -51,7 +51,7 @@ def test_an_unbounded_sweep_is_refused():
 def test_plans_and_a_report_need_no_model(tmp_path, monkeypatch, capsys):
     """Expanding an experiment loads nothing; after a sweep, `report` reads every cell key (the
     baseline's too) from the store, so no model, verifier or checkpoint is loaded again."""
-    import harness.pipeline as pipeline
+    import harness.experiment.pipeline as pipeline
 
     store = [f"paths.store={tmp_path / 'runs'}", f"paths.reports={tmp_path / 'reports'}"]
     sweep = [*CHEAP, *store, "method=bon,sop", "method.params.n=2", "report.baseline='method=base'"]
@@ -74,8 +74,8 @@ def test_a_plan_whose_weights_changed_is_resolved_again(tmp_path, monkeypatch):
     """The recorded key is only trusted while the run's weight files are unchanged (size, mtime)."""
     import os
 
-    from harness.experiment import CellPlan, compose
-    from harness.weights import needed_files
+    from harness.experiment.plans import CellPlan, compose
+    from harness.experiment.needed import needed_files
 
     cfg = compose([*CHEAP, f"paths.store={tmp_path}"])
     plan = CellPlan([], cfg)
@@ -137,8 +137,8 @@ def test_listing(tmp_path, capsys):
 
 
 PLUGIN = '''
-    from harness.method import Method
-    from harness.registry import METHODS
+    from harness.engine.method import Method
+    from harness.engine.registry import METHODS
 
 
     class Echo(Method):
@@ -172,7 +172,7 @@ def test_a_method_from_an_include_folder_runs_and_is_listed_with_its_origin(tmp_
                             env=env, capture_output=True, text=True)
     (line,) = [line for line in listed.stdout.splitlines() if line.startswith("echo ")]
     assert f"plug-in {folder / 'echo.py'}" in line
-    from harness.store import Store
+    from harness.store.cells import Store
 
     cells = Store(tmp_path / "runs").cells()
     videos = [sorted(p.read_bytes() for p in (c.path / "videos").iterdir()) for c in cells]

@@ -6,9 +6,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness.experiment import compose
-from harness.pipeline import generate, open_store, resolve_run, score
-from harness.report import CellRef, write_report
+from harness.experiment.plans import compose
+from harness.experiment.pipeline import generate, open_store, resolve_run, score
+from harness.store.cells import CellRef
+from harness.report.write import write_report
 
 pytestmark = pytest.mark.slow  # each backend's fixture generates and scores a sweep of cells
 

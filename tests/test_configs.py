@@ -5,9 +5,10 @@ import sys
 import pytest
 
 from conftest import ROOT
-from harness.experiment import CONFIG_DIR, GROUPS, compose, experiment
-from harness.pipeline import resolve_run
-from harness.registry import METHODS, METRICS, MODELS
+from harness.assets import CONFIG_DIR
+from harness.experiment.plans import GROUPS, compose, experiment
+from harness.experiment.pipeline import resolve_run
+from harness.engine.registry import METHODS, METRICS, MODELS
 
 
 def options(group):
@@ -62,6 +63,6 @@ def test_every_registry_entry_resolves(registry):
 
 
 def test_importing_the_harness_does_not_import_torch():
-    code = "import sys, harness.registry, harness.errors, harness.cli, refinery; print('torch' in sys.modules)"
+    code = "import sys, harness.engine.registry, harness.errors, harness.cli, refinery; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -8,12 +8,14 @@ import torch
 from safetensors.torch import load_file
 
 from harness.cli import main
-from harness.experiment import compose
+from harness.experiment.plans import compose
 from harness.models import toy_distill
 from harness.models.toy import ToyVideoModel, load_toy
-from harness.noise import NoiseSource
-from harness.pipeline import load_model, sampler_from
-from harness.rollout import RolloutResult, Sampler, renoise, rollout
+from harness.engine.noise import NoiseSource
+from harness.experiment.pipeline import load_model, sampler_from
+from harness.engine.context import RolloutResult
+from harness.engine.samplers import Sampler, renoise
+from harness.engine.rollout import rollout
 from harness.train import trainer
 from methods.base import Base
 
@@ -44,7 +46,7 @@ def truncated(sampler: Sampler, exit_step: int) -> Sampler:
 
 
 def test_the_self_forcing_students_training_rollouts_are_sampling_rollouts(tmp_path, monkeypatch):
-    """One generator update: its rollout and the critic's fresh rollouts all go through harness.rollout,
+    """One generator update: its rollout and the critic's fresh rollouts all go through harness.engine.rollout,
     and each equals, bit for bit, the sampling rollout of the same student (before the update: the
     teacher's weights) with `base` on the same seeds, stopped at the rollout's exit step."""
     t = toy_distill.build_training(config(tmp_path))

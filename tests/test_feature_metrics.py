@@ -17,7 +17,7 @@ import metrics.diversity as diversity
 from harness.errors import UsageError
 from harness.world.probe import PROBE_WEIGHTS
 from harness.world.probe_train import render_videos
-from metrics.base import VideoBatch
+from harness.engine.metric import VideoBatch
 from metrics.diversity import DINO_ARCH, DINO_VITB16, Diversity, build_dino, similarity_to_others, vit_embedder
 from metrics.perceptual_dynamics import ALEXNET, PerceptualDynamics, lpips_style_distance
 

@@ -1,14 +1,15 @@
-"""harness.files: atomic writes leave the old or the new file and no temp file behind; the canonical
+"""harness.store.files: atomic writes leave the old or the new file and no temp file behind; the canonical
 JSON and the digests built on it keep their values, so stored cells and shipped weights keep theirs."""
+import errno
 import os
 from pathlib import Path
 
 import pytest
 
-from harness.files import (TEMP_NAME, atomic_folder, atomic_write, atomic_write_text, canonical_json, sha256_hex,
-                           temp_path)
-from harness.store import cell_key
-from harness.weights import safetensors_digest
+from harness.store.files import (TEMP_NAME, WriteRefused, atomic_folder, atomic_write, atomic_write_text, canonical_json,
+                                  sha256_hex, temp_path)
+from harness.store.cells import cell_key
+from harness.models.weights import safetensors_digest
 
 
 def test_canonical_json_is_sorted_and_compact():
@@ -18,11 +19,11 @@ def test_canonical_json_is_sorted_and_compact():
 
 
 def test_cell_keys_and_shipped_digests_keep_their_values(toy, toy_flow):
-    # values from before harness.files existed: a change here orphans every stored cell
+    # values from before harness.store.files existed: a change here orphans every stored cell
     assert cell_key({"a": [1, 2.5, "x"], "b": {"z": None, "y": True}}) == "286d821285f16be7"
-    assert toy_flow.digest() == "d90625910f19ebb5"  # README and benchmarks/RESULTS.md quote these
+    assert toy_flow.digest() == "d90625910f19ebb5"  # docs and benchmarks/RESULTS.md quote these
     assert toy.digest() == "4929a9e0aa13191b"
-    from harness.adapter_files import checkpoint_path
+    from harness.train.adapter_files import checkpoint_path
     from harness.verifiers.world_reward import WorldReward
     from harness.world.probe import SHIPPED_WEIGHTS as PROBE
 
@@ -65,3 +66,28 @@ def test_atomic_folder_appears_whole_or_not_at_all(tmp_path):
         tmp.mkdir()
         (tmp / "a").write_text("a")
     assert os.listdir(tmp_path / "out") == ["cell"] and (target / "a").read_text() == "a"
+
+
+@pytest.mark.parametrize("code, said", [(errno.ENOSPC, "its file system is full (No space left on device); free space"),
+                                        (errno.EROFS, "its file system is read-only (Read-only file system); point"),
+                                        (errno.EACCES, "its folder is not writable (Permission denied); point")])
+def test_a_refused_write_is_one_line_naming_the_file_and_the_fix(tmp_path, code, said):
+    target = tmp_path / "x.json"
+
+    def refused(tmp):
+        tmp.write_text("half")
+        raise OSError(code, os.strerror(code))
+
+    with pytest.raises(WriteRefused) as caught:
+        atomic_write(target, refused)
+    assert str(caught.value).startswith(f"cannot write {target}: {said}") and "\n" not in str(caught.value)
+    assert os.listdir(tmp_path) == []
+
+
+def test_other_write_errors_pass_through(tmp_path):
+    def broken(tmp):
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    with pytest.raises(OSError) as caught:
+        atomic_write(tmp_path / "x", broken)
+    assert caught.value.errno == errno.EIO and not isinstance(caught.value, WriteRefused)

@@ -14,9 +14,9 @@ from omegaconf import OmegaConf
 
 from conftest import FAST, ROOT
 from harness.cli import main
-from harness.experiment import compose
-from harness.pipeline import generate, open_store, resolve_run, score
-from harness.rollout import RolloutResult
+from harness.experiment.plans import compose
+from harness.experiment.pipeline import generate, open_store, resolve_run, score
+from harness.engine.context import RolloutResult
 from harness.train.checkpoints import resume_path
 from metrics.temporal_flicker import TemporalFlicker
 from methods.base import Base
@@ -66,7 +66,8 @@ def test_dmd_guides_its_real_score_and_trains_its_fake_score_online(toy, guidanc
     """The generator's gradient is Self-Forcing's: (x0_fake - x0_real) / mean|x - x0_real| / numel with
     x0_real = x0_c + g (x0_c - x0_u) from the real score's two branches; the fake score learns online,
     one update per fresh rollout."""
-    from harness.rollout import Sampler
+    from harness.engine.samplers import Sampler
+    from harness.train.distributed import Split, World
     from harness.train.objectives import DmdObjective
 
     model = toy.with_chunks(2)
@@ -76,10 +77,10 @@ def test_dmd_guides_its_real_score_and_trains_its_fake_score_online(toy, guidanc
     objective.real, objective.fake = Recording(1.0, 0.0), Recording(0.5, 0.5)
     x = torch.randn(1, 6, *model.spec.latent_shape, generator=torch.Generator().manual_seed(2))
     latents = x.clone().requires_grad_(True)
-    loss, _ = objective.loss(RolloutResult(None, latents, None), ["a red circle bouncing"],
-                             torch.Generator().manual_seed(0))
+    draws = objective.draw(model.spec, 1, torch.Generator().manual_seed(0))
+    loss, _ = objective.loss(RolloutResult(None, latents, None), ["a red circle bouncing"], draws)
     loss.backward()
-    x_t, sigma, _ = objective.noised(x, torch.Generator().manual_seed(0))
+    x_t, sigma, _ = objective.noised(x, draws["loss.u"], draws["loss.eps"])
     s = sigma.view(-1, 1, 1, 1, 1)
     x0_c, x0_u, x0_fake = x_t - s * 1.0, x_t - s * 0.0, x_t - s * 0.5
     x0_real = x0_c + guidance * (x0_c - x0_u)
@@ -91,11 +92,11 @@ def test_dmd_guides_its_real_score_and_trains_its_fake_score_online(toy, guidanc
     fake_before = [p.clone() for p in fake.module.parameters()]
     drawn = []
 
-    def fresh(k: int) -> tuple[RolloutResult, list[str]]:  # each critic update gets a rollout of its own
+    def fresh(k: int, rows: list[int]) -> tuple[RolloutResult, list[str]]:  # a rollout of its own per update
         drawn.append(k)
         return RolloutResult(None, x + k, None), ["a red circle bouncing"]
 
-    objective.update(RolloutResult(None, x, None), ["a red circle bouncing"], torch.Generator().manual_seed(1), fresh)
+    objective.update(draws, fresh, Split.of(1, 1, World()))
     assert drawn == list(range(objective.params.fake_updates)) == list(range(5))  # Self-Forcing's ratio
     assert all(torch.equal(a, b) for a, b in zip(real_before, real.module.parameters()))
     assert any(not torch.equal(a, b) for a, b in zip(fake_before, fake.module.parameters()))

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from harness.errors import UsageError
-from harness.ledger import Ledger
+from harness.engine.ledger import Ledger
 from conftest import prepared_rollout
-from harness.rollout import Sampler
+from harness.engine.samplers import Sampler
 from methods.base import Base
 from methods.cfg import ClassifierFreeGuidance, CfgZeroStar, cfg_zero_star_velocity, guided_velocity, optimized_scale
 

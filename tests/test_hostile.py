@@ -1,15 +1,21 @@
-"""Hostile input to every command: exit code 2, one `refinery: error:` line, no traceback, and the
-store (one complete tiny cell) byte for byte as it was. In process, so the whole table runs fast."""
+"""Hostile input to every command: exit code 2, one `refinery: error:` line, no traceback, no warning,
+and the store (one complete tiny cell) and everything beside it byte for byte as it was, no folder
+added. In process, so the whole table runs fast. Issue 25's cases (keys given twice, overrides the
+config would ignore, a store that is not there, unwritable report folders, YAML tags, joblib without
+workers, a planted pickle) are marked below."""
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import pickle
 import shutil
+import warnings
 from pathlib import Path
 
 import pytest
 
-from conftest import FAST
+from conftest import FAST, fast_with
 from harness.cli import main
 
 SPLIT = ["suite.prompts=a", "red", "circle", "bouncing"]  # what a shell makes of the unquoted override
@@ -79,13 +85,44 @@ CASES: dict[str, tuple[list[str], str]] = {
     "vbench format": (["vbench", "aggregate", "TMP/nested_eval_results.json", "format=xml"], "format=xml"),
     "vbench command": (["vbench", "agregate"], "did you mean 'aggregate'"),
     "unknown command": (["rnu"], "did you mean 'run'"),
+    # issue 25: overrides that conflict or would be ignored
+    "method twice": (["run", "method=bon", "method=sop"], "method is given twice (method=bon, then method=sop)"),
+    "param twice": (["run", "method=bon", "method.params.n=3", "method.params.n=4"], "method.params.n is given twice"),
+    "sweep key twice": (["sweep", "sampler.steps=3", "sampler.steps=2,3"], "sampler.steps is given twice"),
+    "report key twice": (["report", "seed=0", "seed=1"], "seed is given twice"),
+    "prompts ignored": (["run", "suite=world_eval", "suite.prompts=[a red circle bouncing]"],
+                        "suite.prompts is set, but suite 'world_eval' (source world_eval) does not read it"),
+    "source ignores prompts": (["run", "suite.source=world_eval"],
+                               "suite.prompts is set, but suite 'world_smoke' (source world_eval) does not read it"),
+    "verify no store": (["verify", "paths.store=TMP/no_store"], "no store at"),
+    "verify no store listed": (["verify", "method=bon", "paths.store=TMP/no_store"], "no store at"),
+    # issue 25: tracebacks before
+    "reports unwritable": (["report", "paths.reports=/proc/self/reports"], "paths.reports=/proc/self/reports: folder"),
+    "leaderboard unwritable": (["leaderboard", "experiment=quickstart", "paths.reports=/proc/self/reports"],
+                               "is not writable"),
+    "yaml tag": (["run", "plugins=[TMP/tagged]", "method=evil"], "evil.yaml, line 2, is not plain YAML"),
+    "yaml tag listed": (["list", "methods", "plugins=[TMP/tagged]"], "evil.yaml, line 2, is not plain YAML"),
+    "yaml syntax": (["run", "plugins=[TMP/broken]", "method=broken"], "broken.yaml, line 3, is not plain YAML"),
+    "joblib no workers": (["sweep", "hydra/launcher=joblib", "hydra.launcher.n_jobs=0"],
+                          "hydra.launcher.n_jobs=0 is not a number of workers"),
+    "submitit folder given": (["sweep", "hydra/launcher=submitit_local", "hydra.launcher.submitit_folder=TMP/jobs"],
+                              "hydra.launcher.submitit_folder is set by Refinery"),
+    "pickle as resume": (["train", "method=autorefiner", "train.out=TMP/planted.safetensors"],
+                         "resume state TMP/planted.resume.pt is unreadable"),
 }
 STORE_FREE = {"train", "train-world", "distill", "train-reward", "train-probe", "vbench", "rnu"}  # take no paths.store
+PAYLOAD = "!!python/object/apply:os.system [touch PWNED]"  # a YAML tag and a pickle that would run a command
 
 
-def snapshot(root: Path) -> dict[str, tuple[int, str]]:
+def snapshot(root: Path) -> dict[str, tuple[int, str] | None]:
+    """Every file's size and digest, and every folder (None): a folder made and left empty counts."""
     return {str(p.relative_to(root)): (p.stat().st_size, hashlib.sha256(p.read_bytes()).hexdigest())
-            for p in sorted(root.rglob("*")) if p.is_file()}
+            if p.is_file() else None for p in sorted(root.rglob("*"))}
+
+
+class Planted:
+    def __reduce__(self):
+        return os.system, ("touch PWNED",)
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +134,11 @@ def world(tmp_path_factory):
     (tmp / "file").write_text("a plain file, not a folder")
     (tmp / "results" / "color_eval_results.json").mkdir(parents=True)
     (tmp / "nested_eval_results.json").write_text("[" * 100_000 + "]" * 100_000)
+    for name, text in (("tagged/configs/method/evil.yaml", f"name: base\nx: {PAYLOAD}\n"),
+                       ("broken/configs/method/broken.yaml", "name: base\nx: [1\n")):
+        (tmp / name).parent.mkdir(parents=True)
+        (tmp / name).write_text(text)
+    (tmp / "planted.resume.pt").write_bytes(pickle.dumps({"step": Planted()}, protocol=4))
     return tmp
 
 
@@ -118,14 +160,18 @@ def assert_refused(argv: list[str], expected: str, capsys) -> str:
 def test_hostile_input_is_one_line_exit_2_and_the_store_is_unchanged(name, world, capsys):
     argv, expected = CASES[name]
     argv = [fill(a, world) for a in argv]
-    if argv[0] not in STORE_FREE:  # the tiny cell's settings first: the case's own override wins
-        at = 2 if argv[0] == "weights" else 1
-        argv = [*argv[:at], *FAST, f"paths.store={world / 'store'}", *argv[at:]]
+    expected = fill(expected, world)
+    if argv[0] not in STORE_FREE:  # the tiny cell's settings first, but not those the case sets itself
+        at = 2 if argv[0] in ("weights", "list") else 1
+        argv = [*argv[:at], *fast_with(argv[at:], [*FAST, f"paths.store={world / 'store'}"])]
     before = snapshot(world)
     capsys.readouterr()
-    line = assert_refused(argv, expected, capsys)
+    with warnings.catch_warnings(record=True) as warned:  # a warning is a line on stderr outside pytest
+        warnings.simplefilter("always")
+        line = assert_refused(argv, expected, capsys)
+    assert not [str(w.message) for w in warned]
     assert "+sampler" not in line and "To append" not in line
-    assert snapshot(world) == before
+    assert snapshot(world) == before and not Path("PWNED").exists()
 
 
 def test_a_status_file_holding_a_list_is_one_line_naming_it(world, tmp_path, capsys):
@@ -138,3 +184,37 @@ def test_a_status_file_holding_a_list_is_one_line_naming_it(world, tmp_path, cap
     line = assert_refused(["report", *FAST, f"paths.store={store}", f"paths.reports={tmp_path}"], str(status), capsys)
     assert "status" in line
     assert snapshot(store) == before
+
+
+def test_a_job_folder_others_can_write_is_refused_before_anything_is_written(world, capsys):
+    """submitit's job pickles are code: a folder of them that group or others may enter is refused."""
+    from harness.experiment.launchers import job_folder
+
+    open_folder = job_folder(str(world / "jobs"), world / "store")
+    open_folder.mkdir(parents=True)
+    open_folder.chmod(0o777)
+    try:
+        before = snapshot(world)
+        capsys.readouterr()
+        assert_refused(["sweep", *FAST, f"paths.store={world / 'store'}", "hydra/launcher=submitit_local",
+                        f"paths.jobs={world / 'jobs'}"], "is open to group or others (mode 0777)", capsys)
+        assert snapshot(world) == before
+    finally:
+        shutil.rmtree(world / "jobs")
+
+
+def test_a_job_folder_is_private_and_one_per_store(tmp_path):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    from harness.experiment.launchers import job_folder, submitit_override, submitit_sweep_folder
+
+    submitit = OmegaConf.create({"submitit_folder": "x"})
+    folder = submitit_sweep_folder(submitit, str(tmp_path / "jobs"), tmp_path / "store", [])
+    assert folder.parent == job_folder(str(tmp_path / "jobs"), tmp_path / "store")
+    assert (folder.parent.stat().st_mode & 0o777) == 0o700 and not folder.parent.is_relative_to(tmp_path / "store")
+    assert job_folder(None, tmp_path / "store") != job_folder(None, tmp_path / "other")
+    assert submitit_sweep_folder(OmegaConf.create({"n_jobs": 2}), None, tmp_path / "store", []) is None
+    odd = tmp_path / "it's a\\folder"
+    (parsed,) = OverridesParser.create().parse_overrides([submitit_override(odd)])
+    assert parsed.value() == f"{odd}/%j"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import FAST, ROOT
-from harness.store import Store
+from harness.store.cells import Store
 
 pytestmark = pytest.mark.slow  # a CLI sweep in a subprocess, damaged and repaired; a killed writer
 from stores import contents, leftovers

@@ -5,9 +5,9 @@ import pandas as pd
 import pytest
 
 from harness.errors import UsageError
-from harness.leaderboard import Stores, check_comparable, write_leaderboard
-from harness.stats import holm, paired_difference, rank_intervals
-from harness.store import Store
+from harness.report.leaderboard import Stores, check_comparable, write_leaderboard
+from harness.report.stats import holm, paired_difference, rank_intervals
+from harness.store.cells import Store
 from synthetic import PROMPTS, base_values, write_cell
 
 N = len(PROMPTS) * 2

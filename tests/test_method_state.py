@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.rollout import Sampler, rollout
+from harness.engine.samplers import Sampler
+from harness.engine.rollout import rollout
 from methods.autorefiner import AutoRefiner
 from methods.cfg import ClassifierFreeGuidance
 from methods.pnp import PredictAndPerturb

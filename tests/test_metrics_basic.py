@@ -9,9 +9,9 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from omegaconf import OmegaConf
 
 from harness.errors import UsageError
-from harness.pipeline import check_metric_weights
-from harness.registry import METRICS
-from metrics.base import Metric, VideoBatch, WeightFile
+from harness.experiment.pipeline import check_metric_weights
+from harness.engine.registry import METRICS
+from harness.engine.metric import Metric, VideoBatch, WeightFile
 from metrics.compute import LEDGER_KEYS, Compute
 from metrics.dynamics import PSNR_CAP_DB, Dynamics, psnr, ssim
 from metrics.temporal_flicker import TemporalFlicker

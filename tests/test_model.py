@@ -125,7 +125,7 @@ def test_chunk_count_is_validated(toy):
 
 def test_autoencoder_round_trip_keeps_what_the_oracle_reads(toy):
     """The shipped autoencoder loses nothing the evaluation reads: shape errors of samples come from
-    the denoiser (README, "the toy model")."""
+    the denoiser (docs/shapes-world.md, "The toy models")."""
     for prompt in eval_prompts()[::6]:
         scene = parse(prompt.text)
         frames = torch.from_numpy(render(scene, 0)).float().permute(0, 3, 1, 2)

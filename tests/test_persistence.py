@@ -5,7 +5,7 @@ import pytest
 
 from harness.world.grammar import Scene, parse
 from harness.world.render import BACKGROUND, render, render_tracks, tracks
-from metrics.base import VideoBatch
+from harness.engine.metric import VideoBatch
 from metrics.world_alignment import WorldAlignment
 
 

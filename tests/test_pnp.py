@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from harness.errors import UsageError
-from harness.ledger import Ledger
-from harness.method import Method
+from harness.engine.ledger import Ledger
+from harness.engine.method import Method
 from conftest import prepared_rollout
-from harness.rollout import Sampler
+from harness.engine.samplers import Sampler
 from methods.base import Base
 from methods.cfg import ClassifierFreeGuidance
 from methods.pnp import PnpParams, PredictAndPerturb

@@ -9,8 +9,8 @@ import pytest
 
 from conftest import prepared_rollout
 from harness.errors import UsageError
-from harness.experiment import compose
-from harness.pipeline import load_model, sampler_from, to_uint8
+from harness.experiment.plans import compose
+from harness.experiment.pipeline import load_model, sampler_from, to_uint8
 from harness.world.grammar import parse
 from harness.world.oracle import read_video
 from methods.base import Base

@@ -3,14 +3,15 @@ local file with weights_only and scores differentiably; a video reward plugs in 
 the paper's mixture (train=reward_paper) cuts 2 random frames for image rewards and 4-frame clips 10
 frames apart for video rewards, and its gradients reach the pixels."""
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from harness.experiment import compose
+from harness.experiment.plans import compose
 from harness.errors import UsageError
-from harness.rollout import RolloutResult
-from harness.ledger import Ledger
+from harness.engine.context import RolloutResult
+from harness.engine.ledger import Ledger
 from harness.train.objectives import RewardObjective
 from harness.verifiers.hpsv2 import HPS_V2_1, HpsV2
 from harness.verifiers.video_reward import InternVideo2, VideoReward
@@ -110,7 +111,9 @@ def test_reward_paper_cuts_frames_and_clips_as_appendix_b_and_gradients_reach_th
     for row in range(2):
         picked = [int((videos[row] == clips[row, k]).flatten(1).all(1).nonzero()) for k in range(4)]
         assert [b - a for a, b in zip(picked, picked[1:])] == [10, 10, 10]
-    loss, figures = objective.loss(RolloutResult(videos, torch.zeros(2, 21, 16, 4, 4), Ledger()), ["a", "b"], gen)
+    spec = SimpleNamespace(video_frames=81)
+    loss, figures = objective.loss(RolloutResult(videos, torch.zeros(2, 21, 16, 4, 4), Ledger()), ["a", "b"],
+                                   objective.draw(spec, 2, gen))
     loss.backward()
     assert videos.grad.abs().sum() > 0 and set(figures) >= {"reward.hpsv2", "reward.tiny_video"}
     assert TinyVideoReward.seen[-1] == 4

@@ -9,11 +9,13 @@ import pytest
 from PIL import Image
 
 from harness.errors import UsageError
-from harness.report import CellRef, collect, report_folder, summarize, write_report
-from harness.report_figures import pareto_front
-from harness.stats import Resampling, clustered_mean, holm, paired_difference
-from harness.store import Store
-from harness.timing import Timing, write_timing
+from harness.store.cells import CellRef
+from harness.report.tables import build_report, collect, summarize
+from harness.report.write import report_folder, write_report
+from harness.report.figures import DPI, PANEL_INCHES, cost_quality_figures, pareto_front
+from harness.report.stats import Resampling, clustered_mean, holm, paired_difference
+from harness.store.cells import Store
+from harness.report.timing import Timing, write_timing
 from synthetic import PROMPTS, base_values, write_cell
 
 N = len(PROMPTS) * 2
@@ -59,7 +61,7 @@ def test_paired_csv_has_the_differences_with_holm_across_the_methods(sweep, tmp_
     paths = write_report(store, refs, tmp_path / "out", "T", metrics=["bench.score"], baseline="base")
     paired = pd.read_csv(paths["paired.csv"])
     assert list(paired.columns) == ["cell", "method", "metric", "baseline_cell", "delta", "ci_low", "ci_high",
-                                    "p_value", "p_holm", "n_pairs"]
+                                    "p_value", "p_holm", "n_pairs", "mde"]
     paired = paired.set_index("cell")
     assert sorted(paired.index) == ["better", "same", "worse"]  # complete cells only, not the baseline
     assert paired.loc["better", "delta"] == pytest.approx(0.05)
@@ -67,12 +69,14 @@ def test_paired_csv_has_the_differences_with_holm_across_the_methods(sweep, tmp_
     assert (paired["n_pairs"] == N).all()
     same_scores = collect(store, [refs[2]]).query("metric == 'bench.score'")["value"].to_numpy()
     reference = paired_difference(same_scores, base, CLUSTERS)
-    assert (paired.loc["same", "ci_low"], paired.loc["same", "ci_high"], paired.loc["same", "p_value"]) == \
-        pytest.approx((reference.ci_low, reference.ci_high, reference.p_value))
+    assert (paired.loc["same", "ci_low"], paired.loc["same", "ci_high"], paired.loc["same", "p_value"],
+            paired.loc["same", "mde"]) == pytest.approx((reference.ci_low, reference.ci_high, reference.p_value,
+                                                         reference.mde))
     assert paired["p_holm"].to_numpy() == pytest.approx(holm(paired["p_value"].to_numpy()))
     md = paths["report.md"].read_text()
     rows = _md_rows(md, "Paired differences against method=base")
     assert rows["better"].count("*") == 1 and rows["worse"].count("*") == 1 and "*" not in rows["same"]
+    assert f"MDE {paired.loc['same', 'mde']:.3f}" in rows["same"] and "MDE" not in rows["better"]
 
 
 def test_bold_only_where_the_best_is_significantly_ahead(tmp_path):
@@ -238,6 +242,19 @@ def test_fps_comes_from_the_timing_pass_never_from_generation(sweep, tmp_path):
     md = write_report(store, refs, tmp_path / "c", "T", timings={"better": busy}, **options)["report.md"].read_text()
     assert _md_rows(md, "Summary: cost and headline scores")["better"].split(" | ")[3] == "**0.40 (loaded)**"
     assert "1 of 1 passes ran while other processes loaded the machine (1-minute load up to 5.0 on 2 cores)" in md
+
+
+def test_the_cost_figure_draws_time_only_after_a_timing_pass(sweep):
+    """Without a timing pass: the NFE panel alone, and a caption saying how to get FPS; with one, a
+    second panel of the same size beside it."""
+    store, refs, _ = sweep
+    options = dict(headline=["bench.score"], baseline="base", resampling=Resampling(draws=100, permutations=99))
+    (untimed,) = cost_quality_figures(build_report(store, refs, "T", **options))
+    timing = _timing("better", [0.4, 0.5, 0.6], [0.2, 0.2, 0.2])
+    (timed,) = cost_quality_figures(build_report(store, refs, "T", timings={"better": timing}, **options))
+    assert "`refinery bench`" in untimed.caption and "refinery bench" not in timed.caption
+    widths = [Image.open(io.BytesIO(f.png)).width for f in (untimed, timed)]
+    assert widths[1] - widths[0] == round(PANEL_INCHES * DPI)
 
 
 def test_bad_input_is_refused_before_anything_is_written(sweep, tmp_path):

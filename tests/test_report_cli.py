@@ -6,12 +6,13 @@ import sys
 import pandas as pd
 import pytest
 
-from conftest import FAST, ROOT
+from conftest import FAST, fast_with, ROOT
 
 pytestmark = pytest.mark.slow  # CLI runs, sweeps and benches in subprocesses
 
 # 2 samplers' steps x 2 seeds of the quickstart experiment, at FAST's size
-CELLS = [*FAST, "experiment=quickstart", "sampler=stochastic", "report.baseline='sampler.steps=2'"]
+CELLS = [*(o for o in FAST if not o.startswith("sampler.steps")), "experiment=quickstart", "sampler=stochastic",
+         "report.baseline='sampler.steps=2'"]  # each test sets sampler.steps (a key is given once)
 
 
 def refinery(*args):
@@ -99,7 +100,7 @@ def test_a_baseline_matching_several_cells_or_none_is_refused(store, tmp_path):
                       f"paths.reports={tmp_path}")
     assert "matches 2 cells" in several and "seed=0" in several and "seed=1" in several
     assert "report.baseline='sampler.steps=2 seed=0'" in several
-    none = refused("report", *CELLS, "sampler.steps=2,3", "seed=0", "report.baseline='sampler.steps=7'",
+    none = refused("report", *fast_with(["report.baseline='sampler.steps=7'"], CELLS), "sampler.steps=2,3", "seed=0",
                    f"paths.store={store}", f"paths.reports={tmp_path}")
     assert "baseline cell" in none and "missing" in none and "refinery sweep" in none
     assert not any(tmp_path.iterdir())

@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from conftest import ROOT
-from harness.ledger import Ledger
-from harness.method import Method
-from harness.noise import NoiseSource
-from harness.pipeline import cpu_threads
-from harness.rollout import Sampler, renoise, rollout
+from harness.engine.ledger import Ledger
+from harness.engine.method import Method
+from harness.engine.noise import NoiseSource
+from harness.experiment.pipeline import cpu_threads
+from harness.engine.samplers import Sampler, renoise
+from harness.engine.rollout import rollout
 from methods.base import Base
 
 PROMPTS = ["a red circle bouncing", "a green triangle falling"]
@@ -37,8 +38,8 @@ def test_bit_identical_across_processes_whatever_their_threads_environment(toy, 
     count, so without it 1 and 2 threads give other bits at some batch sizes (batch 2 here, on AMD EPYC)."""
     script = (
         "import sys, torch; sys.path.insert(0, '.');"
-        "from harness.models.toy import load_toy; from harness.rollout import rollout, Sampler;"
-        "from harness.pipeline import cpu_threads; from methods.base import Base\n"
+        "from harness.models.toy import load_toy; from harness.engine.rollout import rollout, Sampler;"
+        "from harness.experiment.pipeline import cpu_threads; from methods.base import Base\n"
         f"with cpu_threads(2): r = rollout(load_toy().with_chunks(2), Base(), {PROMPTS!r}, {SEEDS!r}, Sampler())\n"
         "torch.save(r.videos, sys.argv[1])"
     )

@@ -7,7 +7,7 @@ from typing import Literal
 import pytest
 
 from harness.errors import UsageError
-from harness.schema import check, option
+from harness.engine.schema import check, option
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from harness.errors import UsageError
-from harness.ledger import Ledger
-from harness.rollout import Sampler, rollout
+from harness.engine.ledger import Ledger
+from harness.engine.samplers import Sampler
+from harness.engine.rollout import rollout
 from harness.verifiers.base import Verifier
 from methods.base import Base
 from methods.bon import BestOfN

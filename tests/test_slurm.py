@@ -4,6 +4,7 @@ hydra/launcher=slurm fills the store byte for byte as the basic launcher does, a
 mid-cell is finished by a rerun to the same store, and a SLURM sweep that cannot work is refused in
 one line. `make test-slurm` runs this module alone."""
 import json
+import re
 import os
 import signal
 import subprocess
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.slow  # sweeps on a one-node SLURM cluster
 
 # 2 cells of 8 videos, one video per batch (so that a kill lands between batches), 1 thread each:
 # cpus_per_task follows threads, so the node's 2 CPUs run both array tasks at once
-CELLS = [o for o in FAST if not o.startswith(("batch_size", "samples_per_prompt"))] + [
+CELLS = [o for o in FAST if not o.startswith(("batch_size", "samples_per_prompt", "sampler.steps"))] + [
     "samples_per_prompt=2", "batch_size=1", "threads=1"]
 SWEEP = [*CELLS, "sampler.steps=2,3"]
 SLURM = ["hydra/launcher=slurm", "hydra.launcher.partition=debug"]
@@ -95,12 +96,27 @@ def empty_folder(tmp_path: Path) -> Path:
 
 def test_a_slurm_sweep_fills_the_store_as_the_basic_launcher(cluster, local_store, tmp_path):
     store, work = tmp_path / "store", empty_folder(tmp_path)
-    result = refinery(cluster.env, work, "sweep", *SWEEP, *SLURM, f"paths.store={store}")
+    jobs = tmp_path / "jobs"
+    result = refinery(cluster.env, work, "sweep", *SWEEP, *SLURM, f"paths.store={store}", f"paths.jobs={jobs}")
     assert result.returncode == 0, result.stdout + result.stderr
     assert contents(store) == contents(local_store) and not leftovers(store)
-    logs = sorted(store.glob(".sweeps/*/.submitit/*_*/*_log.out"))  # one folder per array task
+    logs = sorted(jobs.glob("*/*/*_*/*_log.out"))  # <store digest>/<time>/<array task>/: one folder per task
     assert len(logs) == 2 and all("videos generated" in log.read_text() for log in logs)
-    assert not any(work.iterdir())  # logs and Hydra's files go under the store, not the working folder
+    assert not list(store.rglob("*.pkl")) and list(jobs.rglob("*.pkl"))  # submitit's pickles: never in the store
+    assert not any(work.iterdir())  # logs go to paths.jobs and Hydra's files under the store, not the working folder
+
+
+def test_a_sharded_slurm_sweep_fills_the_store_as_the_basic_launcher(cluster, local_store, tmp_path):
+    """launcher.shards=2: two array tasks per cell share its videos; the store is the same."""
+    store, work, jobs = tmp_path / "store", empty_folder(tmp_path), tmp_path / "jobs"
+    result = refinery(cluster.env, work, "sweep", *SWEEP, *SLURM, "launcher.shards=2", f"paths.store={store}",
+                      f"paths.jobs={jobs}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert contents(store) == contents(local_store) and not leftovers(store)
+    logs = sorted(jobs.glob("*/*/*_*/*_log.out"))  # <store digest>/<time>/<array task>/
+    assert len(logs) == 4  # 2 cells x 2 shards, one array task each
+    tasks = {json.loads(p.read_text())["worker"]["slurm_task"] for p in store.glob("cells/*/records/*.json")}
+    assert all(t and "_" in t for t in tasks)  # every record names the array task that wrote it
 
 
 def _until(condition, what: str, timeout: float = 120) -> None:
@@ -130,7 +146,8 @@ def test_an_array_task_cancelled_mid_cell_is_finished_by_a_rerun(cluster, local_
     slow.mkdir()
     (slow / "sitecustomize.py").write_text(SLOW_DISK)  # every Python process of this sweep imports it
     one_cell = [*CELLS, "sampler.steps=2"]  # one of local_store's cells
-    sweep = refinery(cluster.env, work, "sweep", *one_cell, *SLURM, f"paths.store={store}", wait=False,
+    jobs = f"paths.jobs={tmp_path / 'jobs'}"
+    sweep = refinery(cluster.env, work, "sweep", *one_cell, *SLURM, f"paths.store={store}", jobs, wait=False,
                      path=f"{slow}:{ROOT}", log=tmp_path / "sweep.log")
     try:
         cell, status = _running_cell(store)
@@ -147,26 +164,32 @@ def test_an_array_task_cancelled_mid_cell_is_finished_by_a_rerun(cluster, local_
             sweep.wait()
     verify = refinery(cluster.env, work, "verify", f"paths.store={store}")
     assert f"cell {cell.name}: interrupted" in verify.stdout and "refinery run" in verify.stdout, verify.stdout
-    again = refinery(cluster.env, work, "sweep", *one_cell, *SLURM, f"paths.store={store}")
+    again = refinery(cluster.env, work, "sweep", *one_cell, *SLURM, f"paths.store={store}", jobs)
     assert again.returncode == 0, again.stdout + again.stderr
     expected = {f: c for f, c in contents(local_store).items() if f.startswith(f"cells/{cell.name}/")}
     assert contents(store) == expected and not leftovers(store)
-    job_logs = "".join(p.read_text() for p in store.glob(".sweeps/*/.submitit/*/*_log.err"))
-    assert f"cell {cell.name}: taking over the lock of" in job_logs  # the killed task's lock, by PID
+    job_logs = "".join(p.read_text() for p in (tmp_path / "jobs").glob("*/*/*/*_log.err"))
+    # the killed task's claim on its batch, taken over by PID
+    assert re.search(rf"cell {cell.name} videos from \d+: taking over the lock of", job_logs), job_logs
     assert not any(work.iterdir())
 
 
 BAD_INPUT = {
     "unknown partition": (["hydra.launcher.partition=nope"], "unknown SLURM partition 'nope'"),
     "store only this host sees": (["hydra.launcher.partition=multi"], "which the other nodes of partition multi"),
+    "job pickles only this host sees": (["paths.jobs=/dev/shm/refinery-test-jobs", "hydra.launcher.partition=multi"],
+                                        "paths.jobs=/dev/shm/refinery-test-jobs/"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUT))
 def test_a_slurm_sweep_that_cannot_work_is_refused_in_one_line(cluster, tmp_path, case):
     overrides, expected = BAD_INPUT[case]
-    # /dev/shm is memory of this host: the partition `multi` also has the node `ghost`
-    store = Path("/dev/shm") / f"refinery-test-{uuid.uuid4().hex[:8]}" if "multi" in overrides[0] else tmp_path / "s"
+    # /dev/shm is memory of this host: the partition `multi` also has the node `ghost`; a store the
+    # nodes could share (under the home folder) where the case is about something else
+    name = f"refinery-test-{uuid.uuid4().hex[:8]}"
+    store = (Path("/dev/shm") / name if overrides[0].startswith("hydra.launcher.partition=multi")
+             else Path.home() / ".cache" / name if "hydra.launcher.partition=multi" in overrides else tmp_path / "s")
     try:
         result = refinery(cluster.env, tmp_path, "sweep", *SWEEP, "hydra/launcher=slurm", *overrides,
                           f"paths.store={store}")
@@ -185,3 +208,26 @@ def test_a_slurm_sweep_without_sbatch_is_refused_in_one_line(tmp_path):
     assert result.returncode == 2, result.stdout + result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "needs SLURM's sbatch on PATH" in lines[0], result.stderr
+
+
+def test_a_training_job_runs_two_gloo_ranks_that_train_as_one_process_accumulating(cluster, tmp_path):
+    """`refinery train train.slurm=...`: one SLURM job of 2 tasks on this CPU node, each a gloo rank
+    (submitit's TorchDistributedEnvironment), trains the weights one process trains with one video per
+    micro-batch, bit for bit, and only rank 0 writes."""
+    import torch
+    from safetensors.torch import load_file
+
+    settings = ["method=lora", "model.num_chunks=2", "sampler.steps=2", "train.batch=2", "train.steps=1",
+                "train.threads=1"]
+    one = tmp_path / "one" / "lora_reward.safetensors"
+    alone = refinery(os.environ, ROOT, "train", *settings, "train.micro_batch=1", f"train.out={one}")
+    assert alone.returncode == 0, alone.stderr
+    two = tmp_path / "two" / "lora_reward.safetensors"
+    job = refinery(cluster.env, ROOT, "train", *settings, f"train.out={two}",
+                   "train.slurm={nodes: 1, tasks_per_node: 2, partition: debug}")
+    assert job.returncode == 0, job.stdout + job.stderr
+    a, b = load_file(str(two)), load_file(str(one))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in b)
+    logs = list(two.parent.glob("lora_reward.slurm/*/*_log.out"))
+    assert len(logs) == 2  # one per task
+    assert len((two.parent / "lora_reward.log.jsonl").read_text().splitlines()) == 1  # rank 0's line only

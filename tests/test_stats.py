@@ -1,12 +1,11 @@
-"""harness.stats against hand computations, exact enumerations and scipy."""
+"""harness.report.stats against hand computations, exact enumerations and scipy."""
 import itertools
 
 import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from harness.stats import (Resampling, clustered_mean, holm, paired_difference, rank_intervals,
-                           sign_flip_p)
+from harness.report.stats import Resampling, clustered_mean, holm, paired_difference, rank_intervals, sign_flip_p
 
 # A small fixed table: 3 prompts, 2 seeds each (prompt-major), a method and its baseline.
 PROMPTS = np.array(["a", "a", "b", "b", "c", "c"])
@@ -43,7 +42,7 @@ def test_the_bootstrap_resamples_prompts_not_videos():
     values = np.array([0.1, 0.12, 0.11, 0.5, 0.52, 0.48, 0.9, 0.88, 0.91, 0.3, 0.29, 0.33])
     per_prompt = values.reshape(4, 3).mean(axis=1)
     exact = [per_prompt[list(draw)].mean() for draw in itertools.product(range(4), repeat=4)]
-    from harness.stats import bootstrap_means, cluster_sums
+    from harness.report.stats import bootstrap_means, cluster_sums
 
     sums, counts = cluster_sums(values, prompts)
     draws = bootstrap_means(sums, counts, Resampling(draws=20000, seed=1))[0]
@@ -125,3 +124,48 @@ def test_rank_intervals_separate_clear_gaps_and_overlap_ties():
     lower_is_better = rank_intervals(np.stack([base, base + 0.2]), prompts, False)
     assert [r.rank for r in lower_is_better] == [1, 2]
     assert rank_intervals(noisy, prompts, True) == tied  # seeded
+
+
+def test_the_minimal_detectable_effect_is_detected_with_80_percent_power():
+    """By definition: prompts whose true mean difference is the MDE are found significant by the
+    two-sided t-test at 0.05 in 80% of draws (simulated, 40,000 experiments of 12 prompts)."""
+    from harness.report.stats import minimal_detectable_effect
+
+    rng = np.random.default_rng(0)
+    k, spread = 12, 0.05
+    observed = rng.normal(0.0, spread, k)  # one evaluation: 12 prompts, one pair each
+    mde = minimal_detectable_effect(observed, np.ones(k), alpha=0.05)
+    sd = observed.std(ddof=1)
+    experiments = rng.normal(mde, sd, (40_000, k))  # the same spread, the true effect at the MDE
+    rejected = scipy_stats.ttest_1samp(experiments, 0.0, axis=1).pvalue < 0.05
+    assert rejected.mean() == pytest.approx(0.80, abs=0.01)
+    # with many prompts it tends to the normal approximation (z_0.975 + z_0.8) SE
+    many = rng.normal(0.0, spread, 400)
+    se = many.std(ddof=1) / np.sqrt(many.size)
+    normal = (scipy_stats.norm.ppf(0.975) + scipy_stats.norm.ppf(0.8)) * se
+    assert minimal_detectable_effect(many, np.ones(many.size), 0.05) == pytest.approx(normal, rel=0.01)
+
+
+def test_the_mde_is_clustered_by_prompt_as_the_report_bootstrap_is():
+    """Seeds of one prompt are correlated: the MDE's standard error is that of the prompt-clustered
+    design, which the report's own bootstrap of the paired mean estimates too (not the smaller one
+    that would treat every video as independent)."""
+    from harness.report.stats import bootstrap_means, cluster_sums, minimal_detectable_effect
+    from scipy import stats as st
+
+    rng = np.random.default_rng(1)
+    prompts = np.repeat(np.arange(30), rng.integers(1, 5, 30)).astype(str)  # 1-4 seeds per prompt
+    per_prompt = rng.normal(0.0, 0.1, 30)[prompts.astype(int)]
+    diff = per_prompt + rng.normal(0.0, 0.01, prompts.size)  # mostly shared within a prompt
+    sums, counts = cluster_sums(diff, prompts)
+    mde = minimal_detectable_effect(sums, counts, 0.05)
+    boot_se = bootstrap_means(sums, counts, Resampling(draws=4000, seed=0))[0].std()
+    factor = st.t.ppf(0.975, 29) + st.t.ppf(0.8, 29)  # about the noncentral-t factor at 29 df
+    assert mde == pytest.approx(factor * boot_se, rel=0.1)
+    naive = factor * diff.std(ddof=1) / np.sqrt(diff.size)
+    assert mde > 1.3 * naive
+
+
+def test_a_paired_difference_states_its_mde():
+    result = paired_difference(METHOD, BASE, PROMPTS, Resampling(draws=200))
+    assert result.mde > abs(result.delta) > 0  # 3 prompts: this evaluation could not detect its own Δ

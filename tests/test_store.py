@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import harness.lease
+import harness.store.lease
 from conftest import ROOT
 from harness.errors import UsageError
-from harness.lease import LeaseLost
-from harness.files import atomic_write_bytes, atomic_write_json
-from harness.store import LockTimeout, Store, cell_key
+from harness.store.lease import LeaseLost
+from harness.store.files import atomic_write_bytes, atomic_write_json
+from harness.store.cells import LockTimeout, Store, cell_key
 
 
 def _spec(**over):
@@ -189,7 +189,7 @@ def said(monkeypatch):
         lines.append(line)
         event.set()
 
-    monkeypatch.setattr(harness.lease, "say", say)
+    monkeypatch.setattr(harness.store.lease, "say", say)
     return lines, event
 
 
@@ -204,20 +204,26 @@ def _foreign_lock(cell, heartbeat_age_s: float) -> Path:
     return lock
 
 
-def test_foreign_hosts_stale_lock_is_taken_over_with_one_line(tmp_path, said):
+def test_foreign_hosts_stale_lock_is_taken_over_with_one_line(tmp_path, said, monkeypatch):
+    """A lock whose time is older than a lease, unchanged for two heartbeats while watched."""
+    monkeypatch.setattr(harness.store.lease, "HEARTBEAT_S", 0.5)
     cell = Store(tmp_path).cell("abc")
-    _foreign_lock(cell, heartbeat_age_s=harness.lease.LEASE_S + 1)
+    _foreign_lock(cell, heartbeat_age_s=harness.store.lease.LEASE_S + 1)
+    start = time.monotonic()
     with cell.lock(timeout=5):
         assert json.loads((cell.path / ".lock").read_text())["host"] == socket.gethostname()
+    assert time.monotonic() - start >= 1.0  # watched for 2 heartbeats first
     lines, _ = said
-    assert len(lines) == 1
-    assert lines[0].startswith("cell abc: taking over the lock of elsewhere pid 4242 (SLURM job 77)")
+    assert len(lines) == 2 and lines[0].startswith("cell abc: waiting for elsewhere pid 4242")
+    assert lines[0].endswith("(taken over if no heartbeat is seen for 1 s)")
+    assert lines[1].startswith("cell abc: taking over the lock of elsewhere pid 4242 (SLURM job 77)")
+    assert "(no heartbeat seen for 1 s; a lease lasts 60 s)" in lines[1]
 
 
 def test_foreign_hosts_fresh_lock_is_waited_for_with_who_and_since(tmp_path, said):
     cell = Store(tmp_path).cell("abc")
     lock = _foreign_lock(cell, heartbeat_age_s=0)
-    since = harness.lease.iso(json.loads(lock.read_text())["since"])
+    since = harness.store.lease.iso(json.loads(lock.read_text())["since"])
     with pytest.raises(LockTimeout, match="held by elsewhere pid 4242"):
         with cell.lock(timeout=0.5):
             pass
@@ -250,9 +256,9 @@ def test_a_waiter_gets_the_lock_when_its_foreign_holder_releases(tmp_path, said)
 def test_heartbeat_keeps_a_foreign_holders_lease(tmp_path, monkeypatch):
     """A holder elsewhere whose heartbeat thread runs is never taken over, even after several leases."""
     cell = Store(tmp_path).cell("abc")
-    monkeypatch.setattr(harness.lease, "HEARTBEAT_S", 0.1)
-    monkeypatch.setattr(harness.lease.socket, "gethostname", lambda: "elsewhere")
-    waiter = ("import sys; import harness.lease as l; from harness.store import Store, LockTimeout;"
+    monkeypatch.setattr(harness.store.lease, "HEARTBEAT_S", 0.1)
+    monkeypatch.setattr(harness.store.lease.socket, "gethostname", lambda: "elsewhere")
+    waiter = ("import sys; import harness.store.lease as l; from harness.store.cells import Store, LockTimeout;"
               "l.LEASE_S = 2.0; cell = Store(sys.argv[1]).cell('abc')\n"
               "try:\n  cell.lock(timeout=6).__enter__(); print('took it')\n"
               "except LockTimeout: print('timed out')")
@@ -267,7 +273,7 @@ def test_heartbeat_keeps_a_foreign_holders_lease(tmp_path, monkeypatch):
 
 def test_a_holder_whose_lease_was_taken_over_stops_and_leaves_the_new_lock(tmp_path, monkeypatch):
     cell = Store(tmp_path).cell("abc")
-    monkeypatch.setattr(harness.lease, "HEARTBEAT_S", 0.05)
+    monkeypatch.setattr(harness.store.lease, "HEARTBEAT_S", 0.05)
     with cell.lock() as lease:
         lock = cell.path / ".lock"
         lock.unlink()  # what a waiter does when this holder's heartbeat lapsed ...
@@ -297,7 +303,7 @@ def test_a_running_cell_whose_holder_is_gone_is_interrupted(tmp_path):
     assert cell.state() == "interrupted" and cell.resume_command() == f"refinery run seed=3 paths.store={tmp_path}"
     _foreign_lock(cell, heartbeat_age_s=0)
     assert cell.state() == "running"  # a live holder elsewhere
-    _foreign_lock(cell, heartbeat_age_s=harness.lease.LEASE_S + 1)
+    _foreign_lock(cell, heartbeat_age_s=harness.store.lease.LEASE_S + 1)
     assert cell.state() == "interrupted"
 
 
@@ -373,7 +379,12 @@ def test_a_repair_that_reproduces_every_byte_keeps_the_scores(tmp_path):
     video.unlink()
     atomic_write_bytes(video, data)  # regenerated with the same bytes
     cell.write_manifest(2)
-    assert cell.manifest() == before and set(cell.read_scores()) == {"dyn"}
+    assert _contents(cell.manifest()) == _contents(before) and set(cell.read_scores()) == {"dyn"}
+
+
+def _contents(manifest: dict) -> dict:
+    """A manifest without its files' times (a rewritten file has a new one)."""
+    return {f: (e["sha256"], e["size"]) for f, e in manifest["files"].items()}
 
 
 def test_a_rewritten_record_leaves_the_scores_stale(tmp_path):

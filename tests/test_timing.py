@@ -4,30 +4,30 @@ import statistics
 
 import pytest
 
-import harness.rollout
-from conftest import FAST
-from harness.experiment import compose
+import harness.engine.rollout
+from conftest import fast_with
+from harness.experiment.plans import compose
 from harness.errors import UsageError
-from harness.pipeline import resolve_run
-from harness.timing import Timing, read_timings, time_against, write_timing
+from harness.experiment.pipeline import resolve_run
+from harness.report.timing import Timing, read_timings, time_against, write_timing
 
 
 @pytest.fixture(scope="module")
 def runs():
-    return {name: resolve_run(compose([*FAST, *extra]))
+    return {name: resolve_run(compose(fast_with(extra)))
             for name, extra in {"base": [], "steps3": ["sampler.steps=3"],
                                 "other_seeds": ["seed=5"]}.items()}
 
 
 def test_method_and_baseline_alternate_on_the_same_videos(runs, monkeypatch):
     calls = []
-    real = harness.rollout.rollout
+    real = harness.engine.rollout.rollout
 
     def recording(model, method, prompts, seeds, sampler, *args, **kwargs):
         calls.append((sampler.steps, tuple(prompts), tuple(seeds)))
         return real(model, method, prompts, seeds, sampler, *args, **kwargs)
 
-    monkeypatch.setattr(harness.rollout, "rollout", recording)
+    monkeypatch.setattr(harness.engine.rollout, "rollout", recording)
     timing = time_against(runs["steps3"], runs["base"], batch=3, repeats=4, warmup=1)
     # warm-up M B, then M B | B M | M B | B M: drift of the machine weighs on both alike
     assert [steps for steps, _, _ in calls] == [3, 2, 3, 2, 2, 3, 3, 2, 2, 3]

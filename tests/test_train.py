@@ -8,11 +8,13 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from conftest import fast_with
 from harness.cli import main
-from harness.experiment import compose
+from harness.experiment.plans import compose
 from harness.errors import UsageError
-from harness.registry import VERIFIERS
-from harness.rollout import Sampler, rollout
+from harness.engine.registry import VERIFIERS
+from harness.engine.samplers import Sampler
+from harness.engine.rollout import rollout
 from harness.train import trainer
 from harness.train.checkpoints import log_path, resume_path
 from harness.train.trainer import resolve_training, train, train_step
@@ -27,7 +29,7 @@ CASES = [("lora", "reward"), ("init_noise_refiner", "reward"), ("autorefiner", "
 
 def config(tmp_path: Path, method: str, objective: str = "reward", *extra: str):
     out = tmp_path / f"{method}_{objective}.safetensors"
-    return compose([f"+train={objective}", f"method={method}", *TINY, f"train.out={out}", *extra])
+    return compose(fast_with([f"+train={objective}", f"method={method}", f"train.out={out}", *extra], TINY))
 
 
 def tensors(t) -> dict[str, torch.Tensor]:

@@ -7,9 +7,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness.experiment import compose
-from harness.pipeline import generate, open_store, resolve_run, score
-from harness.report import CellRef, write_report
+from harness.experiment.plans import compose
+from harness.experiment.pipeline import generate, open_store, resolve_run, score
+from harness.store.cells import CellRef
+from harness.report.write import write_report
 from test_compute_columns import SELF_FORCING
 
 pytestmark = pytest.mark.slow  # the fixture generates and scores cells of the refiners

@@ -2,6 +2,7 @@
 preflight's listing of missing weights, the export's names and prompt mapping, evaluate through a
 stand-in for the `vbench` package (not installed here), ingest into the store, and bad input."""
 import json
+import os
 import subprocess
 import sys
 
@@ -11,8 +12,9 @@ import pytest
 from conftest import FAST, ROOT
 from harness.cli import main
 from harness.errors import UsageError
-from harness.report import CellRef, collect
-from harness.store import Store, cell_key
+from harness.store.cells import CellRef
+from harness.report.tables import collect
+from harness.store.cells import Store, cell_key
 from harness.vbench.evaluate import REQUIRED, Settings, check_videos, missing_weights, preflight, probe_video
 from harness.vbench.export import export_cell, read_export, write_mp4
 from harness.vbench.ingest import ingest
@@ -455,3 +457,94 @@ def test_standard_preflight_expects_five_samples_of_each_prompt_of_the_dimension
         check_videos(export.video_dir, [f"a cat-{i}.mp4" for i in range(5)], only_expected=False)
     with pytest.raises(UsageError, match="a cat-4.mp4"):
         preflight(export.path, s)
+
+
+# -- several workers ------------------------------------------------------------------------------
+
+def vbench_like_python(tmp_path):
+    """An interpreter whose `vbench` scores two dimensions as the real package does on one process:
+    temporal_flickering (vbench/temporal_flickering.py: per-video MAE of consecutive frames in float32,
+    np.mean over the videos in os.listdir order) and a frame-weighted subject_consistency (per-frame
+    pair similarities summed over all videos, divided by the pair count). It also notes each call's
+    CUDA_VISIBLE_DEVICES and video folder."""
+    site = tmp_path / "vbsite"
+    (site / "vbench").mkdir(parents=True)
+    (site / "vbench" / "__init__.py").write_text('''
+import json, os
+import numpy as np, imageio_ffmpeg
+
+def frames(path):
+    reader = imageio_ffmpeg.read_frames(path)
+    width, height = next(reader)["size"]
+    return [np.frombuffer(b, np.uint8).reshape(height, width, 3) for b in reader]
+
+def flicker(path):
+    f = frames(path)
+    maes = [np.mean(np.abs(np.float32(a) - np.float32(b))) for a, b in zip(f, f[1:])]
+    return (255.0 - np.mean(np.array(maes)).item()) / 255.0
+
+class VBench:
+    def __init__(self, device, full_info_dir, output_path):
+        self.output_path = output_path
+        os.makedirs(output_path, exist_ok=True)
+    def evaluate(self, videos_path, name, prompt_list=[], dimension_list=None, local=False, mode="", **kw):
+        listed = [os.path.join(videos_path, f) for f in os.listdir(videos_path)]
+        results = {}
+        for dim in dimension_list:
+            if dim == "temporal_flickering":
+                per = [{"video_path": p, "video_results": flicker(p)} for p in listed]
+                results[dim] = [np.mean([v["video_results"] for v in per]), per]
+            else:
+                sim, cnt, per = 0.0, 0, []
+                for p in listed:
+                    levels = [float(f.mean()) / 255 for f in frames(p)]
+                    pair = [1 - abs(a - b) for a, b in zip(levels, levels[1:])]
+                    sim, cnt = sim + sum(pair), cnt + len(pair)
+                    per.append({"video_path": p, "video_results": sum(pair) / len(pair)})
+                results[dim] = [sim / cnt, per]
+        with open(os.path.join(self.output_path, name + "_eval_results.json"), "w") as f:
+            json.dump(results, f)
+        with open(os.path.join(os.environ["CALLS"], name + ".json"), "w") as f:
+            json.dump({"videos": videos_path, "count": len(listed), "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                       "dimensions": dimension_list}, f)
+''')
+    python = tmp_path / "python"
+    python.write_text(f'#!/bin/sh\nPYTHONPATH="{site}" exec "{sys.executable}" "$@"\n')
+    python.chmod(0o755)
+    return python
+
+
+@pytest.mark.slow
+def test_two_workers_reproduce_the_single_process_numbers_exactly(tmp_path, capsys, monkeypatch):
+    """One VBench call per worker over a share of the videos (temporal_flickering), or over all of them
+    for a frame-weighted dimension (subject_consistency): the merged file equals one process's."""
+    _, cell = make_cell(tmp_path / "store", [f"prompt {p}" for p in range(5)], [0])  # 5 videos: shares of 3 and 2
+    for i in range(5):  # frame counts differ, so frame- and video-weighted means differ
+        cell.write_video(i, smooth_video(i, frames=4 + 2 * i), cell.read_record(i))
+    python = vbench_like_python(tmp_path)
+    dims = "vbench.dimensions=[temporal_flickering,subject_consistency]"
+    monkeypatch.setenv("CALLS", str(tmp_path / "calls"))
+    results = {}
+    for workers in (1, 2):
+        (tmp_path / "calls").mkdir()
+        s = settings(tmp_path)
+        place_weights(s, ["subject_consistency"])
+        export = export_cell(cell, tmp_path / f"out{workers}", "custom_input", 16, 17)
+        overrides = [f"vbench.python={python}", f"paths.weights={tmp_path / 'weights'}", "vbench.device=cpu", dims]
+        assert main(["vbench", "evaluate", str(export.path), *overrides, f"vbench.workers={workers}"]) == 0, \
+            capsys.readouterr().err
+        results[workers] = json.loads(next(export.result_dir.glob("*_eval_results.json")).read_text())
+        calls = [json.loads(p.read_text()) for p in sorted((tmp_path / "calls").iterdir())]
+        subprocess.run(["rm", "-rf", str(tmp_path / "calls")], check=True)
+        assert not (export.path / ".shards").exists()
+        if workers == 2:
+            assert sorted(c["count"] for c in calls if c["dimensions"] == ["temporal_flickering"]) == [2, 3]
+            whole, = [c for c in calls if c["dimensions"] == ["subject_consistency"]]
+            assert whole["videos"] == str(export.video_dir.resolve())
+        one_path = str(export.video_dir.resolve())
+        for dim in ("temporal_flickering", "subject_consistency"):
+            results[workers][dim][1] = [{**v, "video_path": v["video_path"].replace(one_path, "VIDEOS")}
+                                        for v in results[workers][dim][1]]
+    assert results[2] == results[1]  # scores to the last bit, per-video lists in the same order
+    per_video = [v["video_results"] for v in results[1]["subject_consistency"][1]]
+    assert results[1]["subject_consistency"][0] != pytest.approx(np.mean(per_video), abs=1e-9)  # frame-weighted

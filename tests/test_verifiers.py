@@ -170,7 +170,7 @@ def test_clip_score_is_the_mean_frame_clipscore(tmp_path, monkeypatch):
 
 
 def test_clip_score_metric_scores_stored_videos_like_the_verifier(tmp_path, monkeypatch):
-    from metrics.base import VideoBatch
+    from harness.engine.metric import VideoBatch
     from metrics.clip_score import ClipScoreMetric
 
     monkeypatch.setitem(sys.modules, "open_clip", Tripwire("open_clip"))
@@ -188,7 +188,7 @@ def test_clip_score_metric_scores_stored_videos_like_the_verifier(tmp_path, monk
 
 
 def test_reward_metric_is_the_verifier_score_of_each_stored_video(reward):
-    from metrics.base import VideoBatch
+    from harness.engine.metric import VideoBatch
     from metrics.reward import Reward
 
     metric = Reward(weights_dir=Path("unused"))

@@ -12,14 +12,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, fast_with
 from harness.cli import main
-from harness.experiment import compose
+from harness.experiment.plans import compose
 from harness.models.base import NoiseLevel
-from harness.models.wan_causal.loader import ARCHITECTURES, build_tiny, save_tiny
+from harness.models.wan_causal.loader import build_tiny, save_tiny
+from harness.models.wan_causal.parts import ARCHITECTURES
 from harness.models.wan_causal.model import WanCausalConfig, WanCausalModel
-from harness.pipeline import load_model, sampler_from
-from harness.rollout import Sampler, rollout
+from harness.experiment.pipeline import load_model, sampler_from
+from harness.engine.samplers import Sampler
+from harness.engine.rollout import rollout
 from methods.base import Base
 
 PROMPTS = ["a red circle bouncing", "a blue square and a yellow triangle moving left"]
@@ -219,7 +221,7 @@ def test_bad_prompts_and_settings_are_one_line_before_anything_is_written(tmp_pa
     ]
     cases.append((["metric=default", "suite.prompts=[a dog on a sofa]"], "scores shapes-world prompts only"))
     for overrides, reason in cases:
-        assert main(["run", *fast, "suite=world_smoke", *overrides]) == 2, overrides
+        assert main(["run", *fast_with([*overrides, "suite=world_smoke"], fast)]) == 2, overrides
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and reason in err and "Traceback" not in err, (overrides, err)
     assert not store.exists()
@@ -332,7 +334,8 @@ def test_training_runs_on_wan_tiny(tmp_path, capsys, method, objective):
 def test_dmd_scores_are_separate_models_and_the_fake_one_trains(wan_tiny):
     """On Wan the real and fake scores are models of their own (bidirectional), not the generator; the
     fake score's parameters move with its optimizer, the real score's and the generator's do not."""
-    from harness.rollout import RolloutResult
+    from harness.engine.context import RolloutResult
+    from harness.train.distributed import Split, World
     from harness.train.objectives import DmdObjective
 
     model = wan_tiny.with_chunks(2)
@@ -343,10 +346,11 @@ def test_dmd_scores_are_separate_models_and_the_fake_one_trains(wan_tiny):
     fake_before = [p.clone() for p in objective.fake.module.parameters()]
     latents = chunk((2, 6, *model.spec.latent_shape), 5).requires_grad_(True)
     result = RolloutResult(torch.zeros(2, 1, 3, 32, 32), latents, None)
-    loss, _ = objective.loss(result, PROMPTS, torch.Generator().manual_seed(0))
+    draws = objective.draw(model.spec, 2, torch.Generator().manual_seed(0))
+    loss, _ = objective.loss(result, PROMPTS, draws)
     loss.backward()
     assert latents.grad.abs().sum() > 0
-    objective.update(result, PROMPTS, torch.Generator().manual_seed(1), lambda k: (result, PROMPTS))
+    objective.update(draws, lambda k, rows: (result, PROMPTS), Split.of(2, 2, World()))
     assert all(torch.equal(a, b) for a, b in zip(real_before, objective.real.module.parameters()))
     assert any(not torch.equal(a, b) for a, b in zip(fake_before, objective.fake.module.parameters()))
 
@@ -370,8 +374,8 @@ def test_a_vbench_suite_cell_exports_in_vbench_standard_mode(tmp_path, capsys):
 @pytest.mark.slow
 def test_wan_tiny_is_bit_identical_across_processes(tmp_path):
     script = ("import sys, torch; sys.path.insert(0, '.'); torch.set_num_threads(1);"
-              "from harness.experiment import compose; from harness.pipeline import load_model;"
-              "from harness.rollout import rollout, Sampler; from methods.base import Base;"
+              "from harness.experiment.plans import compose; from harness.experiment.pipeline import load_model;"
+              "from harness.engine.rollout import rollout, Sampler; from methods.base import Base;"
               "m = load_model(compose(['model=wan_tiny'])).with_chunks(2);"
               f"torch.save(rollout(m, Base(), {PROMPTS!r}, [0, 1], Sampler(steps=2)).videos, sys.argv[1])")
     outs = []

@@ -8,13 +8,14 @@ from omegaconf import OmegaConf
 from scipy.ndimage import gaussian_filter
 
 from harness.errors import UsageError
-from harness.registry import METRICS
-from harness.report import CellRef, collect, summarize
-from harness.store import Store
+from harness.engine.registry import METRICS
+from harness.store.cells import CellRef
+from harness.report.tables import collect, summarize
+from harness.store.cells import Store
 from harness.world.grammar import COLOURS, Scene, WorldObject, parse
 from harness.world.prompts import eval_prompts
 from harness.world.render import BACKGROUND, GRAVITY, Track, render, render_tracks
-from metrics.base import VideoBatch
+from harness.engine.metric import VideoBatch
 from metrics.world_bench import DIMENSIONS, GROUPS, WorldBench, aggregate, score_video
 
 QUALITY = [n for n, d in DIMENSIONS.items() if d.group == "quality"]

@@ -59,6 +59,12 @@ class ModelSpec:
     def num_latent_frames(self) -> int:
         return self.frames_per_chunk * self.num_chunks
 
+    @property
+    def video_frames(self) -> int:
+        """Decoded frames of a whole video: the first latent frame gives one, every later one
+        `frames_per_latent` (Wan's VAE: 21 latent frames -> 81 frames)."""
+        return 1 + (self.num_latent_frames - 1) * self.frames_per_latent
+
 
 @dataclass
 class Cond:
@@ -87,6 +93,22 @@ class KVCache:
     layers: list[Any] = field(default_factory=list)  # the backend's per-layer keys and values
 
 
+class EmbeddingStore(Protocol):
+    """Where prompt embeddings are kept between runs (harness.store.embeddings.PromptEmbeddings), by
+    the key of the text encoder that made them and the exact text it encoded."""
+
+    def get(self, encoder: str, text: str) -> dict[str, torch.Tensor] | None: ...
+
+    def put(self, encoder: str, text: str, tensors: dict[str, torch.Tensor]) -> None: ...
+
+
+def encode_suite(model: "VideoModel", prompts: list[str], embeddings: EmbeddingStore | None) -> int:
+    """Let a backend encode a run's prompts once before generation (VideoModel.encode_suite); a backend
+    whose encoder is trivial (the toy) has none and encodes as it goes. Returns the encoder's calls."""
+    prepare = getattr(model, "encode_suite", None)
+    return prepare(prompts, embeddings) if prepare is not None else 0
+
+
 class VideoModel(Protocol):
     spec: ModelSpec
     device: torch.device
@@ -97,6 +119,15 @@ class VideoModel(Protocol):
 
     def encode(self, prompts: list[str]) -> Cond:
         """The empty prompt "" is the unconditional branch (a backend may encode its negative prompt)."""
+
+    # Optional, for a backend with a costly text encoder (wan_causal's umT5, 11 GB), called through
+    # `encode_suite` above by the pipeline before generation:
+    #   encode_suite(prompts, embeddings) -> int
+    # encodes every prompt of the run and the unconditional branch once, one text at a time (so an
+    # embedding depends on its text alone), reading from and writing to `embeddings` under a key of the
+    # encoder (its weights' digest and whatever else changes the bits: dtype, device, threads); then
+    # moves the encoder off the accelerator. `encode` afterwards takes those texts from memory,
+    # bit-identical whether they were encoded now or read back. Returns how many texts it encoded.
 
     def new_cache(self, batch: int, start: int = 0) -> KVCache:
         """An empty cache for `batch` videos whose next chunk starts at latent frame `start`."""

@@ -12,9 +12,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
-from harness.files import canonical_json
+from harness.store.files import canonical_json
 from harness.models.base import VideoModel
-from harness.weights import WeightFile
+from harness.models.weights import WeightFile
 
 
 @dataclass(frozen=True)

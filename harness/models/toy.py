@@ -31,12 +31,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 from torch import nn
 
 from harness.assets import asset
 from harness.errors import UsageError
 from harness.models.base import Cond, KVCache, ModelSpec
-from harness.weights import module_digest
+from harness.models.weights import module_digest
 from harness.world.grammar import VOCABULARY, parse
 
 
@@ -198,6 +199,8 @@ class Block(nn.Module):
 
 
 class CausalDenoiser(nn.Module):
+    gradient_checkpointing = False  # training: recompute each block in the backward pass (harness.train.scale)
+
     def __init__(self, cfg: ToyConfig):
         super().__init__()
         self.cfg = cfg
@@ -243,8 +246,10 @@ class CausalDenoiser(nn.Module):
         pooled = self.text_pool(torch.einsum("bl,bld->bd", weights, text))
         temb = self.time_mlp(sigma_embedding(sigma, self.cfg.dim)) + pooled[:, None]  # (B, F, D)
         kvs = []
+        checkpointed = self.gradient_checkpointing and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
-            h, kv = block(h, temb, n, text, text_mask, None if contexts is None else contexts[i], attn_mask, repeat)
+            args = (h, temb, n, text, text_mask, None if contexts is None else contexts[i], attn_mask, repeat)
+            h, kv = checkpoint(block, *args, use_reentrant=False) if checkpointed else block(*args)
             kvs.append(kv)
         shift, scale = self.out_modulation(temb).repeat_interleave(n, 1).chunk(2, dim=-1)
         out = self.patch_out(self.norm_out(h) * (1 + scale) + shift)
@@ -346,6 +351,12 @@ class ToyVideoModel(nn.Module):
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         b, f = latents.shape[:2]
         return self.vae.decode(latents.flatten(0, 1)).view(b, f, 3, self.cfg.frame_size, self.cfg.frame_size)
+
+    def decode_frames(self, latents: torch.Tensor, frames: list[int]) -> torch.Tensor:
+        """Only the video frames `frames` (ascending indices), differentiable: the autoencoder decodes
+        each frame from its own latent frame (reward training, harness.train.objectives)."""
+        picked = latents[:, frames]
+        return self.decode.__wrapped__(self, picked)
 
     @torch.no_grad()
     def decode_next(self, latents: torch.Tensor, state: None) -> tuple[torch.Tensor, None]:

@@ -5,7 +5,7 @@ Two recipes, after the two AR-VDM paradigms of the AutoRefiner paper's Table 1:
 - `self_forcing` -> `toy_sf` (Huang et al. 2025, guandeh17/Self-Forcing): the student is a 4-step
   causal generator (timesteps 1000/750/500/250 warped with shift 5: sigma 1, 0.9375, 0.833, 0.625)
   that rolls out autoregressively with its own KV cache, chunk by chunk, on its own generated context,
-  through THE rollout loop (harness.rollout, the keyed noise source, a random exit step whose
+  through THE rollout loop (harness.engine.rollout, the keyed noise source, a random exit step whose
   denoising call alone carries gradient; the cache holds the exit step's clean outputs, re-run at
   sigma 0 without gradient). Its output videos are scored with the DMD loss (harness.train.objectives:
   real score the teacher with CFG 1.0 (the recipes' comment says why not 3.0), fake score trained online, 5 critic updates per generator
@@ -35,15 +35,16 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from harness.adapters import TrainedGenerator, trainable_backend
-from harness.config_schema import TrainSettings
+from harness.train.adapters import TrainedGenerator, trainable_backend
+from harness.experiment.config_schema import TrainSettings
 from harness.models.base import VideoModel
 from harness.models.toy import SHIPPED, ToyVideoModel, load_toy
 from harness.models.toy_train import save_toy
-from harness.noise import key_seed
-from harness.resources import check_creatable
-from harness.rollout import Context, Sampler
-from harness.schema import option
+from harness.engine.noise import key_seed
+from harness.experiment.resources import check_creatable
+from harness.engine.context import Context
+from harness.engine.samplers import Sampler
+from harness.engine.schema import option
 from harness.train.objectives import DmdObjective
 from harness.train.trainer import Training, run_training
 from harness.world.grammar import parse
@@ -134,7 +135,7 @@ class Recipe:
 
 # The real score's CFG is 1.0 on the toy for both, not Self-Forcing's 3.0 or CausVid's 3.5: under those,
 # colour read by the oracle fell within 50-100 generator updates (Self-Forcing's recipe: 0.917 at step 50,
-# 0.607 at 100; CausVid's: 0.32 at step 50, from 0.83 before training), at 1.0 it held (README, "The toy
+# 0.607 at 100; CausVid's: 0.32 at step 50, from 0.83 before training), at 1.0 it held (docs/shapes-world.md, "The toy
 # models").
 RECIPES = {
     "self_forcing": Recipe("toy_sf", Sampler("stochastic", 4, 5.0, (1000.0, 750.0, 500.0, 250.0), warp=True), 1.0,

@@ -25,9 +25,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from harness.models.toy import FLOW_WEIGHTS, ToyConfig, ToyVideoModel, block_causal_mask, load_toy, tokenize
-from harness.rollout import Sampler
-from harness.schema import option
-from harness.weights import save_safetensors
+from harness.engine.samplers import Sampler
+from harness.engine.schema import option
+from harness.models.weights import save_safetensors
 from harness.world.grammar import parse
 from harness.world.prompts import train_prompts
 from harness.world.render import render

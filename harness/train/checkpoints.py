@@ -1,4 +1,4 @@
-"""Resume state and the training log of `refinery train` (the adapter file it writes: harness.adapter_files).
+"""Resume state and the training log of `refinery train` (the adapter file it writes: harness.train.adapter_files).
 
 Resume state (`<out stem>.resume.pt`, removed once training completes): step, config, the adapter
 tensors, the optimiser's and the objective's state; written with torch.save, read with
@@ -16,7 +16,8 @@ from typing import Any
 import torch
 
 from harness.errors import UsageError
-from harness.files import atomic_write, atomic_write_text
+from harness.models.weights import load_tensors
+from harness.store.files import atomic_write, atomic_write_text
 
 
 def resume_path(out: Path) -> Path:
@@ -35,7 +36,7 @@ def load_resume(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        return torch.load(path, weights_only=True)
+        return load_tensors(path)
     except Exception as exc:  # any unreadable file is the same problem to the user
         raise UsageError(f"resume state {path} is unreadable ({type(exc).__name__}); delete it (and its "
                          "checkpoint) to train from the start") from None

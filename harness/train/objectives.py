@@ -1,10 +1,13 @@
-"""Training objectives of `refinery train`, registered in harness.registry.OBJECTIVES.
+"""Training objectives of `refinery train`, registered in harness.engine.registry.OBJECTIVES.
 
-An objective turns one training rollout (harness.rollout with an exit step: videos and latents that
+An objective turns one training rollout (harness.engine.rollout with an exit step: videos and latents that
 are differentiable where the method made them so) into the loss the method's parameters minimise,
-and may keep its own trained state (DMD's fake score), which resumes with the run.
+and may keep its own trained state (DMD's fake score), which resumes with the run. Its random numbers
+(DMD's levels and noises, the reward's sampled frames) are drawn for the step's whole effective batch
+before any rollout (`draw`), so that micro-batches and ranks each read their own rows of one draw
+(harness.train.distributed).
 
-- `reward`: a weighted mixture of differentiable verifiers (harness.registry.VERIFIERS) on the decoded
+- `reward`: a weighted mixture of differentiable verifiers (harness.engine.registry.VERIFIERS) on the decoded
   videos, maximised: loss = -Σ_k w_k R_k(video), averaged over the batch. The default is the shapes
   world's learned reward; a real reward model (HPSv2, CLIPScore, InternVideo2 on Wan) is a verifier with
   `differentiable = True` and plugs in by name. The paper's weights: InternVideo2 0.25, HPSv2.1 0.1,
@@ -38,13 +41,24 @@ import torch
 import torch.nn.functional as F
 
 from harness.errors import UsageError
-from harness.method import build_params
-from harness.models.base import Cond, ScoreNet, VideoModel, shift_sigmas
-from harness.rollout import RolloutResult, Sampler
+from harness.engine.method import build_params
+from harness.models.base import Cond, ModelSpec, ScoreNet, VideoModel, shift_sigmas
+from harness.engine.context import RolloutResult
+from harness.engine.samplers import Sampler
+from harness.train.distributed import Split
+from harness.train.scale import load_whole_state, whole_state
 from harness.verifiers.base import Verifier
 
 Loss = tuple[torch.Tensor, dict[str, float]]  # the loss to minimise, figures for the training log
-Sample = Callable[[int], tuple[RolloutResult, list[str]]]  # k -> the k-th fresh rollout and its prompts
+# (k, rows) -> the k-th fresh rollout of those rows of its draw, and their prompts
+Sample = Callable[[int, list[int]], tuple[RolloutResult, list[str]]]
+Draws = dict[str, torch.Tensor]  # a step's random numbers, one row per video of the effective batch
+
+
+def pick(draws: Draws, rows: list[int]) -> Draws:
+    """The draws of some videos of the batch (a rank's or a micro-batch's rows)."""
+    index = torch.tensor(rows, dtype=torch.long)
+    return {k: v[index] for k, v in draws.items()}
 
 
 def _finite(value: object) -> bool:
@@ -65,14 +79,20 @@ class Objective:
     def setup(self, model: VideoModel, sampler: Sampler, weights_dir: Path) -> None:
         """Before any compute: load what the objective reads, refuse what it cannot train with."""
 
-    def loss(self, result: RolloutResult, prompts: list[str], gen: torch.Generator) -> Loss:
-        """The loss to minimise and the figures to log."""
+    def draw(self, spec: ModelSpec, n: int, gen: torch.Generator) -> Draws:
+        """Every random number the step's loss and update use, for the whole effective batch of `n`
+        videos, drawn from the step's generator before any rollout: every rank and micro-batch then
+        reads its own rows of the same draw."""
+        return {}
+
+    def loss(self, result: RolloutResult, prompts: list[str], draws: Draws) -> Loss:
+        """The loss to minimise (the mean over the result's videos) and the figures to log; `draws`
+        are those videos' rows of `draw`."""
         raise NotImplementedError
 
-    def update(self, result: RolloutResult, prompts: list[str], gen: torch.Generator,
-               sample: Sample) -> dict[str, float]:
-        """After the method's step: train the objective's own state (on the step's rollout, or on fresh
-        ones from `sample`, harness.train.trainer.Fresh); figures to log."""
+    def update(self, draws: Draws, sample: Sample, split: Split) -> dict[str, float]:
+        """After the method's step: train the objective's own state on fresh rollouts from `sample`
+        (harness.train.trainer.Fresh), over this rank's micro-batches (`split`); figures to log."""
         return {}
 
     def state_dict(self) -> dict[str, Any]:
@@ -110,7 +130,7 @@ class RewardObjective(Objective):
     Params = RewardParams
 
     def setup(self, model: VideoModel, sampler: Sampler, weights_dir: Path) -> None:
-        from harness.registry import VERIFIERS
+        from harness.engine.registry import VERIFIERS
 
         self.verifiers = {}
         for name, weight in self.params.verifiers.items():
@@ -121,29 +141,61 @@ class RewardObjective(Objective):
                 raise UsageError(f"verifier {name!r} is not differentiable, and reward training needs gradients "
                                  "from the score to the pixels; choose a differentiable verifier")
             self.verifiers[name] = (cls(weights_dir), float(weight))
+        self.model = model
+        # decode only the sampled frames when every verifier samples some and the backend can
+        f = model.spec.video_frames
+        sampling = all(self.frames_index(v, 1, f, torch.Generator()) is not None for v, _ in self.verifiers.values())
+        self.needs_videos = not (sampling and callable(getattr(model, "decode_frames", None)))
 
-    def frames_for(self, verifier: Verifier, videos: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """What a verifier scores (AutoRefiner Appendix B): an image reward `image_frames` frames drawn
-        at random per video, a video reward one clip of `clip_frames` frames `clip_interval` apart at a
-        random start (the interval shrinks to fit a shorter video)."""
-        n, f = videos.shape[:2]
+    def frames_index(self, verifier: Verifier, n: int, f: int, gen: torch.Generator) -> torch.Tensor | None:
+        """Which of a video's `f` frames a verifier scores (AutoRefiner Appendix B), (n, k) per video:
+        an image reward `image_frames` frames drawn at random per video, a video reward one clip of
+        `clip_frames` frames `clip_interval` apart at a random start (the interval shrinks to fit a
+        shorter video); None: every frame."""
         p = self.params
         if verifier.input == "frames" and p.image_frames is not None and p.image_frames < f:
-            index = torch.stack([torch.randperm(f, generator=gen)[: p.image_frames].sort().values for _ in range(n)])
-        elif verifier.input == "video" and p.clip_frames is not None and p.clip_frames < f:
+            return torch.stack([torch.randperm(f, generator=gen)[: p.image_frames].sort().values for _ in range(n)])
+        if verifier.input == "video" and p.clip_frames is not None and p.clip_frames < f:
             step = min(p.clip_interval, (f - 1) // max(p.clip_frames - 1, 1))
             span = step * (p.clip_frames - 1)
             starts = torch.randint(f - span, (n,), generator=gen)
-            index = starts[:, None] + step * torch.arange(p.clip_frames)
-        else:
-            return videos
-        return videos[torch.arange(n)[:, None], index.to(videos.device)]
+            return starts[:, None] + step * torch.arange(p.clip_frames)
+        return None
 
-    def loss(self, result: RolloutResult, prompts: list[str], gen: torch.Generator) -> Loss:
+    def frames_for(self, verifier: Verifier, videos: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """The frames of `videos` (n, f, ...) a verifier scores, drawn from `gen`."""
+        index = self.frames_index(verifier, videos.shape[0], videos.shape[1], gen)
+        return videos if index is None else videos[torch.arange(videos.shape[0])[:, None], index.to(videos.device)]
+
+    def draw(self, spec: ModelSpec, n: int, gen: torch.Generator) -> Draws:
+        draws = {}
+        for name, (verifier, _) in self.verifiers.items():
+            index = self.frames_index(verifier, n, spec.video_frames, gen)
+            if index is not None:
+                draws[f"frames.{name}"] = index
+        return draws
+
+    def sampled_frames(self, result: RolloutResult, draws: Draws) -> dict[str, torch.Tensor]:
+        """Each verifier's frames (n, k, 3, H, W): cut from the rollout's videos, or, when the rollout
+        skipped decoding (every verifier samples frames), decoded from its latents, those frames only
+        (the backend's `decode_frames`: chunked and checkpointed through a causal VAE's state)."""
+        n = result.latents.shape[0]
+        rows = torch.arange(n)[:, None]
+        if result.videos is not None:
+            return {name: result.videos if f"frames.{name}" not in draws else
+                    result.videos[rows, draws[f"frames.{name}"].to(result.videos.device)] for name in self.verifiers}
+        needed = sorted({int(i) for k, v in draws.items() if k.startswith("frames.") for i in v.flatten()})
+        decoded = self.model.decode_frames(result.latents, needed)  # (n, len(needed), 3, H, W)
+        position = torch.full((max(needed) + 1,), -1, dtype=torch.long)
+        position[needed] = torch.arange(len(needed))
+        return {name: decoded[rows, position[draws[f"frames.{name}"]].to(decoded.device)] for name in self.verifiers}
+
+    def loss(self, result: RolloutResult, prompts: list[str], draws: Draws) -> Loss:
         total = 0.0
         figures = {}
+        frames = self.sampled_frames(result, draws)
         for name, (verifier, weight) in self.verifiers.items():
-            score = verifier.score(self.frames_for(verifier, result.videos, gen), prompts)
+            score = verifier.score(frames[name], prompts)
             figures[f"reward.{name}"] = score.mean().item()
             total = total + weight * score
         figures["reward"] = total.mean().item()
@@ -200,24 +252,38 @@ class DmdObjective(Objective):
         self.shift = sampler.shift if self.params.timestep_shift is None else self.params.timestep_shift
         self.real, self.fake = model.dmd_scores(weights_dir)
         self.fake.module.requires_grad_(True)
-        self.fake_opt = torch.optim.AdamW(self.fake.module.parameters(), lr=self.params.fake_lr, betas=(0.0, 0.999),
-                                          weight_decay=0.0)
+        self.fake_opt = self.critic_optimizer()
 
-    def noised(self, x: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(x_t, sigma, eps) at a random level per video, as Self-Forcing draws them; drawn on the CPU
-        from the step's generator (the same numbers on every device), then moved to x's."""
+    def critic_optimizer(self) -> torch.optim.Optimizer:
+        """AdamW over the fake score's parameters (built again once FSDP has sharded them)."""
+        return torch.optim.AdamW(self.fake.module.parameters(), lr=self.params.fake_lr, betas=(0.0, 0.999),
+                                 weight_decay=0.0)
+
+    def draw(self, spec: ModelSpec, n: int, gen: torch.Generator) -> Draws:
+        """Per video: the level and noise of the loss's score evaluations, then of each critic update's
+        (the order in which the step's generator has always been read)."""
+        shape = (n, spec.num_latent_frames, *spec.latent_shape)
+        draws = {}
+        for key in ["loss", *(f"fake.{k}" for k in range(self.params.fake_updates))]:
+            draws[f"{key}.u"] = torch.rand(n, generator=gen)
+            draws[f"{key}.eps"] = torch.randn(shape, generator=gen)
+        return draws
+
+    def noised(self, x: torch.Tensor, u: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(x_t, sigma, eps) at a level per video, as Self-Forcing draws them, from uniform numbers `u`
+        and standard normal noise `eps` drawn on the CPU (the same numbers on every device)."""
         p = self.params
-        u = p.min_sigma + (p.max_sigma - p.min_sigma) * torch.rand(x.shape[0], generator=gen)
+        u = p.min_sigma + (p.max_sigma - p.min_sigma) * u
         sigma = shift_sigmas(u, self.shift).clamp(p.min_sigma, p.max_sigma).to(x.device)
-        eps = torch.randn(x.shape, generator=gen).to(device=x.device, dtype=x.dtype)
+        eps = eps.to(device=x.device, dtype=x.dtype)
         s = sigma.view(-1, 1, 1, 1, 1).to(x.dtype)
         return (1 - s) * x + s * eps, sigma, eps
 
-    def loss(self, result: RolloutResult, prompts: list[str], gen: torch.Generator) -> Loss:
+    def loss(self, result: RolloutResult, prompts: list[str], draws: Draws) -> Loss:
         x = result.latents
         with torch.no_grad():
             cond, uncond = self.model.encode(prompts), self.model.encode([""] * len(prompts))
-            x_t, sigma, _ = self.noised(x.detach(), gen)
+            x_t, sigma, _ = self.noised(x.detach(), draws["loss.u"], draws["loss.eps"])
             x0_fake = x0_of(self.fake, x_t, sigma, cond)
             x0_c = x0_of(self.real, x_t, sigma, cond)
             x0_u = x0_of(self.real, x_t, sigma, uncond)
@@ -227,24 +293,31 @@ class DmdObjective(Objective):
         loss = 0.5 * F.mse_loss(x.double(), (x.detach() - grad).double())
         return loss.float(), {"dmd_grad": grad.abs().mean().item()}
 
-    def update(self, result: RolloutResult, prompts: list[str], gen: torch.Generator,
-               sample: Sample) -> dict[str, float]:
+    def update(self, draws: Draws, sample: Sample, split: Split) -> dict[str, float]:
         losses = []
+        parameters = list(self.fake.module.parameters())
         for k in range(self.params.fake_updates):
-            fresh, fresh_prompts = sample(k)
-            x = fresh.latents.detach()
-            cond = self.model.encode(fresh_prompts)
-            x_t, sigma, eps = self.noised(x, gen)
-            loss = F.mse_loss(self.fake.velocity(x_t, sigma, cond).float(), (eps - x).float())
             self.fake_opt.zero_grad(set_to_none=True)
-            loss.backward()
+            weighted = 0.0
+            for rows in split.parts:
+                fresh, fresh_prompts = sample(k, rows)
+                x = fresh.latents.detach()
+                cond = self.model.encode(fresh_prompts)
+                mine = pick(draws, rows)
+                x_t, sigma, eps = self.noised(x, mine[f"fake.{k}.u"], mine[f"fake.{k}.eps"])
+                precision = torch.promote_types(x.dtype, torch.float32)  # fp32 at least (fp64 stays)
+                loss = F.mse_loss(self.fake.velocity(x_t, sigma, cond).to(precision), (eps - x).to(precision))
+                (loss * split.share(rows)).backward()
+                weighted += split.share(rows) * loss.item()
+            split.world.sum_gradients(parameters)
             self.fake_opt.step()
-            losses.append(loss.item())
+            losses.append(weighted)
         return {"fake_loss": sum(losses) / len(losses)}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"fake": self.fake.module.state_dict(), "fake_opt": self.fake_opt.state_dict()}
+        """The fake score and its optimiser, whole (gathered where FSDP shards them): they resume on any
+        number of ranks."""
+        return {"fake": whole_state(self.fake.module, self.fake_opt)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.fake.module.load_state_dict(state["fake"])
-        self.fake_opt.load_state_dict(state["fake_opt"])
+        load_whole_state(self.fake.module, self.fake_opt, state["fake"])

@@ -5,12 +5,16 @@ sampler and method are those of sampling; method.params set the architecture (ra
 refined timesteps); its `checkpoint` is what sampling loads and is not read here: training starts
 from the zero-initialised adapter. train.*: objective {name, params}, reg_weight, steps, batch, lr,
 weight_decay, betas, grad_clip, ema and ema_start, seed, checkpoint_every, out (a shipped tag or a path),
-threads.
+threads; at paper scale micro_batch, devices, precision, checkpointing, sharding, slurm
+(harness.train.distributed, harness.train.scale; docs/training.md#training-at-paper-scale).
 
-One step: draw `batch` training prompts, their video seeds and an exit step (among the method's
-exit_steps) from a generator keyed by (seed, step); roll them out through harness.rollout with that
-exit step (the one loop, the keyed noise source, a ledger); loss = objective + reg_weight *
-regulariser (½||Δε||² of the refinements that carry gradient); one AdamW step on the adapter; then
+One step: draw `batch` training prompts, their video seeds, an exit step (among the method's
+exit_steps) and the objective's random numbers from a generator keyed by (seed, step); this rank
+takes its rows of that draw, in micro-batches (harness.train.distributed); roll each out through
+harness.engine.rollout with that exit step (the one loop, the keyed noise source, a ledger); loss =
+objective + reg_weight * regulariser (½||Δε||² of the refinements that carry gradient), weighted by the
+micro-batch's share of the batch, one backward pass each; the gradients summed over the ranks; one
+AdamW step on the adapter; then
 the objective's own update (DMD's fake score), which may draw fresh rollouts of the updated method
 (`Fresh`: prompts, seeds and exit step keyed by (seed, step, k), rolled out without gradient). All
 randomness of a step is keyed by its index, so a resumed run repeats exactly what an uninterrupted
@@ -25,9 +29,8 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -35,21 +38,29 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from harness.adapter_files import FORMAT, checkpoint_path, read_metadata, save_adapter
-from harness.adapters import TrainedMethod
-from harness.config_schema import TrainSettings, resolved, validate
+from harness.train.adapter_files import FORMAT, checkpoint_path, read_metadata, save_adapter
+from harness.train.adapters import TrainedMethod
+from harness.experiment.config_schema import SlurmJob, TrainSettings, resolved, validate
 from harness.errors import UsageError
-from harness.files import canonical_json
-from harness.ledger import Ledger
+from harness.store.files import canonical_json
+from harness.engine.ledger import Ledger, work_clock
 from harness.models.base import VideoModel
-from harness.noise import key_seed
-from harness.resources import check_creatable
-from harness.rollout import RolloutResult, Sampler, rollout
-from harness.schema import check
+from harness.engine.noise import key_seed
+from harness.experiment.launchers import check_launcher
+from harness.experiment.planner import check_train_memory, train_settings
+from harness.experiment.resources import check_creatable
+from harness.engine.context import RolloutResult
+from harness.engine.samplers import Sampler
+from harness.engine.rollout import rollout
+from harness.engine.schema import check
 from harness.train.checkpoints import TrainingLog, load_resume, log_path, resume_path, save_resume
-from harness.train.objectives import Objective
+from harness.train.distributed import Split, World, join_world, launched, start_ranks, submit_to_slurm
+from harness.train.objectives import Draws, Objective, pick
+from harness.train.scale import MasterWeights, enable_checkpointing, shard_scores
 
-RUNTIME_KEYS = ("threads", "checkpoint_every", "out")  # settings that do not change what is trained
+# settings that do not change what is trained (how the effective batch is computed: up to round-off)
+SLURM_LAUNCHER = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"  # the sweeps' one
+RUNTIME_KEYS = ("threads", "checkpoint_every", "out", "micro_batch", "devices", "checkpointing", "sharding", "slurm")
 
 
 @dataclass
@@ -65,6 +76,17 @@ class Training:
     config: dict[str, Any]  # the resolved training configuration, stored in every checkpoint
     prompts: list[str]
     parameters: list[torch.nn.Parameter]
+    world: World = World()
+    masters: MasterWeights | None = None  # train.precision=mixed: the fp32 weights the optimiser steps
+
+    @property
+    def optimised(self) -> list[torch.nn.Parameter]:
+        """What AdamW steps: the fp32 master weights (mixed precision) or the parameters themselves."""
+        return self.masters.weights if self.masters else self.parameters
+
+    def split(self) -> Split:
+        s = self.settings
+        return Split.of(s.batch, s.micro_batch or s.batch, self.world)
 
     @property
     def identity(self) -> dict[str, Any]:
@@ -73,7 +95,10 @@ class Training:
 
 
 def identity(config: dict[str, Any]) -> dict[str, Any]:
-    return {**config, "train": {k: v for k, v in config["train"].items() if k not in RUNTIME_KEYS}}
+    train = {k: v for k, v in config["train"].items() if k not in RUNTIME_KEYS}
+    if train.get("precision") == "model":  # the default, which files older than the setting were trained with
+        del train["precision"]
+    return {**config, "train": train}
 
 
 def differing(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
@@ -90,16 +115,15 @@ def differing(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[st
 
 def resolve_training(cfg: DictConfig) -> Training:
     """Validate a composed training config and build the run; every bad input fails here."""
-    from harness.pipeline import load_model, sampler_from
-    from harness.registry import METHODS, OBJECTIVES
-    from harness.suites import read_prompt_file
+    from harness.experiment.pipeline import load_model, sampler_from
+    from harness.engine.registry import METHODS, OBJECTIVES
+    from harness.experiment.suites import read_prompt_file
     from harness.world.prompts import train_prompts
 
-    if cfg.get("train") is None:
-        raise UsageError("no train config; use `refinery train [train=reward|dmd] method=... [train.steps=...]`")
-    validate(cfg)  # every section typed, train.* against TrainSettings
-    settings = check(TrainSettings, resolved(cfg)["train"], "train")
-    check_creatable(checkpoint_path(cfg.method.name, settings.out, cfg.model.name), "train.out")  # before any compute
+    settings = checked_settings(cfg)
+    world = join_world()
+    check_processes(settings, world)
+    check_creatable(planned_out(cfg), "train.out")  # before any compute
     method_cls = METHODS.get(cfg.method.name)
     if not (isinstance(method_cls, type) and issubclass(method_cls, TrainedMethod)):
         trainable = [n for n in METHODS.names() if issubclass(METHODS.get(n), TrainedMethod)]
@@ -116,75 +140,179 @@ def resolve_training(cfg: DictConfig) -> Training:
     objective.setup(model, sampler, weights_dir)
     model.requires_grad_(False)  # the base model is frozen: only what the method adds is trained
     method.bind(model, training=True)
+    if settings.checkpointing:
+        enable_checkpointing(method.adapted)
     config = {"model": {"name": cfg.model.name, "checkpoint": cfg.model.get("checkpoint"),
                         "num_chunks": model.spec.num_chunks, "digest": model.digest()},
               "sampler": asdict(sampler),
               "method": {"name": method.name, "version": method.version, "arch": method.arch},
               "train": {**asdict(settings), "objective": objective.describe()}}
-    return Training(model, method, sampler, objective, settings,
-                    checkpoint_path(method.name, settings.out, model.spec.name),
-                    config, prompts, method.trainable_parameters())
+    named = {n: p for n, p in method.adapted.named_parameters() if p.requires_grad}
+    t = Training(model, method, sampler, objective, settings,
+                 checkpoint_path(method.name, settings.out, model.spec.name),
+                 config, prompts, method.trainable_parameters(), world,
+                 MasterWeights(named) if settings.precision == "mixed" else None)
+    scale_objective(t)
+    return t
+
+
+def scale_objective(t: Training) -> None:
+    """The objective's own networks (DMD's scores): sharded over the ranks, checkpointed, trained in
+    mixed precision, as the settings say."""
+    s = t.settings
+    if s.sharding == "fsdp" and t.world.size > 1:
+        shard_scores(t.objective, s.precision == "mixed", shared=t.model.trainable)
+    if s.checkpointing:
+        fake = getattr(t.objective, "fake", None)
+        if fake is not None:
+            enable_checkpointing(fake.module)
+
+
+def check_processes(settings: TrainSettings, world: World) -> None:
+    if world.size > 1 and settings.devices not in (1, world.size):
+        raise UsageError(f"train.devices={settings.devices} but the launcher started {world.size} processes; "
+                         f"drop train.devices or set it to {world.size}")
+    check_ranks(settings.batch, world.size)
+
+
+def checked_settings(cfg: DictConfig) -> TrainSettings:
+    if cfg.get("train") is None:
+        raise UsageError("no train config; use `refinery train [train=reward|dmd] method=... [train.steps=...]`")
+    validate(cfg)  # every section typed, train.* against TrainSettings
+    settings = check(TrainSettings, resolved(cfg)["train"], "train")
+    chosen = train_settings(asdict(settings))  # sharding and checkpointing left to the device count
+    return replace(settings, sharding=chosen["sharding"], checkpointing=chosen["checkpointing"])
+
+
+def start(cfg: DictConfig, argv: list[str]) -> Path | None:
+    """`refinery <argv>` (a train command composed into `cfg`): in this process, as train.devices ranks
+    on this host (the command again under torchrun's launcher; None then), or as one SLURM job
+    (train.slurm); a process that a launcher started is one rank already. Settings are checked first,
+    in one line. Returns the adapter file."""
+    settings = checked_settings(cfg)
+    out = planned_out(cfg)
+    check_creatable(out, "train.out")
+    if launched():
+        return train(cfg)
+    if settings.slurm is not None:
+        job = check(SlurmJob, settings.slurm, "train.slurm")
+        check_ranks(settings.batch, job.nodes * job.tasks_per_node)
+        # the sweeps' preflight: SLURM's programs on PATH, a known partition, an output its nodes can see
+        check_launcher(OmegaConf.create({"_target_": SLURM_LAUNCHER, "partition": job.partition}), out.parent)
+        submit_to_slurm(job, train, (cfg, False), out.with_name(out.stem + ".slurm") / "%j")
+        return out
+    if settings.devices > 1:
+        check_ranks(settings.batch, settings.devices)
+        code = start_ranks(settings.devices, argv)
+        if code:
+            raise SystemExit(code)
+        return None  # rank 0 has said where the adapter is
+    return train(cfg)
+
+
+def check_ranks(batch: int, ranks: int) -> None:
+    if batch < ranks:
+        raise UsageError(f"train.batch={batch} is smaller than the {ranks} processes; give every process a video "
+                         "at least (train.batch >= the number of processes)")
+
+
+def planned_out(cfg: DictConfig) -> Path:
+    return checkpoint_path(cfg.method.name, cfg.train.out, cfg.model.name)
 
 
 def train(cfg: DictConfig, progress: bool = True) -> Path:
-    """Train (or resume, or find complete) the run `cfg` describes; returns the adapter file."""
+    """Train (or resume, or find complete) the run `cfg` describes; returns the adapter file. A run
+    that cannot fit the GPU's memory (harness.experiment.planner) is refused before anything loads."""
+    check_train_memory(cfg)
     return run_training(resolve_training(cfg), progress)
 
 
 def run_training(t: Training, progress: bool = True) -> Path:
-    """Train (or resume, or find complete) a resolved run; returns the adapter file."""
+    """Train (or resume, or find complete) a resolved run; returns the adapter file. On many ranks
+    every rank trains, and only rank 0 writes the log and the checkpoints."""
     s = t.settings
     if s.threads:
         torch.set_num_threads(s.threads)
-    optimizer = torch.optim.AdamW(t.parameters, lr=s.lr, weight_decay=s.weight_decay, betas=s.betas)
+    optimizer = torch.optim.AdamW(t.optimised, lr=s.lr, weight_decay=s.weight_decay, betas=s.betas)
     average = Average(s.ema, s.ema_start)
     start = restore(t, optimizer, average)
     if start == s.steps:
         return t.out
-    log = TrainingLog(log_path(t.out), keep=start)
-    bar = tqdm(total=s.steps, initial=start, unit="step", disable=not progress,
+    writer = t.world.is_writer
+    log = TrainingLog(log_path(t.out), keep=start) if writer else None
+    bar = tqdm(total=s.steps, initial=start, unit="step", disable=not (progress and writer),
                desc=f"train {t.method.name} ({t.objective.name})")
     try:
         for step in range(start, s.steps):
             record = train_step(t, optimizer, step)
-            log.append(record)
-            average.update(record["step"], t.method.adapter_state())
+            if log:
+                log.append(record)
+            average.update(record["step"], adapter_state(t))
             bar.update()
             bar.set_postfix({k: f"{record[k]:.4g}" for k in ("loss", "reward", "regulariser") if k in record})
             if record["step"] % s.checkpoint_every == 0 or record["step"] == s.steps:
                 save(t, optimizer, average, record["step"])
     finally:
         bar.close()
-        log.close()
-    resume_path(t.out).unlink(missing_ok=True)
+        if log:
+            log.close()
+    if writer:
+        resume_path(t.out).unlink(missing_ok=True)
+    t.world.barrier()
     return t.out
 
 
 def train_step(t: Training, optimizer: torch.optim.Optimizer, step: int) -> dict[str, Any]:
-    """One training step (module docstring); returns its log record."""
+    """One training step (module docstring) over this rank's micro-batches (harness.train.distributed);
+    returns its log record, the same on every rank."""
     s = t.settings
-    began = time.perf_counter()
+    began = work_clock()
     gen = torch.Generator().manual_seed(key_seed(s.seed, "train", step))
     prompts, seeds, exit_step = draw(t, gen, step)
+    draws = t.objective.draw(t.model.spec, s.batch, gen)
+    split = t.split()
     ledger = Ledger()
-    result = rollout(t.model, t.method, prompts, seeds, t.sampler, ledger, exit_step=exit_step,
-                     decode=t.objective.needs_videos)
-    loss, figures = t.objective.loss(result, prompts, gen)
-    reg = t.method.regulariser(result)
-    total = loss if reg is None else loss + s.reg_weight * reg
     optimizer.zero_grad(set_to_none=True)
-    total.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(t.parameters, s.grad_clip or math.inf)
+    sums = backward_passes(t, split, prompts, seeds, exit_step, draws, ledger)
+    t.world.sum_gradients(t.parameters)
+    if t.masters:
+        t.masters.take_gradients()
+    grad_norm = torch.nn.utils.clip_grad_norm_(t.optimised, s.grad_clip or math.inf)
     optimizer.step()
-    figures.update(t.objective.update(result, prompts, gen, Fresh(t, step)))
-    return {"step": step + 1, "loss": total.item(), "objective": loss.item(),
-            "regulariser": 0.0 if reg is None else reg.item(), **figures, "grad_norm": grad_norm.item(),
-            "exit_step": exit_step, "nfe": ledger.nfe, "refiner_calls": ledger.refiner_calls,
-            "seconds": time.perf_counter() - began}
+    if t.masters:
+        t.masters.give_weights()
+    sums.update(t.objective.update(draws, Fresh(t, step), split))
+    counts = {"nfe": ledger.nfe, "refiner_calls": ledger.refiner_calls}
+    sums = t.world.sum_figures({**sums, **counts})
+    return {"step": step + 1, **{k: v for k, v in sums.items() if k not in counts}, "grad_norm": grad_norm.item(),
+            "exit_step": exit_step, **{k: int(sums[k]) for k in counts}, "seconds": work_clock() - began}
+
+
+def backward_passes(t: Training, split: Split, prompts: list[str], seeds: list[int], exit_step: int,
+                    draws: Draws, ledger: Ledger) -> dict[str, float]:
+    """This rank's micro-batches of the step, one rollout and backward pass each, each loss weighted
+    by its share of the effective batch; the log's figures, weighted alike."""
+    s = t.settings
+    sums: dict[str, float] = {}
+    for rows in split.parts:
+        mine = [prompts[i] for i in rows]
+        result = rollout(t.model, t.method, mine, [seeds[i] for i in rows], t.sampler, ledger,
+                         exit_step=exit_step, decode=t.objective.needs_videos)
+        loss, figures = t.objective.loss(result, mine, pick(draws, rows))
+        reg = t.method.regulariser(result)
+        total = loss if reg is None else loss + s.reg_weight * reg
+        share = split.share(rows)
+        (total * share).backward()
+        figures = {"loss": total.item(), "objective": loss.item(), "regulariser": 0.0 if reg is None else reg.item(),
+                   **figures}
+        for k, v in figures.items():
+            sums[k] = sums.get(k, 0.0) + share * v
+    return sums
 
 
 def draw(t: Training, gen: torch.Generator, *key: object) -> tuple[list[str], list[int], int]:
-    """A training rollout's prompts, video seeds (keyed by `key`) and exit step, drawn from `gen`."""
+    """A training rollout's prompts, video seeds (keyed by `key`) and exit step for the whole effective
+    batch, drawn from `gen`."""
     s = t.settings
     prompts = [t.prompts[i] for i in torch.randint(len(t.prompts), (s.batch,), generator=gen).tolist()]
     seeds = [key_seed(s.seed, "video", *key, i) for i in range(s.batch)]
@@ -211,10 +339,12 @@ class Fresh:
     def __init__(self, t: Training, step: int):
         self.t, self.step = t, step
 
-    def __call__(self, k: int) -> tuple[RolloutResult, list[str]]:
+    def __call__(self, k: int, rows: list[int]) -> tuple[RolloutResult, list[str]]:
+        """The k-th fresh rollout's `rows` (of its whole-batch draw)."""
         t = self.t
         gen = torch.Generator().manual_seed(key_seed(t.settings.seed, "fresh", self.step, k))
         prompts, seeds, exit_step = draw(t, gen, "fresh", self.step, k)
+        prompts, seeds = [prompts[i] for i in rows], [seeds[i] for i in rows]
         with frozen(t.parameters):
             return rollout(t.model, t.method, prompts, seeds, t.sampler, exit_step=exit_step,
                            decode=t.objective.needs_videos), prompts
@@ -241,12 +371,22 @@ class Average:
         return weights if self.state is None else self.state
 
 
+def adapter_state(t: Training) -> dict[str, torch.Tensor]:
+    """The trained weights: the fp32 masters under mixed precision, else the adapter's own tensors."""
+    return t.masters.state() if t.masters else t.method.adapter_state()
+
+
 def save(t: Training, optimizer: torch.optim.Optimizer, average: Average, step: int) -> None:
-    """The resume state first (harness.train.checkpoints), then the adapter file (harness.adapter_files)."""
-    adapter = t.method.adapter_state()
+    """The resume state first (harness.train.checkpoints), then the adapter file (harness.train.adapter_files),
+    both whole (gathered from every rank where a network is sharded) and written by rank 0 alone:
+    they resume on any number of ranks."""
+    objective = t.objective.state_dict()  # a collective where the objective's networks are sharded
+    if not t.world.is_writer:
+        return
+    adapter = adapter_state(t)
     save_resume(resume_path(t.out), {"step": step, "identity": t.identity, "adapter": adapter,
                                      "average": average.state, "optimizer": optimizer.state_dict(),
-                                     "objective": t.objective.state_dict()})
+                                     "objective": objective})
     save_adapter(t.out, average.of(adapter), t.method.name, t.method.arch, t.model.spec.name,
                  t.config["model"]["digest"], step, t.config)
 
@@ -261,6 +401,8 @@ def restore(t: Training, optimizer: torch.optim.Optimizer, average: Average) -> 
                              f"({', '.join(differing(state['identity'], t.identity))}); choose another train.out, "
                              "or delete it and its checkpoint to start over")
         t.method.load_adapter_state(state["adapter"], str(resume))
+        if t.masters:
+            t.masters.load(state["adapter"])
         optimizer.load_state_dict(state["optimizer"])
         t.objective.load_state_dict(state["objective"])
         average.state = state["average"]

@@ -27,10 +27,13 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from harness.errors import UsageError
-from harness.files import read_json
-from harness.vbench.export import SAMPLES_PER_PROMPT, Export, ffmpeg, read_export
+from harness.engine.devices import gpus_for, visible_gpus
+from harness.store.files import atomic_write_json, read_json
+from harness.store.video_format import ffmpeg
+from harness.vbench.export import SAMPLES_PER_PROMPT, Export, read_export
 from harness.vbench.scores import STANDARD, dimensions_for, read_full_info
-from metrics.base import WeightFile
+from harness.vbench.shards import SHARDS_DIR, merge, merged_run_info, plan_jobs, run_jobs
+from harness.engine.metric import WeightFile
 
 DRIVER = Path(__file__).with_name("driver.py")
 RESULT_PREFIX = "refinery"
@@ -103,13 +106,20 @@ class Settings:
     hf_home: Path
     full_info: Path | None
     dimensions: list[str] | None
+    workers: int | None = None  # VBench processes, one per GPU; None: every visible GPU (1 on the CPU)
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> Settings:
         v = cfg.vbench
         return cls(v.python or sys.executable, v.device, Path(v.cache_dir), Path(v.torch_home),
                    Path(v.hf_home), Path(v.full_info) if v.full_info else None,
-                   list(v.dimensions) if v.dimensions else None)
+                   list(v.dimensions) if v.dimensions else None, v.get("workers"))
+
+    def gpus(self) -> list[str | None]:
+        """Each worker's CUDA_VISIBLE_DEVICES (None on the CPU)."""
+        on_gpu = self.device.startswith("cuda")
+        workers = self.workers or (max(1, len(visible_gpus())) if on_gpu else 1)
+        return gpus_for(on_gpu, workers, "vbench.workers")
 
     def root(self, name: str) -> Path:
         return {"cache": self.cache_dir, "torch": self.torch_home, "hf": self.hf_home}[name]
@@ -167,20 +177,39 @@ def preflight(export_dir: Path, settings: Settings) -> Plan:
 
 
 def run(plan: Plan, settings: Settings) -> Path:
-    """Run VBench (hours on a GPU for the full suite); its output streams to this terminal."""
-    print(f"running: {shlex.join(plan.command)}", flush=True)
+    """Run VBench (hours on a GPU for the full suite); its output streams to this terminal. With
+    several GPUs (settings.gpus()), one VBench call per GPU and their results merged (shards.py)."""
+    gpus = settings.gpus()
     with tempfile.TemporaryDirectory(prefix="refinery-offline-") as shim:
         wget = Path(shim) / "wget"
         wget.write_text(_WGET_SHIM)
         wget.chmod(0o755)
         env = settings.environment()
         env["PATH"] = f"{shim}{os.pathsep}{env.get('PATH', '')}"
+        if len(gpus) > 1:
+            return _run_sharded(plan, settings, gpus, env)
+        print(f"running: {shlex.join(plan.command)}", flush=True)
         code = subprocess.run(plan.command, env=env).returncode
     if code != 0:
         raise UsageError(f"VBench exited with status {code} (its output is above); nothing was written "
                          f"to {plan.results}")
     if not plan.results.is_file():
         raise UsageError(f"VBench finished without writing {plan.results}; see its output above")
+    return plan.results
+
+
+def _run_sharded(plan: Plan, settings: Settings, gpus: list[str | None], env: dict[str, str]) -> Path:
+    export = plan.export
+    name = plan.command[plan.command.index("--name") + 1]
+    jobs = plan_jobs(plan.dimensions, sorted(os.listdir(export.video_dir)), len(gpus))
+    prompts = read_json(export.prompt_file) if export.mode != STANDARD else None
+    print(f"running VBench in {len(gpus)} workers ({', '.join(g or 'cpu' for g in gpus)}), "
+          f"{len(jobs)} calls: {shlex.join(plan.command)}", flush=True)
+    done = run_jobs(plan.command, export.path, export.video_dir, name, jobs, gpus, env, prompts)
+    merged = merge(done, export.video_dir.resolve(), export.mode, settings.full_info)
+    atomic_write_json(plan.results, {d: merged[d] for d in plan.dimensions})
+    merged_run_info(done, name, len(gpus), plan.results.parent)
+    shutil.rmtree(export.path / SHARDS_DIR)
     return plan.results
 
 

@@ -25,8 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from harness.errors import UsageError
-from harness.files import atomic_folder, atomic_write_json, read_json
-from harness.store import Cell
+from harness.store.files import atomic_folder, atomic_write_json, read_json
+from harness.store.cells import Cell
+from harness.store.video_format import ffmpeg
 from harness.vbench.scores import CUSTOM, check_mode, read_full_info
 
 SAMPLES_PER_PROMPT = 5  # VBench's standard evaluation reads {prompt}-0 .. {prompt}-4
@@ -152,25 +153,16 @@ def _size(hw: tuple[int, ...]) -> str:
 
 
 def write_mp4(path: Path, video: np.ndarray, fps: int, crf: int) -> None:
-    """uint8 (F, H, W, 3) -> H.264 yuv420p mp4, the format VBench's readers (decord, OpenCV) expect."""
+    """uint8 (F, H, W, 3) -> H.264 yuv420p mp4, the format VBench's readers (decord, OpenCV) expect
+    (mp4 whatever the path's suffix: atomic writes go to a temp name)."""
     writer = ffmpeg().write_frames(
         str(path), (video.shape[2], video.shape[1]), fps=fps, codec="libx264", quality=None,
-        pix_fmt_in="rgb24", pix_fmt_out="yuv420p", output_params=["-crf", str(crf)],
+        pix_fmt_in="rgb24", pix_fmt_out="yuv420p", output_params=["-crf", str(crf), "-f", "mp4"],
         macro_block_size=1, ffmpeg_log_level="error")
     writer.send(None)
     for frame in video:
         writer.send(np.ascontiguousarray(frame))
     writer.close()
-
-
-def ffmpeg():
-    """The imageio_ffmpeg module, which reads and writes mp4 through its bundled ffmpeg binary."""
-    try:
-        import imageio_ffmpeg
-    except ImportError:
-        raise UsageError("reading and writing mp4 needs the imageio-ffmpeg package: "
-                         "pip install imageio-ffmpeg") from None
-    return imageio_ffmpeg
 
 
 def vbench_cli(export: Export, dimensions: list[str], full_info: Path | None) -> str:

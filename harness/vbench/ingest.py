@@ -18,8 +18,8 @@ from dataclasses import asdict
 import numpy as np
 
 from harness.errors import UsageError
-from harness.files import read_json
-from harness.store import Cell, Store
+from harness.store.files import read_json
+from harness.store.cells import Cell, Store
 from harness.vbench.export import Export
 from harness.vbench.scores import DIMENSIONS, STANDARD, Results, aggregate
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import UsageError
-from harness.files import read_json
+from harness.store.files import read_json
 
 # The leaderboard's order (TASK_INFO): quality dimensions first.
 DIMENSIONS = (

@@ -10,8 +10,8 @@ from typing import ClassVar
 import torch
 
 from harness.errors import UsageError
-from harness.files import file_chunks, sha256_hex
-from metrics.base import WeightFile
+from harness.store.files import file_chunks, sha256_hex
+from harness.engine.metric import WeightFile
 
 
 class Verifier:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from harness.errors import UsageError
 from harness.verifiers.base import Verifier
-from metrics.base import WeightFile
+from harness.engine.metric import WeightFile
 
 VIT_B_32 = WeightFile(
     "open_clip/ViT-B-32-openai.safetensors",

@@ -16,9 +16,10 @@ from pathlib import Path
 import torch
 
 from harness.errors import UsageError
+from harness.models.weights import load_tensors
 from harness.verifiers.base import Verifier
 from harness.verifiers.clip_score import OpenClipFrames, import_open_clip
-from metrics.base import WeightFile
+from harness.engine.metric import WeightFile
 
 HPS_V2_1 = WeightFile("hpsv2/HPS_v2.1_compressed.pt",
                       "https://huggingface.co/xswu/HPSv2 (HPS_v2.1_compressed.pt)")
@@ -39,7 +40,7 @@ class HpsV2(Verifier):
         path = self.weight_path(HPS_V2_1)
         open_clip = import_open_clip(f"verifier {self.name!r}")
         try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+            checkpoint = load_tensors(path, map_location="cpu")
         except Exception as exc:  # a pickle weights_only refuses, or not a torch file at all
             raise UsageError(f"{path} is not a checkpoint of tensors ({type(exc).__name__}); get "
                              f"HPS_v2.1_compressed.pt again from {HPS_V2_1.origin}") from None

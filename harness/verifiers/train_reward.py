@@ -184,7 +184,7 @@ def train_world_reward(out: Path = SHIPPED_WEIGHTS, steps: int = 1200, seed: int
 
     fit(net, batch_loss, steps, lr, "train world reward")
     # no wall time here: the same seed gives the same content, and so the same digest in results' keys
-    # (harness.weights.safetensors_digest)
+    # (harness.models.weights.safetensors_digest)
     training = {"steps": steps, "seed": seed, "batch": batch, "lr": lr, "chunk_seeds": chunk_seeds,
                 "video_seeds": video_seeds, "prompts": len(prompts)}
     save_reward_net(net, cfg, Path(out), training)

@@ -5,7 +5,7 @@ InternVideo2 (weight 0.25). A video reward is a Verifier with `input = "video"`:
 prompts)` gets each video (or the clip the reward objective cut from it, `train.objective.params.
 clip_frames` / `clip_interval`) and returns one score per row. To add one, subclass `VideoReward`,
 load your network from files under `paths.weights` in `load`, score clips in `score_clips`, and
-register the class (harness.registry.VERIFIERS, or a plug-in package).
+register the class (harness.engine.registry.VERIFIERS, or a plug-in package).
 
 `internvideo2` declares the files InternVideo2-Stage2 1B (224p, 4 frames) needs; its network code is
 a research repository, not a package Refinery can install, so with the files present it says how to
@@ -20,7 +20,7 @@ import torch
 
 from harness.errors import UsageError
 from harness.verifiers.base import Verifier
-from metrics.base import WeightFile
+from harness.engine.metric import WeightFile
 
 
 class VideoReward(Verifier):
@@ -60,4 +60,4 @@ class InternVideo2(VideoReward):
     def load(self) -> None:
         raise UsageError("verifier 'internvideo2': its network code (OpenGVLab/InternVideo, multi_modality) is not a "
                          "package Refinery installs; subclass harness.verifiers.video_reward.VideoReward with it and "
-                         "register that class as a verifier (README, 'Real models: rewards')")
+                         "register that class as a verifier (docs/real-models.md)")

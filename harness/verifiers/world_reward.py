@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from harness.assets import asset
-from harness.files import sha256_hex
+from harness.store.files import sha256_hex
 from harness.verifiers.base import Verifier
-from harness.weights import WeightFile, load_safetensors, safetensors_digest, save_safetensors
+from harness.models.weights import WeightFile, load_safetensors, safetensors_digest, save_safetensors
 from harness.world.grammar import VOCABULARY, parse
 
 SHIPPED_WEIGHTS = asset("verifiers", "world_reward.safetensors")

@@ -23,7 +23,7 @@ from torch import nn
 
 from harness.assets import asset
 from harness.errors import UsageError
-from harness.weights import WeightFile, load_safetensors, save_safetensors
+from harness.models.weights import WeightFile, load_safetensors, save_safetensors
 from harness.world.grammar import COLOURS, MOTIONS, SHAPES, Scene, WorldObject
 from harness.world.oracle import Reading
 

@@ -90,7 +90,7 @@ def train_probe(out: Path = SHIPPED_WEIGHTS, steps: int = 1500, seed: int = 0, t
     labels = scene_labels(scenes)
     probe = WorldProbe(ProbeConfig())
     fit(probe, lambda: probe_loss(probe, *sample_batch(videos, labels, batch, rng)), steps, lr, "train world probe")
-    # no wall time here: the same seed gives the same tensors and metadata (harness.weights.safetensors_digest)
+    # no wall time here: the same seed gives the same tensors and metadata (harness.models.weights.safetensors_digest)
     training = {"steps": steps, "seed": seed, "batch": batch, "lr": lr, "video_seeds": video_seeds,
                 "prompts": len(prompts)}
     save_probe(probe.eval(), Path(out), training)

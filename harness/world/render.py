@@ -75,7 +75,7 @@ def _falling(rng: np.random.Generator, frames: int, size: int, r: float, lane: f
 def tracks(scene: Scene, seed: int, frames: int, size: int) -> list[Track]:
     """Sample the objects' trajectories. Where a video starts is set by its prompt, up to a jitter of
     a pixel (two objects take separate lanes); size, speed and timing vary more. A near-fixed start
-    keeps the first chunk's posterior sharp, as the few-step sampler needs (README, the toy model)."""
+    keeps the first chunk's posterior sharp, as the few-step sampler needs (docs/shapes-world.md, the toy models)."""
     rng = np.random.default_rng(seed)
     n = len(scene.objects)
     radii = rng.uniform(3.6, 4.6, size=n)

@@ -17,8 +17,9 @@ from typing import Any
 import torch
 
 from harness.errors import UsageError
-from harness.files import atomic_folder
-from harness.models.wan_causal.loader import architecture
+from harness.models.weights import load_tensors
+from harness.store.files import atomic_folder
+from harness.models.wan_causal.parts import architecture
 
 WRAPPER_SEGMENTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
 
@@ -52,9 +53,9 @@ def check_fits(converted: dict[str, torch.Tensor], target: dict[str, torch.Tenso
 
 def read_checkpoint(path: Path, key: str) -> dict[str, torch.Tensor]:
     if not path.is_file():
-        raise UsageError(f"checkpoint {path} is missing; download it (README, 'Real models') and pass its path")
+        raise UsageError(f"checkpoint {path} is missing; download it (docs/real-models.md) and pass its path")
     try:
-        raw = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        raw = load_tensors(path, map_location="cpu", mmap=True)
     except Exception as exc:  # a pickle that weights_only refuses, or a file that is not a torch checkpoint
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UsageError(f"{path} is not a torch checkpoint of tensors ({reason}); give the upstream .pt file") from None

@@ -10,6 +10,7 @@ Nothing is downloaded: diffusers and transformers are called with `local_files_o
 """
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import fields
 from pathlib import Path
@@ -19,36 +20,13 @@ import torch
 from torch import nn
 
 from harness.errors import UsageError
-from harness.files import file_sha256, sha256_hex
+from harness.store.files import file_sha256, sha256_hex
 from harness.models.wan_causal.model import WanCausalConfig, WanCausalModel
+from harness.models.wan_causal.parts import ARCHITECTURES, TINY_TEXT, TINY_VAE, WAN_DIFFUSERS, architecture, pretrained
 from harness.models.wan_causal.text import WanTextEncoder, byte_tokenizer
-from harness.weights import WeightFile, check_weights, module_digest, safetensors_digest
+from harness.models.weights import WeightFile, cast_keeping_fp32, module_digest, safetensors_digest
 
-WAN_DIFFUSERS = "https://huggingface.co/Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
 COMPONENTS = ("transformer", "text_encoder", "tokenizer", "vae")
-
-# The transformer architectures the backend knows (diffusers' WanTransformer3DModel arguments).
-ARCHITECTURES: dict[str, dict[str, Any]] = {
-    # Wan2.1-T2V-1.3B, the base of Self-Forcing and CausVid (diffusers' scripts/convert_wan_to_diffusers.py)
-    "wan2.1-t2v-1.3b": dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16,
-                            out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30,
-                            cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024),
-    # the same code at a size that runs on a CPU in seconds (diffusers' own tiny test configuration)
-    "tiny": dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
-                 text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
-                 qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=32),
-}
-TINY_TEXT = dict(vocab_size=262, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-                 feed_forward_proj="gated-gelu")  # umT5's shape, 262 = the byte tokenizer's vocabulary
-TINY_VAE = dict(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True])
-
-
-def architecture(name: str) -> dict[str, Any]:
-    from harness.errors import unknown_name
-
-    if name not in ARCHITECTURES:
-        raise unknown_name("model.architecture", name, ARCHITECTURES)
-    return dict(ARCHITECTURES[name])
 
 
 def model_config(cfg: dict[str, Any]) -> WanCausalConfig:
@@ -117,7 +95,7 @@ def check_files(cfg: dict[str, Any], weights_dir: Path) -> None:
     if missing:
         lines = "".join(f"\n  {weights_dir / f.relative_path}  <- {f.origin}" for f in missing)
         raise UsageError(f"model {cfg['name']!r} needs {len(missing)} weight files that are missing under "
-                         f"paths.weights={weights_dir} (README, 'Real models'):{lines}")
+                         f"paths.weights={weights_dir} (docs/real-models.md):{lines}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,38 +110,17 @@ def load_wan_causal(cfg: dict[str, Any], weights_dir: Path) -> WanCausalModel:
     if cfg.get("build") == "tiny":
         transformer, text, vae = build_tiny(int(cfg.get("seed", 0)), config.max_prompt_tokens)
         source = {"build": f"tiny, seed {int(cfg.get('seed', 0))}"}
-        digest = module_digest(transformer, text.encoder, vae)
+        digest, text_digest = module_digest(transformer, text.encoder, vae), module_digest(text.encoder)
     else:
         transformer, text, vae = _from_folders(cfg, weights_dir, config.max_prompt_tokens, dtype)
         source = {part: str(weights_dir / str(cfg[part])) for part in COMPONENTS}
-        digest = folder_digest(weights_dir, component_files(cfg, weights_dir))
-    model = WanCausalModel(config, transformer, text, vae, digest, source, dict(cfg.get("dmd_scores") or {}))
-    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
-
-
-def load_scores(name: str, scores: dict[str, Any], weights_dir: Path, dtype: torch.dtype,
-                device: torch.device) -> tuple[nn.Module, nn.Module]:
-    """DMD's real and fake score networks: bidirectional WanTransformer3DModels from the folders
-    `scores` names, or at the tiny size two from seeds (the fake one starting as the real one, as
-    Self-Forcing's critic starts from its teacher's weights when both are 1.3B)."""
-    from diffusers import WanTransformer3DModel
-
-    if not scores:
-        raise UsageError(f"model {name!r} names no DMD score networks (model.dmd_scores); add real and fake folders")
-    if scores.get("build") == "tiny":
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(scores.get("seed", 0)))
-            real = WanTransformer3DModel(**ARCHITECTURES["tiny"])
-        fake = WanTransformer3DModel(**ARCHITECTURES["tiny"])
-        fake.load_state_dict(real.state_dict())
-    else:
-        origin = {role: str(scores.get("origins", {}).get(role, WAN_DIFFUSERS)) for role in ("real", "fake")}
-        check_weights(f"model {name!r} (DMD scores)", weights_dir,
-                      [WeightFile(f"{scores[role]}/config.json", origin[role]) for role in ("real", "fake")])
-        real, fake = (pretrained(WanTransformer3DModel, weights_dir / str(scores[role]), f"DMD {role} score",
-                                 name, torch_dtype=dtype) for role in ("real", "fake"))
-    return (real.to(device=device, dtype=dtype).eval().requires_grad_(False),
-            fake.to(device=device, dtype=dtype).eval().requires_grad_(False))
+        files = component_files(cfg, weights_dir)
+        digest = folder_digest(weights_dir, files)
+        text_folders = tuple(f"{cfg[part]}/" for part in ("text_encoder", "tokenizer"))
+        text_digest = folder_digest(weights_dir, tuple(f for f in files if f.relative_path.startswith(text_folders)))
+    model = WanCausalModel(config, transformer, text, vae, digest, source, dict(cfg.get("dmd_scores") or {}),
+                           text_digest)
+    return cast_keeping_fp32(model.to(device=device), dtype).eval().requires_grad_(False)
 
 
 def _from_folders(cfg: dict[str, Any], weights_dir: Path, max_tokens: int, dtype: torch.dtype):
@@ -185,16 +142,6 @@ def _from_folders(cfg: dict[str, Any], weights_dir: Path, max_tokens: int, dtype
                          f"{cfg['architecture']} ({wrong[0]}={got.get(wrong[0])!r}, expected {expected[wrong[0]]!r}); "
                          "convert the right checkpoint with `refinery weights convert`")
     return parts["transformer"], WanTextEncoder(parts["text_encoder"], parts["tokenizer"], max_tokens), parts["vae"]
-
-
-def pretrained(cls: Any, folder: Path, part: str, model: str, **kwargs: Any) -> Any:
-    """cls.from_pretrained on a local folder; one that does not load is a UsageError naming it."""
-    try:
-        return cls.from_pretrained(str(folder), local_files_only=True, **kwargs)
-    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"model {model!r}: the {part} folder {folder} does not load ({reason}); replace it with "
-                         "a complete copy (`refinery weights check model=...` lists the files)") from None
 
 
 def build_tiny(seed: int, max_tokens: int) -> tuple[nn.Module, WanTextEncoder, nn.Module]:
@@ -236,5 +183,16 @@ def folder_digest(weights_dir: Path, files: tuple[WeightFile, ...]) -> str:
     """A digest of every file's content (safetensors by their tensors and sorted header)."""
     # in component order; names without their folder, so a moved folder keeps its digest
     paths = [weights_dir / f.relative_path for f in files]
-    return sha256_hex(chunk for path in paths for chunk in (
-        path.name, safetensors_digest(path) if path.suffix == ".safetensors" else file_sha256(path)))[:16]
+    return sha256_hex(chunk for path in paths for chunk in (path.name, _file_digest(path, *_stamp(path))))[:16]
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
+
+
+@functools.lru_cache(maxsize=256)
+def _file_digest(path: Path, size: int, mtime_ns: int) -> str:
+    """A file's digest, read once per process while its size and time stay (the model's digest and
+    its text encoder's read the same 11 GB)."""
+    return safetensors_digest(path) if path.suffix == ".safetensors" else file_sha256(path)

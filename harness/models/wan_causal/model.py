@@ -26,10 +26,13 @@ import torch
 from torch import nn
 
 from harness.errors import UsageError
-from harness.models.base import Cond, KVCache, ModelSpec, timestep_of
+from harness.models.base import Cond, EmbeddingStore, KVCache, ModelSpec, timestep_of
+from harness.models.wan_causal.parts import load_scores
 from harness.models.wan_causal.text import WanTextEncoder
 from harness.models.wan_causal.transformer import CausalWan, LayerKV
-from harness.models.wan_causal.vae import VaeState, decode_latents
+from harness.models.wan_causal.vae import VaeState, decode_frames, decode_latents
+from harness.models.weights import module_digest
+from harness.store.files import sha256_hex
 
 SPATIAL_COMPRESSION = 8  # Wan2.1's VAE: 8x8 pixels per latent, 4 frames per latent frame after the first
 
@@ -66,8 +69,12 @@ class WanCausalModel(nn.Module):
     """A causal Wan2.1 text-to-video generator with its text encoder and VAE."""
 
     def __init__(self, cfg: WanCausalConfig, transformer: nn.Module, text: WanTextEncoder, vae: nn.Module,
-                 digest: str, source: dict[str, str], scores: dict[str, Any] | None = None):
+                 digest: str, source: dict[str, str], scores: dict[str, Any] | None = None,
+                 text_digest: str | None = None):
         super().__init__()
+        self.text_digest = text_digest  # of the text encoder's and tokenizer's files; None: of its tensors
+        # (text_key, text) -> (tokens, mask) on the CPU, by encode_suite
+        self.embedded: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
         self.cfg = cfg
         self.scores = scores or {}  # where DMD's real and fake score networks come from
         self.transformer = transformer
@@ -112,8 +119,39 @@ class WanCausalModel(nn.Module):
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> Cond:
-        tokens, mask = self.text([self._text(p) for p in prompts])
+        texts = [(self.text_key(), self._text(p)) for p in prompts] if self.embedded else []
+        if texts and all(t in self.embedded for t in texts):  # encoded by encode_suite
+            tokens, mask = (torch.stack(rows).to(self.device) for rows in zip(*(self.embedded[t] for t in texts)))
+        else:
+            tokens, mask = (t.to(self.device) for t in self.text([self._text(p) for p in prompts]))
         return Cond(tokens, mask, tuple(prompts))
+
+    @torch.no_grad()
+    def encode_suite(self, prompts: list[str], embeddings: EmbeddingStore | None) -> int:
+        """harness.models.base.VideoModel.encode_suite: each text once, from `embeddings` where it is
+        there; then the text encoder leaves the accelerator for the CPU."""
+        texts = [self._text(p) for p in [*prompts, *([""] if self.cfg.negative_prompt is not None else [])]]
+        key, encoded = self.text_key(), 0
+        for text in dict.fromkeys(t for t in texts if (key, t) not in self.embedded):
+            found = embeddings.get(key, text) if embeddings is not None else None
+            if found is None:
+                self.text_encoder.to(self.device)  # back where the key says it encodes, if it had left
+                tokens, mask = self.text([text])
+                found, encoded = {"tokens": tokens[0].cpu(), "mask": mask[0].cpu()}, encoded + 1
+                if embeddings is not None:
+                    embeddings.put(key, text, found)
+            self.embedded[key, text] = (found["tokens"], found["mask"])
+        self.text_encoder.to("cpu")  # prompts are encoded: its memory goes to generation
+        return encoded
+
+    def text_key(self) -> str:
+        """What an embedding's bits depend on besides its text: the encoder's weights and tokenizer, its
+        length, dtype and the model's device, and on a CPU the thread count (float32 sums split by
+        threads)."""
+        device = self.device
+        where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+        weights = self.text_digest or module_digest(self.text_encoder)
+        return sha256_hex((weights, str(self.text.max_length), str(next(self.text_encoder.parameters()).dtype), where))[:16]
 
     # -- denoising -----------------------------------------------------------------------------
     def new_cache(self, batch: int, start: int = 0) -> WanKVCache:
@@ -216,6 +254,11 @@ class WanCausalModel(nn.Module):
     def decode_next(self, latents: torch.Tensor, state: VaeState | None) -> tuple[torch.Tensor, VaeState]:
         return decode_latents(self.vae, latents, state)
 
+    def decode_frames(self, latents: torch.Tensor, frames: list[int]) -> torch.Tensor:
+        """Only the video frames `frames` (ascending), differentiable: decoded a chunk of latent frames at
+        a time, each chunk checkpointed (harness.models.wan_causal.vae.decode_frames)."""
+        return decode_frames(self.vae, latents, frames, self.cfg.frames_per_chunk)
+
     # -- identity ------------------------------------------------------------------------------
     def digest(self) -> str:
         return self._digest
@@ -240,8 +283,6 @@ class WanCausalModel(nn.Module):
     def dmd_scores(self, weights_dir: Path) -> tuple["WanClipScore", "WanClipScore"]:
         """Self-Forcing's DMD scores: the real score Wan2.1-T2V-14B, the fake score Wan2.1-T2V-1.3B
         (bidirectional Wan models; model config `dmd_scores`); at the tiny size, tiny random ones."""
-        from harness.models.wan_causal.loader import load_scores
-
         real, fake = load_scores(self.cfg.name, self.scores, Path(weights_dir), self.transformer.dtype, self.device)
         return WanClipScore(real), WanClipScore(fake)
 

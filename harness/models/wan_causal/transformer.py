@@ -157,9 +157,14 @@ class CausalWan:
         uniform = bool((timesteps == timesteps[:, :1]).all())
         block_mod = modulation[:, 0] if uniform else modulation.repeat_interleave(n, 1)
         self.state = ForwardState(context, repeat, mask)
+        checkpointed = m.gradient_checkpointing and torch.is_grad_enabled()
         try:
             for block in m.blocks:
-                hidden = block(hidden, text_emb, block_mod, rotary)
+                if checkpointed:  # diffusers' switch (enable_gradient_checkpointing) and function
+                    hidden = m._gradient_checkpointing_func(self._replayable(block), hidden, text_emb, block_mod,
+                                                            rotary)
+                else:
+                    hidden = block(hidden, text_emb, block_mod, rotary)
             produced = self.state.produced
         finally:
             self.state = ForwardState()
@@ -167,6 +172,22 @@ class CausalWan:
         frames = m.norm_out(hidden.float()).unflatten(1, (f, n))
         hidden = (frames * (1 + scale) + shift).flatten(1, 2).type_as(hidden)
         return self._unpatchify(m.proj_out(hidden), f, height, width), produced
+
+    def _replayable(self, block: nn.Module):
+        """The block as a function that the backward pass can run again: it attends to this forward's
+        context (the recompute runs after the forward has ended), and only the first run records the
+        block's keys and values."""
+        state, runs = self.state, []
+
+        def run(*inputs: torch.Tensor) -> torch.Tensor:
+            outer = self.state
+            self.state = state if not runs else ForwardState(state.context, state.repeat, state.mask)
+            runs.append(True)
+            try:
+                return block(*inputs)
+            finally:
+                self.state = outer
+        return run
 
     def _time(self, timesteps: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         emb = self.transformer.condition_embedder

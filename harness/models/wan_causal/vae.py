@@ -55,14 +55,61 @@ def decode_latents(vae: nn.Module, latents: torch.Tensor, state: VaeState | None
             raise ValueError(f"{b} latent rows do not continue a decoder state of {state.rows} rows")
         rows = state.repeat(b // state.rows)
         cache, done = list(rows.cache), rows.frames
+    x = _decoder_input(vae, latents)
+    outputs = []
+    for i in range(x.shape[2]):
+        outputs.append(vae.decoder(x[:, :, i: i + 1], feat_cache=cache, feat_idx=[0], first_chunk=done + i == 0))
+    return _pixels(torch.cat(outputs, 2)), VaeState(tuple(cache), done + x.shape[2], b)
+
+
+def _decoder_input(vae: nn.Module, latents: torch.Tensor) -> torch.Tensor:
     cfg = vae.config
     mean = torch.tensor(cfg.latents_mean, dtype=latents.dtype, device=latents.device).view(1, -1, 1, 1, 1)
     std = torch.tensor(cfg.latents_std, dtype=latents.dtype, device=latents.device).view(1, -1, 1, 1, 1)
     z = latents.transpose(1, 2) * std + mean  # (B, C, F, h, w), diffusers' de-normalisation
-    x = vae.post_quant_conv(z.to(vae.post_quant_conv.weight.dtype))
-    outputs = []
-    for i in range(x.shape[2]):
-        outputs.append(vae.decoder(x[:, :, i: i + 1], feat_cache=cache, feat_idx=[0], first_chunk=done + i == 0))
-    frames = torch.cat(outputs, 2).clamp(-1.0, 1.0)
-    video = (frames.float().transpose(1, 2) * 0.5 + 0.5).clamp(0, 1)
-    return video, VaeState(tuple(cache), done + x.shape[2], b)
+    return vae.post_quant_conv(z.to(vae.post_quant_conv.weight.dtype))
+
+
+def _pixels(frames: torch.Tensor) -> torch.Tensor:
+    """The decoder's output (B, 3, F, H, W) in [-1, 1] -> frames (B, F, 3, H, W) in [0, 1]."""
+    return (frames.clamp(-1.0, 1.0).float().transpose(1, 2) * 0.5 + 0.5).clamp(0, 1)
+
+
+def first_frame_of(latent: int) -> int:
+    """The first video frame that latent frame `latent` decodes to (one frame for latent 0, then 4 each)."""
+    return 0 if latent == 0 else 1 + 4 * (latent - 1)
+
+
+def latent_of(frame: int) -> int:
+    return 0 if frame == 0 else (frame - 1) // 4 + 1
+
+
+def decode_frames(vae: nn.Module, latents: torch.Tensor, frames: list[int], span: int) -> torch.Tensor:
+    """The video frames `frames` (ascending indices) of normalised latents (B, F, C, h, w) from the
+    video's start: the same values as decode_latents(vae, latents, None)[0][:, frames], and the same
+    gradient. A frame depends on every latent frame up to its own through the causal cache, so the
+    decoder runs up to the last latent frame needed, `span` latent frames at a time, each span under
+    non-reentrant torch.utils.checkpoint: the backward pass keeps only the cache between spans and the
+    frames asked for, and recomputes a span's activations when it reaches it."""
+    from torch.utils.checkpoint import checkpoint
+
+    last = latent_of(frames[-1])
+    x = _decoder_input(vae, latents[:, : last + 1])
+    cache: tuple[Entry, ...] = (None,) * causal_conv_count(vae)
+    kept = []
+    for start in range(0, last + 1, span):
+        end = min(start + span, last + 1)
+        local = [f - first_frame_of(start) for f in frames if start <= latent_of(f) < end]
+        out, cache = checkpoint(_decode_span, vae, x[:, :, start:end], cache, start, local, use_reentrant=False)
+        kept.append(out)
+    return _pixels(torch.cat(kept, 2))
+
+
+def _decode_span(vae: nn.Module, x: torch.Tensor, cache: tuple[Entry, ...], start: int,
+                 local: list[int]) -> tuple[torch.Tensor, tuple[Entry, ...]]:
+    """Latent frames start.. of a video through the decoder from `cache` (never mutated: a recompute in
+    the backward pass starts from the same state), keeping the output frames `local` of the span."""
+    cache = list(cache)
+    outputs = [vae.decoder(x[:, :, i: i + 1], feat_cache=cache, feat_idx=[0], first_chunk=start + i == 0)
+               for i in range(x.shape[2])]
+    return torch.cat(outputs, 2)[:, :, local], tuple(cache)

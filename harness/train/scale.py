@@ -1,0 +1,121 @@
+"""What training at paper scale adds to a run: fp32 master weights under bf16 compute, per-block
+gradient checkpointing, and FSDP2 sharding of DMD's score networks (harness.train.trainer applies them
+as train.precision, train.checkpointing and train.sharding say).
+
+- Mixed precision (`train.precision=mixed`): the model computes in its own dtype (bf16 at scale) and
+  the adapter's tensors stay in it; AdamW steps fp32 copies of them (its state is fp32 too), and
+  after each step the copies are cast back into the adapter. A bf16 adapter stepped directly loses
+  every update smaller than half its last bit (at lr 2e-5, most of them). The checkpoint holds the
+  fp32 copies.
+- Gradient checkpointing (`train.checkpointing=true`): the trained module keeps only each transformer
+  block's input and recomputes the block in the backward pass; gradients are unchanged. Wan's
+  transformer takes diffusers' own switch (`enable_gradient_checkpointing`, non-reentrant
+  torch.utils.checkpoint), the toy's denoiser its `gradient_checkpointing` flag.
+- Sharding (`train.sharding=fsdp`, several ranks): DMD's real score (frozen, the 14B model at scale)
+  and fake score (trained) are each wrapped with FSDP2's `fully_shard`, block by block and then the
+  root, as torchtitan wraps a diffusion transformer: each rank keeps 1/N of their weights (and of the
+  fake score's AdamW state) and gathers a block's weights only while it runs. Under mixed precision
+  the fake score's weights become fp32 shards that FSDP casts to the model's dtype at each gather, and
+  its gradients are reduced in fp32. The adapter itself stays replicated (it is small) and its
+  gradients are summed by harness.train.distributed.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from harness.errors import UsageError
+
+
+class MasterWeights:
+    """fp32 copies of the trained tensors, which the optimiser steps (module docstring)."""
+
+    def __init__(self, named: dict[str, nn.Parameter]):
+        self.names = list(named)
+        self.parameters = list(named.values())
+        self.weights = [p.detach().float().clone().requires_grad_(True) for p in self.parameters]
+
+    def take_gradients(self) -> None:
+        """The adapter's gradients (summed over micro-batches and ranks), in fp32, onto the copies."""
+        for w, p in zip(self.weights, self.parameters):
+            w.grad = None if p.grad is None else p.grad.float()
+            p.grad = None
+
+    def give_weights(self) -> None:
+        """The stepped copies, cast, into the adapter."""
+        with torch.no_grad():
+            for w, p in zip(self.weights, self.parameters):
+                p.copy_(w)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {n: w.detach().clone() for n, w in zip(self.names, self.weights)}
+
+    def load(self, state: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for n, w in zip(self.names, self.weights):
+                w.copy_(state[n])
+
+
+def enable_checkpointing(module: nn.Module) -> None:
+    """Per-block gradient checkpointing of a trained module (module docstring)."""
+    if callable(getattr(module, "enable_gradient_checkpointing", None)):
+        module.enable_gradient_checkpointing()  # diffusers: every block through torch.utils.checkpoint
+    elif hasattr(module, "gradient_checkpointing"):
+        module.gradient_checkpointing = True
+    else:
+        raise UsageError(f"{type(module).__name__} cannot checkpoint its blocks; set train.checkpointing=false")
+
+
+def blocks_of(module: nn.Module) -> list[nn.Module]:
+    """The transformer blocks of a score network (Wan's and the toy's both name them `blocks`)."""
+    blocks = getattr(module, "blocks", None)
+    if not isinstance(blocks, nn.ModuleList):
+        raise UsageError(f"{type(module).__name__} has no `blocks` to shard; set train.sharding=none")
+    return list(blocks)
+
+
+def shard_scores(objective: object, mixed: bool, shared: nn.Module) -> None:
+    """FSDP2 over DMD's real and fake scores (module docstring); a score that is the generator's own
+    module (`shared`: the toy flow model scores with its own denoiser) stays whole. The fake score's
+    optimiser is rebuilt over the sharded parameters."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    scores = [s for s in (getattr(objective, "real", None), getattr(objective, "fake", None)) if s is not None]
+    mesh = init_device_mesh("cuda" if torch.cuda.is_available() else "cpu", (dist.get_world_size(),))
+    for score in scores:
+        module = score.module
+        if module is shared:
+            continue
+        trained = any(p.requires_grad for p in module.parameters())
+        compute = next(module.parameters()).dtype
+        policy = MixedPrecisionPolicy()
+        if trained and mixed:
+            module.float()  # the fp32 masters; FSDP casts them to the compute dtype when it gathers
+            policy = MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch.float32)
+        for block in blocks_of(module):
+            fully_shard(block, mesh=mesh, mp_policy=policy)
+        fully_shard(module, mesh=mesh, mp_policy=policy)
+    if callable(getattr(objective, "critic_optimizer", None)):
+        objective.fake_opt = objective.critic_optimizer()
+
+
+def whole_state(module: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, object]:
+    """A network's and its optimiser's full state on the CPU, gathered from the ranks if sharded (a
+    collective then: every rank calls it); loads on any number of ranks."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_optimizer_state_dict)
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return {"model": get_model_state_dict(module, options=options),
+            "optimizer": get_optimizer_state_dict(module, optimizer, options=options)}
+
+
+def load_whole_state(module: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, object]) -> None:
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                         set_optimizer_state_dict)
+
+    options = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(module, state["model"], options=options)
+    set_optimizer_state_dict(module, optimizer, state["optimizer"], options=options)
