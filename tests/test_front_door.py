@@ -60,3 +60,13 @@ def test_list_methods_lists_every_method_config_with_the_plug_in_it_runs():
 def test_list_models_reads_the_backend_through_a_configs_defaults():
     rows = {line.split()[0]: line.split()[2] for line in _answer(["list", "models"]).stdout.splitlines()[:-2]}
     assert rows["toy"] == rows["toy_sf"] == "toy" and rows["self_forcing"] == "wan_causal"
+
+
+def test_export_help_names_every_option_export_takes():
+    """`export --help` lists its options as prose in the CLI (so that help imports nothing); each name
+    that harness.report.export takes must be there, so the two lists cannot drift apart."""
+    from harness.cli import COMMANDS
+    from harness.report.export import OPTIONS
+
+    helped = " ".join(COMMANDS["export"].own)
+    assert [o for o in OPTIONS if f"{o}=" not in helped] == []
