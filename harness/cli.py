@@ -94,10 +94,11 @@ def cmd_distill(overrides: list[str]) -> None:
 def cmd_train(overrides: list[str]) -> None:
     """The train group is not in the root config's defaults (sampling never reads it), so the chosen
     option is appended to them."""
-    from harness.experiment.plans import compose, group_choices
+    from harness.experiment.plans import compose, group_choices, refuse_repeated
     from harness.train.checkpoints import log_path
     from harness.train.trainer import start
 
+    refuse_repeated(overrides)  # `train=dmd train=reward` would otherwise train the last one
     known = group_choices("train", overrides)
     chosen = [o.partition("=")[2] for o in overrides if o.partition("=")[0].lstrip("+") == "train"]
     name = chosen[-1] if chosen else "reward"

@@ -90,6 +90,8 @@ CASES: dict[str, tuple[list[str], str]] = {
     "param twice": (["run", "method=bon", "method.params.n=3", "method.params.n=4"], "method.params.n is given twice"),
     "sweep key twice": (["sweep", "sampler.steps=3", "sampler.steps=2,3"], "sampler.steps is given twice"),
     "report key twice": (["report", "seed=0", "seed=1"], "seed is given twice"),
+    "train option twice": (["train", "train=dmd", "train=reward", "method=lora", "train.out=TMP/twice.safetensors"],
+                           "train is given twice (train=dmd, then train=reward)"),
     "prompts ignored": (["run", "suite=world_eval", "suite.prompts=[a red circle bouncing]"],
                         "suite.prompts is set, but suite 'world_eval' (source world_eval) does not read it"),
     "source ignores prompts": (["run", "suite.source=world_eval"],

@@ -125,7 +125,7 @@ def _setting(override: str) -> tuple[str, str]:
     return key.lstrip("+~"), value
 
 
-def _refuse_repeated(overrides: list[str]) -> None:
+def refuse_repeated(overrides: list[str]) -> None:
     """A key given twice with two values is refused: Hydra would keep the last one silently
     (`method=bon method=sop` runs sop). The same setting twice changes nothing and passes."""
     seen: dict[str, str] = {}
@@ -148,7 +148,7 @@ def compose(overrides: list[str], with_hydra: bool = False) -> DictConfig:
 
     import yaml
 
-    _refuse_repeated(overrides)
+    refuse_repeated(overrides)
     _check_group_choices(overrides)
     try:
         with initialize_config_dir(str(CONFIG_DIR), version_base=None, job_name="refinery"):
@@ -177,7 +177,7 @@ def _parse(overrides: list[str], check: bool = True) -> list:
     from harness.experiment.config_schema import override_error
 
     if check:
-        _refuse_repeated(overrides)
+        refuse_repeated(overrides)
         _check_group_choices(overrides)
     try:
         return OverridesParser.create().parse_overrides(overrides)
