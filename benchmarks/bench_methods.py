@@ -10,10 +10,11 @@ out of both wall times: what the harness itself adds around the networks a metho
 The trained methods (lora, init_noise_refiner, autorefiner) are timed with their adapters merged
 (`merge: true`, their default) and as deltas (`merge: false`), each on its own row; a repeat runs
 every variant of a method, then base. `--checkpoint null` times them untrained (the same operations:
-for models without shipped adapters, such as wan_tiny).
+for models without shipped adapters, such as wan_tiny). `--latents-only` skips decoding (wan_tiny's
+VAE takes most of a rollout's time on the CPU, which would hide the denoiser's).
 
     .venv/bin/python benchmarks/bench_methods.py [--repeats 5] [--batch 16] [--model toy|wan_tiny]
-        [--methods lora autorefiner ...] [--checkpoint reward|null]
+        [--methods lora autorefiner ...] [--checkpoint reward|null] [--latents-only]
 """
 from __future__ import annotations
 
@@ -48,10 +49,10 @@ def variants(name: str, params: dict, checkpoint: str | None) -> dict[str, dict]
             for merge in (True, False)}
 
 
-def timed(model, method, prompts, seeds, sampler) -> tuple[float, float, Ledger]:
+def timed(model, method, prompts, seeds, sampler, decode: bool = True) -> tuple[float, float, Ledger]:
     """Wall seconds, wall seconds outside decoder and verifier calls, and the ledger."""
     start = time.perf_counter()
-    result = rollout(model, method, prompts, seeds, sampler)
+    result = rollout(model, method, prompts, seeds, sampler, decode=decode)
     wall = time.perf_counter() - start
     return wall, wall - result.ledger.decode_seconds - result.ledger.verifier_seconds, result.ledger
 
@@ -63,6 +64,7 @@ def main() -> None:
     parser.add_argument("--model", default="toy")
     parser.add_argument("--methods", nargs="+", default=list(METHODS_TO_TIME), choices=list(METHODS_TO_TIME))
     parser.add_argument("--checkpoint", default="reward", help="the trained methods' adapters; null: untrained")
+    parser.add_argument("--latents-only", action="store_true", help="roll out without decoding the videos")
     args = parser.parse_args()
     model, _ = load(args.model)
     checkpoint = None if args.checkpoint == "null" else args.checkpoint
@@ -83,8 +85,8 @@ def main() -> None:
         base_runs = []
         for _ in range(args.repeats):
             for label, method in methods.items():
-                runs[label].append(timed(model, method, prompts, seeds, sampler))
-            base_runs.append(timed(model, base, prompts, seeds, sampler))
+                runs[label].append(timed(model, method, prompts, seeds, sampler, not args.latents_only))
+            base_runs.append(timed(model, base, prompts, seeds, sampler, not args.latents_only))
         for label, own in runs.items():
             print(row(label, own, base_runs, len(prompts)))
 
