@@ -23,6 +23,8 @@ Ablation switches (the paper's Tables 3, 4 and 6): `timesteps`, the refined inte
 (any non-empty subset of the schedule's, named by the denoising step list: 750, 500, 250 for
 Self-Forcing's 4 steps, warped or not), `history`,
 `previous_output`, `rank` (and `alpha`). Null takes the checkpoint's value; training defaults: every intermediate timestep, both switches on, rank 8, alpha = rank.
+`merge` (sampling only, default true): the refiner runs its deltas merged into a copy of its weights
+(harness.train.adapters); false keeps the deltas where memory is tight.
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ from harness.errors import UsageError
 from harness.models.base import ModelSpec, VideoModel
 from harness.engine.context import Context
 from harness.engine.samplers import Sampler
-from harness.train.adapters import DEFAULT_RANK, NoiseRefiner, TrainedMethod, check_head, check_rank, check_switch
+from harness.train.adapters import DEFAULT_RANK, NoiseRefiner, RefinerMethod, check_head, check_rank, check_switch
 
 
 def intermediate_timesteps(sampler: Sampler) -> list[int]:
@@ -54,6 +56,7 @@ class AutoRefinerParams:
     head: str | None = None  # full | lora: how the zero-initialised output head trains (null: the checkpoint's)
     previous_output: bool | None = None
     timesteps: tuple[int, ...] | None = None
+    merge: bool = True  # sample with the deltas merged into a copy of the weights (harness.train.adapters)
 
     def __post_init__(self) -> None:
         check_rank(self.rank, self.alpha)
@@ -70,7 +73,7 @@ class AutoRefinerParams:
         object.__setattr__(self, "timesteps", tuple(sorted(set(self.timesteps), reverse=True)))
 
 
-class AutoRefiner(TrainedMethod):
+class AutoRefiner(RefinerMethod):
     name = "autorefiner"
     description = ("AutoRefiner: a zero-initialised LoRA noise refiner of the intermediate path noises, "
                    "conditioned on the history and the previous denoised output (reflective KV cache)")
@@ -104,22 +107,13 @@ class AutoRefiner(TrainedMethod):
         self.refiner = NoiseRefiner(model, self.arch["rank"], self.arch["alpha"], self.arch["history"],
                                     self.arch["previous_output"], self.arch["head"])
         self.adapted = self.refiner.module
-        return model
-
-    def begin(self, ctx: Context) -> None:
-        super().begin(ctx)
-        ctx.state["refiner_cache"] = self.refiner.new_cache(ctx.cache.batch)
+        return self.sample_with(model, self.adapted)
 
     def path_noise(self, x: torch.Tensor, x0: torch.Tensor, ctx: Context) -> torch.Tensor:
         eps = super().path_noise(x, x0, ctx)
         if ctx.step not in self.refined:
             return eps
         with torch.set_grad_enabled(ctx.training and ctx.step + 1 == ctx.exit_step):
-            delta = self.refiner(eps, ctx.sampler.sigmas[ctx.step + 1], ctx.cond, ctx.state["refiner_cache"],
-                                 ctx.cache.frames, x0, ctx.ledger)
+            delta = self.refine(eps, ctx.sampler.sigmas[ctx.step + 1], x0, ctx)
         self.penalise(delta, ctx)
         return eps + delta
-
-    def commit(self, x0: torch.Tensor, ctx: Context) -> None:
-        super().commit(x0, ctx)
-        self.refiner.commit(x0, ctx.cond, ctx.state["refiner_cache"], ctx.ledger)

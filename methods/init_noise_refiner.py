@@ -14,7 +14,8 @@ chain up to a randomly chosen exit step (the same for all chunks); the loss adds
 ½||Δε||² per refinement (summed over chunks, averaged over videos).
 
 Parameters: checkpoint (shipped tag, path, or null: untrained), rank, alpha, history (null: the
-checkpoint's; training defaults rank 8, alpha = rank, history on).
+checkpoint's; training defaults rank 8, alpha = rank, history on); merge (sampling only, default true:
+the refiner runs its deltas merged into a copy of its weights; harness.train.adapters).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import torch
 
 from harness.models.base import VideoModel
 from harness.engine.context import Context
-from harness.train.adapters import DEFAULT_RANK, NoiseRefiner, TrainedMethod, check_head, check_rank, check_switch
+from harness.train.adapters import DEFAULT_RANK, NoiseRefiner, RefinerMethod, check_head, check_rank, check_switch
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class InitNoiseRefinerParams:
     alpha: float | None = None
     history: bool | None = None
     head: str | None = None  # full | lora: how the zero-initialised output head trains (null: the checkpoint's)
+    merge: bool = True  # sample with the deltas merged into a copy of the weights (harness.train.adapters)
 
     def __post_init__(self) -> None:
         check_rank(self.rank, self.alpha)
@@ -42,7 +44,7 @@ class InitNoiseRefinerParams:
         check_head(self.head)
 
 
-class InitNoiseRefiner(TrainedMethod):
+class InitNoiseRefiner(RefinerMethod):
     name = "init_noise_refiner"
     description = ("a LoRA noise refiner of each chunk's initial noise, zero-initialised "
                    "(one refiner call per chunk)")
@@ -55,19 +57,10 @@ class InitNoiseRefiner(TrainedMethod):
         self.refiner = NoiseRefiner(model, self.arch["rank"], self.arch["alpha"], self.arch["history"],
                                     previous=False, head=self.arch["head"])
         self.adapted = self.refiner.module
-        return model
-
-    def begin(self, ctx: Context) -> None:
-        super().begin(ctx)
-        ctx.state["refiner_cache"] = self.refiner.new_cache(ctx.cache.batch)
+        return self.sample_with(model, self.adapted)
 
     def initial_noise(self, ctx: Context) -> torch.Tensor:
         eps = super().initial_noise(ctx)
-        delta = self.refiner(eps, ctx.sampler.sigmas[0], ctx.cond, ctx.state["refiner_cache"], ctx.cache.frames,
-                             None, ctx.ledger)
+        delta = self.refine(eps, ctx.sampler.sigmas[0], None, ctx)
         self.penalise(delta, ctx)
         return eps + delta
-
-    def commit(self, x0: torch.Tensor, ctx: Context) -> None:
-        super().commit(x0, ctx)
-        self.refiner.commit(x0, ctx.cond, ctx.state["refiner_cache"], ctx.ledger)

@@ -11,6 +11,7 @@ from conftest import fast_with
 from harness.cli import main
 from harness.engine.cost import rollout_cost
 from harness.engine.registry import METHODS
+from harness.errors import UsageError
 from harness.experiment import planner
 from harness.experiment.plans import compose
 
@@ -110,3 +111,15 @@ def test_gpu_check_without_a_gpu_says_so_and_exits_0():
                           env={"PATH": "/nonexistent"}, timeout=30)
     assert done.returncode == 0
     assert done.stdout.strip().count("\n") == 0 and "no NVIDIA GPU" in done.stdout
+
+
+def test_a_merged_trained_method_plans_the_memory_of_its_merged_copy():
+    """merge (the default) holds a copy of the adapted weights beside the base's; merge=false does not,
+    and a cell that does not fit names it as a way out."""
+    sweep = ["model=self_forcing", "method=lora", "method.params.checkpoint=null", "batch_size=1", "prompts=1"]
+    merged, deltas = (planner.plan_sweep([*sweep, f"method.params.merge={m}"]).cells[0] for m in ("true", "false"))
+    copy_gb = planner.calibration("self_forcing")["memory_gb"]["merged_copy"]
+    assert merged.peak_gb - deltas.peak_gb == pytest.approx(copy_gb) and copy_gb > 2
+    with pytest.raises(UsageError, match="method.params.merge=false"):
+        planner.plan_sweep([*sweep, f"gpu_memory_gb={deltas.peak_gb + copy_gb / 2}"])
+    planner.plan_sweep([*sweep, "method.params.merge=false", f"gpu_memory_gb={deltas.peak_gb + copy_gb / 2}"])

@@ -2,6 +2,7 @@
 are base bit for bit, adapters are deltas on the one shared base, the ledger counts one refiner call
 per refinement (Table 2's ΔNFE through the report path), each reflective-KV-cache switch really removes
 its input, and bad settings or checkpoints are refused with one line before any compute."""
+import itertools
 import subprocess
 import sys
 from pathlib import Path
@@ -179,11 +180,97 @@ def test_init_noise_refiner_history_switch_removes_the_history(model, history):
     assert torch.equal(refiner_output(method, model, a), refiner_output(method, model, b)) != history
 
 
+# -- merged adapters (method.params.merge) --------------------------------------------------------
+
+def trained_pair(cls, model, sampler):
+    """The same trained (randomised) adapters, sampling merged and as deltas."""
+    unmerged = bound(cls, model, sampler, merge=False)
+    randomise_adapters(unmerged)
+    merged = bound(cls, model, sampler)
+    merged.load_adapter_state(unmerged.adapter_state(), "the unmerged twin")
+    return merged, unmerged
+
+
+def lora_layers_that_sample(method, model) -> list[str]:
+    view = method.sampling_refiner.net if hasattr(method, "refiner") else method.bind(model)
+    return [name for name, _ in view.trainable.named_modules() if "lora" in name]
+
+
+@pytest.mark.parametrize("cls", [Lora, InitNoiseRefiner, AutoRefiner], ids=lambda c: c.name)
+def test_merged_adapters_sample_as_their_deltas_do_within_float_rounding(model, cls):
+    """No LoRA layer runs when merged, and the videos move from the deltas' by float rounding alone:
+    at most 1e-3 of what the adapters move them from base."""
+    sampler = Sampler(steps=2)
+    merged, unmerged = trained_pair(cls, model, sampler)
+    a = rollout(model, merged, PROMPTS[:1], SEEDS[:1], sampler).latents
+    b = rollout(model, unmerged, PROMPTS[:1], SEEDS[:1], sampler).latents
+    base = prepared_rollout(model, Base(), PROMPTS[:1], SEEDS[:1], sampler).latents
+    assert not lora_layers_that_sample(merged, model) and lora_layers_that_sample(unmerged, model)
+    assert (a - b).abs().max() <= 1e-3 * (b - base).abs().max()
+
+
+@pytest.mark.parametrize("cls", [Lora, InitNoiseRefiner, AutoRefiner], ids=lambda c: c.name)
+def test_merging_leaves_the_base_weights_untouched_and_shared(toy, cls):
+    """The base's tensors keep their bits and their storage, base cells sampled in the same process
+    keep theirs, and the merged copy adds one weight per adapted layer, nothing more."""
+    model, sampler = toy.with_chunks(2), Sampler(steps=2)
+    before = {n: (p.detach().clone(), p.data_ptr()) for n, p in model.trainable.named_parameters()}
+    digest = model.digest()
+    base_videos = rollout(model, Base(), PROMPTS[:1], SEEDS[:1], sampler).videos
+    method = bound(cls, model, sampler)
+    randomise_adapters(method)
+    rollout(model, method, PROMPTS[:1], SEEDS[:1], sampler)
+    assert all(torch.equal(p, before[n][0]) and p.data_ptr() == before[n][1]
+               for n, p in model.trainable.named_parameters())
+    assert model.digest() == digest
+    assert torch.equal(rollout(model, Base(), PROMPTS[:1], SEEDS[:1], sampler).videos, base_videos)
+    view = method.sampling_refiner.net if hasattr(method, "refiner") else method.bind(model)
+    own = {p.data_ptr() for p in itertools.chain(model.trainable.parameters(), method.adapted.parameters())}
+    added = [p for p in view.trainable.parameters() if p.data_ptr() not in own]
+    adapted_layers = {name.rsplit(".lora_A", 1)[0] for name, _ in method.adapted.named_modules() if ".lora_A" in name}
+    assert len(added) == len(adapted_layers) > 0
+
+
+@pytest.mark.parametrize("cls", [Lora, InitNoiseRefiner, AutoRefiner], ids=lambda c: c.name)
+def test_merged_sampling_is_deterministic_and_follows_the_adapters(toy, cls):
+    """Twice, or from a fresh instance with the same adapters, merged sampling gives the same videos bit
+    for bit; adapters written after a merge are merged again before the next rollout samples (it then
+    agrees with the deltas of the new weights)."""
+    model, sampler = toy.with_chunks(2), Sampler(steps=2)
+    method = bound(cls, model, sampler)
+    randomise_adapters(method)
+    first = rollout(model, method, PROMPTS[:1], SEEDS[:1], sampler)
+    assert torch.equal(rollout(model, method, PROMPTS[:1], SEEDS[:1], sampler).videos, first.videos)
+    fresh = bound(cls, model, sampler)
+    fresh.load_adapter_state(method.adapter_state(), "the first instance")
+    assert torch.equal(rollout(model, fresh, PROMPTS[:1], SEEDS[:1], sampler).videos, first.videos)
+    with torch.no_grad():
+        for p in method.trainable_parameters():
+            p.mul_(2)
+    moved = rollout(model, method, PROMPTS[:1], SEEDS[:1], sampler).latents
+    deltas = bound(cls, model, sampler, merge=False)
+    deltas.load_adapter_state(method.adapter_state(), "the first instance")
+    reference = rollout(model, deltas, PROMPTS[:1], SEEDS[:1], sampler).latents
+    assert (moved - reference).abs().max() <= 1e-3 * (reference - first.latents).abs().max()
+
+
+@pytest.mark.parametrize("method", ["lora", "init_noise_refiner", "autorefiner"])
+def test_the_merge_setting_is_in_the_cell_key(tmp_path, method):
+    keys = {}
+    for merge in ("true", "false"):
+        cfg = compose(["suite=world_smoke", "samples_per_prompt=1", "model.num_chunks=2", f"method={method}",
+                       f"method.params.merge={merge}", f"paths.store={tmp_path}"])
+        run = resolve_run(cfg)
+        assert run.spec["method"]["params"]["merge"] is (merge == "true")
+        keys[merge] = run.key
+    assert keys["true"] != keys["false"]
+
+
 # -- bad input -----------------------------------------------------------------------------------
 
 def test_bad_parameters_are_refused_when_the_method_is_built():
     for params in ({"rank": 0}, {"rank": -1}, {"rank": True}, {"alpha": 0}, {"history": "yes"},
-                   {"timesteps": []}, {"timesteps": [750.0]}, {"steps": 3}):
+                   {"timesteps": []}, {"timesteps": [750.0]}, {"steps": 3}, {"merge": "yes"}, {"merge": None}):
         with pytest.raises(UsageError):
             AutoRefiner(**params)
     with pytest.raises(UsageError, match="rank"):

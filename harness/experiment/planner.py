@@ -71,6 +71,7 @@ class CellCost:
     storage_bytes: int
     peak_gb: float
     batch_rows: int
+    merged_gb: float = 0.0  # a trained method's merged copy of the adapted weights (method.params.merge)
 
     def totals(self) -> dict[str, int]:
         c = self.per_video
@@ -179,8 +180,10 @@ def cell_cost(cfg: DictConfig, labels: dict[str, str], gpus: int, prompts: int |
                + per_video.verifier_calls * table["seconds_per_verifier_call"])
     rows = min(int(cfg.batch_size), -(-videos // gpus)) * per_video.rows
     memory = table["memory_gb"]
+    merged = memory["merged_copy"] if OmegaConf.select(cfg, "method.params.merge", default=False) else 0.0
     return CellCost(labels, model, str(cfg.method.name), videos, per_video, videos * seconds / 3600,
-                    videos * int(table["stored_bytes_per_video"]), memory["resident"] + rows * memory["per_row"], rows)
+                    videos * int(table["stored_bytes_per_video"]), memory["resident"] + merged + rows * memory["per_row"],
+                    rows, merged)
 
 
 def plan_sweep(overrides: list[str]) -> SweepPlan:
@@ -200,9 +203,11 @@ def plan_sweep(overrides: list[str]) -> SweepPlan:
     if too_big:
         worst = max(too_big, key=lambda c: c.peak_gb)
         per_row = tables[worst.model]["memory_gb"]["per_row"] * worst.per_video.rows
-        fits = int((memory - tables[worst.model]["memory_gb"]["resident"]) // per_row)
+        fits = int((memory - tables[worst.model]["memory_gb"]["resident"] - worst.merged_gb) // per_row)
         fix = (f"lower batch_size to {fits}" if fits >= 1 else
                "lower the method's candidates (method.params.n) or use GPUs with more memory")
+        if worst.merged_gb:
+            fix += f", or sample with method.params.merge=false (no merged copy: {worst.merged_gb:g} GB less)"
         raise UsageError(f"cell {_name(worst)}: one rollout batch of {worst.batch_rows} rows needs about "
                          f"{worst.peak_gb:.1f} GB per GPU, more than {memory:g} GB ({len(too_big)} of {len(cells)} "
                          f"cells do not fit); {fix}")

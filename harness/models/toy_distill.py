@@ -69,6 +69,9 @@ class Student(TrainedGenerator):
     def complete(self, given: dict[str, Any], sampler: Sampler) -> dict[str, Any]:
         return {}
 
+    def merges(self) -> bool:
+        return False  # the student is a whole module, not adapters: nothing to merge
+
     def build(self, model: VideoModel) -> VideoModel:
         backend = trainable_backend(model)
         self.adapted = copy.deepcopy(backend.trainable).requires_grad_(True)

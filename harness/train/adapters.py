@@ -14,6 +14,15 @@ are never copied), and peft's LoRA layers add their low-rank products on the fly
 with peft's init (A random from a fixed seed, B zero): an untrained adapter adds exactly 0.0, so the
 adapted model is the base model bit for bit.
 
+Sampling (method parameter `merge`, default true) runs a merged copy instead (`merged_copy`): each
+adapted layer gets a weight of its own, the base's plus its delta (peft's merge), so a call costs what
+the base's costs; every other tensor stays the base's. That copy holds one more weight per adapted
+layer (on Wan2.1-1.3B, about the whole transformer: 2.6 GiB in bf16), so `merge: false` samples with
+the deltas where memory is tight. Merged and unmerged agree within float rounding, not bit for bit,
+so the setting is part of the method's description and of the cell key. Training always runs the
+deltas; the merged copy is rebuilt when any tensor of the adapted module was written since
+(`weights_stamp`), so a sampling rollout never runs stale weights.
+
 NoiseRefiner (AutoRefiner Sec. 3.4, after HyperNoise's zero-initialised output layer): the base
 network with LoRA on its adapter targets and, in place of its output head, a head of its own whose
 weight and bias start at zero. Its output is exactly zero until training moves that head: Δε = 0 and
@@ -86,6 +95,28 @@ def adapted_copy(model: VideoModel, rank: int, alpha: float) -> nn.Module:
     return add_lora(module, backend.lora_targets(module), rank, alpha)
 
 
+def merged_copy(adapted: nn.Module) -> nn.Module:
+    """A sampling copy of `adapted` whose LoRA layers are plain layers again, each with a weight of its
+    own: the base's plus the adapter's delta (peft's merge). Every other tensor stays shared, and the
+    base's weights are never written."""
+    from peft.tuners.lora import LoraLayer
+
+    merged = shared_copy(adapted)
+    with torch.no_grad():
+        for name, layer in [(n, m) for n, m in merged.named_modules() if isinstance(m, LoraLayer)]:
+            base = layer.get_base_layer()
+            base.weight = nn.Parameter(base.weight.detach().clone(), requires_grad=False)  # merge writes this one
+            layer.merge(safe_merge=True)
+            merged.set_submodule(name, base)
+    return merged
+
+
+def weights_stamp(module: nn.Module) -> tuple[int, ...]:
+    """Changes whenever a tensor of `module` is written in place (an optimiser step, a loaded adapter
+    state): torch's per-tensor version counter, which autograd keeps for the same purpose."""
+    return tuple(p._version for p in module.parameters())
+
+
 def check_rank(rank: object, alpha: object) -> None:
     """Explicit values only (None means: from the checkpoint, or the default)."""
     if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
@@ -127,8 +158,15 @@ class NoiseRefiner:
         self.module = add_lora(module, targets, rank, alpha)
         if head == "full":
             zero.requires_grad_(True)  # trained in full, after peft froze everything but its adapters
+        self.backend = backend
         self.net = backend.with_trainable(self.module)
         self.history, self.previous = history, previous
+
+    def running(self, module: nn.Module) -> NoiseRefiner:
+        """This refiner with `module` (its adapted module's merged copy) in place of its adapted module."""
+        view = copy.copy(self)
+        view.net = self.backend.with_trainable(module)
+        return view
 
     def new_cache(self, batch: int) -> KVCache:
         """The refiner's own history of one rollout (kept in its context's state)."""
@@ -166,7 +204,8 @@ class TrainedMethod(Method):
     Architecture settings (`arch_defaults`: rank, alpha, a refiner's switches) are fixed by the
     checkpoint: one left None takes the checkpoint's value, or the default when untrained or
     training; one set explicitly must agree with the checkpoint. checkpoint None is the untrained
-    adapter, which samples exactly like `base` (at a refiner's extra cost).
+    adapter, which samples exactly like `base` (at a refiner's extra cost). `merge` is a sampling
+    setting, not architecture (module docstring): it is described, never stored in a checkpoint.
 
     Training API (harness.train.trainer): trainable_parameters, adapter_state, load_adapter_state,
     exit_steps (Algorithm 1's choice of the step that carries the gradient), regulariser.
@@ -193,6 +232,7 @@ class TrainedMethod(Method):
         self.arch = completed
         self.check(spec, sampler)
         self._bound: tuple[VideoModel, VideoModel] | None = None
+        self._merged: tuple[tuple[int, ...], VideoModel] | None = None
         self._binding = threading.Lock()
 
     def complete(self, given: dict[str, Any], sampler: Sampler) -> dict[str, Any]:
@@ -206,16 +246,26 @@ class TrainedMethod(Method):
 
     def describe(self) -> dict[str, Any]:
         described = super().describe()
-        described["params"] = {"checkpoint": self.params.checkpoint, **self.arch}
+        described["params"] = {"checkpoint": self.params.checkpoint, **self.arch, "merge": self.merges()}
         described["checkpoint_digest"] = self.adapter.digest if self.adapter else None
         return described
 
     # -- the weights ---------------------------------------------------------------------------
+    def merges(self) -> bool:
+        """Whether sampling runs the adapters merged into a copy of the adapted weights (module docstring)."""
+        return self.params.merge
+
     def bind(self, model: VideoModel, training: bool = False) -> VideoModel:
-        with self._binding:  # rollouts that share this instance build its adapters once
+        with self._binding:  # rollouts that share this instance build (and merge) its adapters once
             if self._bound is None or self._bound[0] is not model:
                 self._bound = (model, self._build_and_load(model))
-            return self._bound[1]
+                self._merged = None
+            if training or not self.merges():
+                return self._bound[1]
+            stamp = weights_stamp(self.adapted)
+            if self._merged is None or self._merged[0] != stamp:
+                self._merged = (stamp, self.sample_with(model, merged_copy(self.adapted)))
+            return self._merged[1]
 
     def _build_and_load(self, model: VideoModel) -> VideoModel:
         if self.adapter is not None and self.adapter.base_digest != model.digest():
@@ -229,7 +279,11 @@ class TrainedMethod(Method):
 
     def build(self, model: VideoModel) -> VideoModel:
         """Create the adapters for `model` (setting self.adapted, the module that holds them) and
-        return the model that samples and trains."""
+        return the model that trains, and samples with the deltas."""
+        raise NotImplementedError
+
+    def sample_with(self, model: VideoModel, module: nn.Module) -> VideoModel:
+        """The model that samples when `module` (self.adapted, or its merged copy) runs the adapters."""
         raise NotImplementedError
 
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -276,3 +330,29 @@ class TrainedGenerator(TrainedMethod):
     def denoise(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
         with torch.set_grad_enabled(ctx.training and ctx.is_last_step):
             return super().denoise(x, ctx)
+
+
+class RefinerMethod(TrainedMethod):
+    """A trained method whose weights are a NoiseRefiner (`self.refiner`, which `build` creates) beside
+    the base model, which samples: a rollout's refiner, its merged copy when sampling merges, and the
+    refiner's own history cache live in the rollout's context."""
+
+    def sample_with(self, model: VideoModel, module: nn.Module) -> VideoModel:
+        # the adapted module already runs in self.refiner, and a second view of one module would take its
+        # attention processors over (the wan_causal backend's), leaving the first view's context unread
+        self.sampling_refiner = self.refiner if module is self.adapted else self.refiner.running(module)
+        return model
+
+    def begin(self, ctx: Context) -> None:
+        super().begin(ctx)
+        ctx.state["refiner"] = self.refiner if ctx.training else self.sampling_refiner
+        ctx.state["refiner_cache"] = ctx.state["refiner"].new_cache(ctx.cache.batch)
+
+    def refine(self, eps: torch.Tensor, sigma: float, previous: torch.Tensor | None, ctx: Context) -> torch.Tensor:
+        """Δε for the noise `eps` of the current chunk, to be mixed at level `sigma` (NoiseRefiner.__call__)."""
+        return ctx.state["refiner"](eps, sigma, ctx.cond, ctx.state["refiner_cache"], ctx.cache.frames, previous,
+                                    ctx.ledger)
+
+    def commit(self, x0: torch.Tensor, ctx: Context) -> None:
+        super().commit(x0, ctx)
+        ctx.state["refiner"].commit(x0, ctx.cond, ctx.state["refiner_cache"], ctx.ledger)
