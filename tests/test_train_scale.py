@@ -1,6 +1,7 @@
 """Training at paper scale (docs/training.md#training-at-paper-scale): micro-batches accumulate to the
-whole batch's update, ranks split the batch and train as one process does, FSDP2 shards DMD's scores
-without changing what is trained, fp32 master weights keep the updates that bf16 weights lose,
+whole batch's update, ranks split the batch and train as one process does, FSDP2 shards the
+generator's frozen base and DMD's scores without changing what is trained, DCP checkpoints of N ranks
+resume in one process, fp32 master weights keep the updates that bf16 weights lose,
 gradient checkpointing leaves gradients unchanged, and a reward decodes only the frames it scores
 with the gradient of the whole decode. Multi-process tests start gloo ranks on the CPU (slow)."""
 import os
@@ -185,8 +186,8 @@ def test_more_ranks_than_videos_is_refused_in_one_line(tmp_path, capsys):
 
 # -- many processes (gloo ranks on this CPU) ------------------------------------------------------
 
-# replicated: the same sums in the same order (bit-identical); FSDP: measured 1.4e-6 in float64 (where
-# its round-off enters was not traced), bounded at 1e-5
+# replicated: the same sums in the same order (bit-identical); FSDP: after the resume measured 1.4e-6
+# in float64 (where its round-off enters was not traced; step 1 alone: 0), bounded at 1e-5
 RESUME_GAP = {"none": 0.0, "fsdp": 1e-5}
 
 STOP_AFTER_FIRST_STEP = """import os, harness.train.trainer as _t
@@ -235,9 +236,13 @@ def test_a_checkpoint_of_two_ranks_resumes_in_one_process(tmp_path, monkeypatch,
     model = WAN64 if sharding == "fsdp" else [*TOY, "train.objective.params.fake_updates=1"]
     settings = [*model, "train.batch=2", "train.checkpoint_every=1", "train.threads=1", "train.micro_batch=1"]
     one = config(tmp_path / "one.safetensors", *settings, "train.steps=2")
+    def stops_after_step_one(t, optimizer, step):
+        if step == 1:
+            raise KeyboardInterrupt
+        return train_step(t, optimizer, step)
+
     with monkeypatch.context() as m:  # one process, stopped after step 1 (whose adapter it keeps), resumed
-        m.setattr(trainer, "train_step", lambda t, o, step: (_ for _ in ()).throw(KeyboardInterrupt) if step == 1
-                  else train_step(t, o, step))
+        m.setattr(trainer, "train_step", stops_after_step_one)
         with pytest.raises(KeyboardInterrupt):
             train(one, progress=False)
     first = weights(Path(one.train.out))
