@@ -5,8 +5,10 @@ removed once training completes. Each is a torch.distributed.checkpoint (DCP) ch
 trained state only (the adapter or its fp32 masters, AdamW's state of them, their average, the
 objective's state: DMD's critic and its AdamW state), every rank writing its own shards of sharded
 networks, plus `run.json` (the step, and the identity of the run that a resume must match). The
-frozen base is never saved. Only tensors are saved, so loading unpickles nothing (DCP would
-unpickle any other object). DCP reshards at load: a run written by N ranks resumes on M. There is no
+frozen base is never saved. Only tensors are saved: DCP reads them with torch.load(weights_only=True).
+Its index (`.metadata`) is a pickle, which is read first by an unpickler that lets through only the
+classes of a tensors-only checkpoint's layout, so a planted folder cannot run code (DCP would
+unpickle anything else, non-tensor entries included, without that check). DCP reshards at load: a run written by N ranks resumes on M. There is no
 RNG state to save: every random number of a step comes from generators keyed by (seed, step).
 
 A step's folder is written as `step-N.partial` and renamed once whole, so a kill at any moment
@@ -17,6 +19,7 @@ resumed step, whose successors are computed again.
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +34,22 @@ if TYPE_CHECKING:
 
 KEEP = 2  # step folders kept (torchtitan's keep_latest_k, which refuses 1)
 RUN_FILE = "run.json"
+# what the `.metadata` pickle of a tensors-only DCP checkpoint refers to (torch 2.14), besides torch's dtypes
+LAYOUT = {("torch", "Size"), ("pathlib", "PosixPath"), ("torch.serialization", "_get_layout"),
+          ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+          *(("torch.distributed.checkpoint.metadata", name) for name in (
+              "Metadata", "MetadataIndex", "StorageMeta", "ChunkStorageMetadata", "TensorProperties",
+              "TensorStorageMetadata", "_MEM_FORMAT_ENCODING"))}
+
+
+class LayoutUnpickler(pickle.Unpickler):
+    """Unpickles a DCP index only if it names nothing but LAYOUT's classes and torch's dtypes."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        dtype = module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
+        if (module, name) not in LAYOUT and not dtype:
+            raise pickle.UnpicklingError(f"{module}.{name} is not part of a checkpoint's layout")
+        return super().find_class(module, name)
 
 
 def resume_path(out: Path) -> Path:
@@ -73,12 +92,23 @@ def save_step(out: Path, step: int, state: dict[str, torch.Tensor], identity: di
 
 
 def read_run(folder: Path) -> dict[str, Any]:
-    """A step folder's step and identity."""
+    """A step folder's step and identity, once its index is known to hold a checkpoint's layout only."""
+    layout(folder)
     try:
         return json.loads((folder / RUN_FILE).read_text())
     except (OSError, ValueError) as exc:
         raise UsageError(f"resume state {folder} is unreadable ({type(exc).__name__}); delete {folder.parent} "
                          "(and its checkpoint) to train from the start") from None
+
+
+def layout(folder: Path) -> dict[str, Any]:
+    """A step folder's DCP index (entry name -> its tensor's metadata), read with LayoutUnpickler."""
+    try:
+        with (folder / ".metadata").open("rb") as f:
+            return LayoutUnpickler(f).load().state_dict_metadata
+    except Exception as exc:  # any unreadable or foreign index is the same problem to the user
+        raise UsageError(f"resume state {folder} is unreadable or holds more than tensors ({exc}); delete "
+                         f"{folder.parent} (and its checkpoint) to train from the start") from None
 
 
 def load_step(folder: Path, sharded: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -87,8 +117,7 @@ def load_step(folder: Path, sharded: dict[str, torch.Tensor]) -> dict[str, torch
     checkpoint's metadata. With no process group it reads the whole checkpoint in one process."""
     import torch.distributed.checkpoint as dcp
 
-    metadata = dcp.FileSystemReader(folder).read_metadata().state_dict_metadata
-    state = {k: torch.empty(m.size, dtype=m.properties.dtype) for k, m in metadata.items() if k not in sharded}
+    state = {k: torch.empty(m.size, dtype=m.properties.dtype) for k, m in layout(folder).items() if k not in sharded}
     state.update(sharded)
     dcp.load(state, checkpoint_id=folder, no_dist=not distributed())
     return state
