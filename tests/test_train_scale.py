@@ -151,7 +151,9 @@ def test_the_sharded_base_is_the_adapted_copys_and_trains_in_bf16_as_the_whole_o
     import torch.distributed as dist
     from torch.distributed.tensor import DTensor
 
-    from harness.train.scale import mesh_of_ranks, shard_generator, weight_layers
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from harness.train.scale import shard_generator, weight_layers
 
     t = resolve_training(config(tmp_path / "a.safetensors", "model=wan_tiny", "model.dtype=bfloat16",
                                 "model.num_chunks=1", "sampler.steps=2", "train.batch=1", "train.grad_clip=0",
@@ -161,7 +163,7 @@ def test_the_sharded_base_is_the_adapted_copys_and_trains_in_bf16_as_the_whole_o
     try:
         for sharded in (False, True):
             if sharded:
-                shard_generator(t.model.trainable, mesh_of_ranks())
+                shard_generator(t.model.trainable, init_device_mesh("cpu", (1,)))  # CPU even beside a GPU
             train_step(t, torch.optim.SGD(t.optimised, lr=0.0), 0)
             grads.append([w.grad.clone() for w in t.optimised])
     finally:
