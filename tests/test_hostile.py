@@ -110,7 +110,9 @@ CASES: dict[str, tuple[list[str], str]] = {
     "submitit folder given": (["sweep", "hydra/launcher=submitit_local", "hydra.launcher.submitit_folder=TMP/jobs"],
                               "hydra.launcher.submitit_folder is set by Refinery"),
     "pickle as resume": (["train", "method=autorefiner", "train.out=TMP/planted.safetensors"],
-                         "resume state TMP/planted.resume.pt is unreadable"),
+                         "TMP/planted.resume.pt is resume state in the one-file format"),
+    "pickle as DCP index": (["train", "method=autorefiner", "train.out=TMP/planted_dcp.safetensors"],
+                            "resume state TMP/planted_dcp.steps/step-1 is unreadable or holds more than tensors"),
 }
 STORE_FREE = {"train", "train-world", "distill", "train-reward", "train-probe", "vbench", "rnu"}  # take no paths.store
 PAYLOAD = "!!python/object/apply:os.system [touch PWNED]"  # a YAML tag and a pickle that would run a command
@@ -141,6 +143,8 @@ def world(tmp_path_factory):
         (tmp / name).parent.mkdir(parents=True)
         (tmp / name).write_text(text)
     (tmp / "planted.resume.pt").write_bytes(pickle.dumps({"step": Planted()}, protocol=4))
+    (tmp / "planted_dcp.steps" / "step-1").mkdir(parents=True)  # a step folder whose DCP index runs a command
+    (tmp / "planted_dcp.steps" / "step-1" / ".metadata").write_bytes(pickle.dumps(Planted(), protocol=4))
     return tmp
 
 

@@ -76,7 +76,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_runs_weights(tmp_path, monkey
     with pytest.raises(KeyboardInterrupt):
         train(killed, progress=False)
     out = Path(killed.train.out)
-    assert resume_path(out).is_file() and len(log_path(out).read_text().splitlines()) == 3
+    assert resume_path(out).is_dir() and len(log_path(out).read_text().splitlines()) == 3
     calls.clear()
     train(killed, progress=False)
     assert calls == [2, 3]  # resumed from the checkpoint of step 2

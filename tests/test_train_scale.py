@@ -1,6 +1,7 @@
 """Training at paper scale (docs/training.md#training-at-paper-scale): micro-batches accumulate to the
-whole batch's update, ranks split the batch and train as one process does, FSDP2 shards DMD's scores
-without changing what is trained, fp32 master weights keep the updates that bf16 weights lose,
+whole batch's update, ranks split the batch and train as one process does, FSDP2 shards the
+generator's frozen base and DMD's scores without changing what is trained, DCP checkpoints of N ranks
+resume in one process, fp32 master weights keep the updates that bf16 weights lose,
 gradient checkpointing leaves gradients unchanged, and a reward decodes only the frames it scores
 with the gradient of the whole decode. Multi-process tests start gloo ranks on the CPU (slow)."""
 import os
@@ -15,7 +16,7 @@ from safetensors.torch import load_file
 from conftest import ROOT
 from harness.experiment.plans import compose
 from harness.train import trainer
-from harness.train.checkpoints import log_path, resume_path
+from harness.train.checkpoints import load_step, log_path, resume_path, section, step_folders
 from harness.train.trainer import resolve_training, train, train_step
 
 # wan_tiny in float64: round-off far below the 1e-6 the equalities are held to
@@ -69,7 +70,7 @@ def test_a_run_killed_mid_accumulation_resumes_to_the_same_weights(tmp_path, mon
     monkeypatch.setattr(t.objective, "loss", dies_in_the_second_micro_batch_of_step_two)
     with pytest.raises(KeyboardInterrupt):
         trainer.run_training(t, progress=False)
-    assert losses == [1, 1, 1, 1] and resume_path(Path(killed.train.out)).is_file()
+    assert losses == [1, 1, 1, 1] and resume_path(Path(killed.train.out)).is_dir()
     train(killed, progress=False)
     a, b = weights(Path(killed.train.out)), weights(whole)
     assert all(torch.equal(a[k], b[k]) for k in b)
@@ -141,6 +142,41 @@ def test_the_paper_reward_skips_the_whole_decode_where_the_backend_decodes_frame
     assert objective.needs_videos is True
 
 
+def test_the_sharded_base_is_the_adapted_copys_and_trains_in_bf16_as_the_whole_one(tmp_path):
+    """FSDP2 over wan_tiny's frozen base in bf16 (train.precision=mixed) on a CPU mesh of one gloo rank
+    (in this process): every weight layer is a DTensor unit that the LoRA copy runs too, the adapter
+    stays out of every unit, and a training step's forward (FSDP's lazy init and its dtype checks)
+    and backward give the adapter the very gradients of the unsharded base (one shard gathers to the
+    whole weight)."""
+    import torch.distributed as dist
+    from torch.distributed.tensor import DTensor
+
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from harness.train.scale import shard_generator, weight_layers
+
+    t = resolve_training(config(tmp_path / "a.safetensors", "model=wan_tiny", "model.dtype=bfloat16",
+                                "model.num_chunks=1", "sampler.steps=2", "train.batch=1", "train.grad_clip=0",
+                                "train.precision=mixed", objective="reward"))
+    grads = []
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'group'}", rank=0, world_size=1)
+    try:
+        for sharded in (False, True):
+            if sharded:
+                shard_generator(t.model.trainable, init_device_mesh("cpu", (1,)))  # CPU even beside a GPU
+            train_step(t, torch.optim.SGD(t.optimised, lr=0.0), 0)
+            grads.append([w.grad.clone() for w in t.optimised])
+    finally:
+        dist.destroy_process_group()
+    layers = weight_layers(t.model.trainable)
+    copied = {id(m) for m in t.method.adapted.modules()}
+    assert layers and all(isinstance(p, DTensor) for m in layers for p in m.parameters(recurse=False))
+    assert all(id(m) in copied for m in layers)  # LoRA wraps the base's layers, it does not copy them
+    assert not any(isinstance(p, DTensor) for p in t.parameters) and t.parameters[0].dtype == torch.bfloat16
+    assert any(g.abs().sum() > 0 for g in grads[0])
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
 def test_more_ranks_than_videos_is_refused_in_one_line(tmp_path, capsys):
     from harness.cli import main
 
@@ -152,15 +188,19 @@ def test_more_ranks_than_videos_is_refused_in_one_line(tmp_path, capsys):
 
 # -- many processes (gloo ranks on this CPU) ------------------------------------------------------
 
-# replicated: the same sums in the same order (bit-identical); FSDP: measured 1.4e-6 in float64 (where
-# its round-off enters was not traced), bounded at 1e-5
+# replicated: the same sums in the same order (bit-identical); FSDP: after the resume measured 1.4e-6
+# in float64 (where its round-off enters was not traced; step 1 alone: 0), bounded at 1e-5
 RESUME_GAP = {"none": 0.0, "fsdp": 1e-5}
 
-STOP_AFTER_FIRST_STEP = """import harness.train.trainer as _t
+STOP_AFTER_FIRST_STEP = """import os, harness.train.trainer as _t
 _step = _t.train_step
 def _stopping(t, optimizer, step):
-    if step == 1:
-        raise SystemExit(3)  # every rank, after the checkpoint of step 1
+    if step == 1:  # every rank, after the checkpoint of step 1, says what share of the base it holds
+        base = list(t.model.trainable.parameters())
+        held = sum(getattr(p, "to_local", lambda: p)().numel() for p in base) / sum(p.numel() for p in base)
+        with open(os.path.join(os.path.dirname(__file__), f"held.{t.world.rank}"), "w") as f:
+            f.write(repr(held))
+        raise SystemExit(3)
     return _step(t, optimizer, step)
 _t.train_step = _stopping
 """
@@ -190,24 +230,41 @@ def test_two_gloo_ranks_train_as_one_process_accumulating(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sharding", ["none", "fsdp"])
-def test_a_checkpoint_of_two_ranks_resumes_in_one_process(tmp_path, sharding):
-    """2 gloo ranks (DMD's scores sharded with FSDP2 on wan_tiny in float64, or replicated on the toy)
-    stop after the checkpoint of step 1; one process resumes and ends where one process training from
-    the start ends."""
+def test_a_checkpoint_of_two_ranks_resumes_in_one_process(tmp_path, monkeypatch, sharding):
+    """2 gloo ranks (the generator's frozen base and DMD's scores sharded with FSDP2 on wan_tiny in
+    float64, or replicated on the toy) stop after the DCP checkpoint of step 1, each holding half the
+    base's weights when sharded: their step-1 adapter is one process's, and one process resumes from
+    their checkpoint and ends where one process training from the start ends."""
     model = WAN64 if sharding == "fsdp" else [*TOY, "train.objective.params.fake_updates=1"]
-    settings = [*model, "train.batch=2", "train.steps=2", "train.checkpoint_every=1", "train.threads=1"]
-    b = weights(train(config(tmp_path / "one.safetensors", *settings, "train.micro_batch=1"), progress=False))
+    settings = [*model, "train.batch=2", "train.checkpoint_every=1", "train.threads=1", "train.micro_batch=1"]
+    one = config(tmp_path / "one.safetensors", *settings, "train.steps=2")
+    def stops_after_step_one(t, optimizer, step):
+        if step == 1:
+            raise KeyboardInterrupt
+        return train_step(t, optimizer, step)
+
+    with monkeypatch.context() as m:  # one process, stopped after step 1 (whose adapter it keeps), resumed
+        m.setattr(trainer, "train_step", stops_after_step_one)
+        with pytest.raises(KeyboardInterrupt):
+            train(one, progress=False)
+    first = weights(Path(one.train.out))
+    b = weights(train(one, progress=False))
     stop = tmp_path / "stop"
     stop.mkdir()
     (stop / "sitecustomize.py").write_text(STOP_AFTER_FIRST_STEP)
     two = tmp_path / "two" / "lora_dmd.safetensors"
-    ran = cli("train", "train=dmd", "method=lora", *settings, "train.devices=2", f"train.sharding={sharding}",
-              f"train.out={two}", path=f"{stop}:{ROOT}")
-    assert ran.returncode != 0 and resume_path(two).is_file(), ran.stderr[-3000:]
-    train(config(two, *settings, "train.micro_batch=1"), progress=False)
+    ran = cli("train", "train=dmd", "method=lora", *settings, "train.steps=2", "train.devices=2",
+              f"train.sharding={sharding}", f"train.out={two}", path=f"{stop}:{ROOT}")
+    assert ran.returncode != 0 and [p.name for p in step_folders(two)] == ["step-1"], ran.stderr[-3000:]
+    held = [float((stop / f"held.{rank}").read_text()) for rank in (0, 1)]
+    # sharded: half of every weight layer's rows (rounded up), plus the few replicated tables
+    assert all(0.5 <= h < 0.51 for h in held) if sharding == "fsdp" else held == [1.0, 1.0]
+    step_one = relative_gap(weights(two), first)
+    train(config(two, *settings, "train.steps=2"), progress=False)
     gap = relative_gap(weights(two), b)
-    print(f"2 -> 1 ranks, sharding {sharding}: relative gap {gap:.3g}")
-    assert gap <= RESUME_GAP[sharding]
+    print(f"sharding {sharding}: base held per rank {held}; step 1 of 2 ranks vs 1 process: relative gap "
+          f"{step_one:.3g}; 2 -> 1 ranks: relative gap {gap:.3g}")
+    assert step_one <= RESUME_GAP[sharding] and gap <= RESUME_GAP[sharding]
 
 
 def test_a_slurm_run_without_sbatch_is_refused_in_one_line(tmp_path):
@@ -232,11 +289,11 @@ def test_two_ranks_in_bf16_keep_fp32_masters_of_the_adapter_and_the_sharded_crit
               "sampler.steps=2", "train.objective.params.fake_updates=1", "train.batch=2", "train.steps=2",
               "train.checkpoint_every=1", "train.threads=1", "train.devices=2", "train.sharding=fsdp",
               "train.precision=mixed", "train.checkpointing=true", f"train.out={out}", path=f"{stop}:{ROOT}")
-    assert ran.returncode != 0 and resume_path(out).is_file(), ran.stderr[-3000:]
-    state = torch.load(resume_path(out), weights_only=True)
-    critic = state["objective"]["fake"]
-    assert {v.dtype for v in state["adapter"].values()} == {torch.float32}
-    assert {v.dtype for v in critic["model"].values()} == {torch.float32}
-    moments = [v for s in critic["optimizer"]["state"].values() for k, v in s.items() if k.startswith("exp_avg")]
+    assert ran.returncode != 0 and [p.name for p in step_folders(out)] == ["step-1"], ran.stderr[-3000:]
+    state = load_step(step_folders(out)[-1], {})  # the DCP checkpoint of both ranks, read in this process
+    critic = section(state, "objective/fake.")
+    assert {v.dtype for v in section(state, "adapter/").values()} == {torch.float32}
+    assert {v.dtype for v in section(critic, "model.").values()} == {torch.float32}
+    moments = [v for k, v in section(critic, "optimizer.state.").items() if ".exp_avg" in k]
     assert moments and {v.dtype for v in moments} == {torch.float32}
     assert {v.dtype for v in weights(out).values()} == {torch.float32}

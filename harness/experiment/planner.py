@@ -8,7 +8,9 @@ published ones. A sweep or a training run whose peak memory per GPU exceeds the 
 (UsageError, exit 2) with the estimate and what to change.
 
 Training memory per GPU (`train_memory`): parameters held (frozen weights, the trainable adapter or
-fake score with fp32 master weights, gradients and AdamW state; divided by the devices under FSDP)
+fake score with fp32 master weights, gradients and AdamW state), divided by the devices under FSDP
+where the trainer shards them (harness.train.scale): the generator's frozen base and DMD's real and
+fake scores; the text encoder, the VAE and the adapter are whole on every GPU
 plus the activations of the step's largest phase: per transformer block and token, a * dim + b * ffn
 bytes (fitted on diffusers' Wan block at several sizes on CPU: sweeps/calibration/activations.yaml),
 scaled by the compute dtype; with gradient checkpointing a block keeps only its input, and one block
@@ -328,8 +330,8 @@ def train_memory(cfg: DictConfig, gpu_memory_gb: float | None = None) -> TrainMe
     chunks = arch["latent_frames"] // arch["frames_per_chunk"]
     trainable = _lora_parameters(gen, rank)
     parts = {"frozen generator": gen["parameters"] * compute / shard,
-             "text encoder": arch["text_encoder_parameters"] * compute / shard,
-             "adapter (fp32 weights, grads, AdamW)": trainable * 16 / shard}
+             "text encoder": arch["text_encoder_parameters"] * compute,  # not sharded: it runs without gradient
+             "adapter (fp32 weights, grads, AdamW)": trainable * 16}  # replicated: it is small
     # with gradient: per chunk the refiner's (or LoRA generator's) forward and the denoise that follows
     forwards = 2 if method in ("autorefiner", "init_noise_refiner") else 1
     rollout = chunks * forwards * _block_activations(gen, chunk_tokens, compute, s["checkpointing"], coef)

@@ -10,7 +10,10 @@ which backend it adapts.
 
 Adapters are deltas on the one base: `shared_copy` copies the module's structure but not its
 tensors, so an adapted module shares every base weight (the base model, its text encoder and VAE
-are never copied), and peft's LoRA layers add their low-rank products on the fly. LoRA is peft's,
+are never copied), and peft's LoRA layers add their low-rank products on the fly. It shares the
+base's leaf modules themselves (the layers that hold the weights), not only their tensors: FSDP2
+shards a frozen base layer by layer (harness.train.scale.shard_generator) and gathers a layer's
+weights when that module runs, so the base and every adapted copy must run the same module. LoRA is peft's,
 with peft's init (A random from a fixed seed, B zero): an untrained adapter adds exactly 0.0, so the
 adapted model is the base model bit for bit.
 
@@ -72,9 +75,11 @@ def trainable_backend(model: VideoModel) -> TrainableBackend:
 
 
 def shared_copy(module: nn.Module) -> nn.Module:
-    """A copy of `module`'s modules that shares every parameter and buffer with it: adapters then go
-    on the copy, and the base module, its weights and their digest stay as they are."""
-    memo = {id(t): t for t in itertools.chain(module.parameters(), module.buffers())}
+    """A copy of `module`'s modules that shares every parameter and buffer, and every leaf module
+    (module docstring), with it: adapters then go on the copy (peft wraps a shared leaf, it does not
+    change it), and the base module, its weights and their digest stay as they are."""
+    leaves = [m for m in module.modules() if next(m.children(), None) is None]
+    memo = {id(t): t for t in itertools.chain(module.parameters(), module.buffers(), leaves)}
     return copy.deepcopy(module, memo)
 
 

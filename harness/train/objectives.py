@@ -46,7 +46,7 @@ from harness.models.base import Cond, ModelSpec, ScoreNet, VideoModel, shift_sig
 from harness.engine.context import RolloutResult
 from harness.engine.samplers import Sampler
 from harness.train.distributed import Split
-from harness.train.scale import load_whole_state, whole_state
+from harness.train.scale import load_network_state, network_state
 from harness.verifiers.base import Verifier
 
 Loss = tuple[torch.Tensor, dict[str, float]]  # the loss to minimise, figures for the training log
@@ -95,11 +95,12 @@ class Objective:
         (harness.train.trainer.Fresh), over this rank's micro-batches (`split`); figures to log."""
         return {}
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The objective's trained state as flat tensors (DTensors where sharded), for the step folders."""
         return {}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what state_dict returned (a resumed run)."""
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore what state_dict returned (a resumed run), loaded in place into a fresh state_dict."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,10 +315,11 @@ class DmdObjective(Objective):
             losses.append(weighted)
         return {"fake_loss": sum(losses) / len(losses)}
 
-    def state_dict(self) -> dict[str, Any]:
-        """The fake score and its optimiser, whole (gathered where FSDP shards them): they resume on any
-        number of ranks."""
-        return {"fake": whole_state(self.fake.module, self.fake_opt)}
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The fake score and its optimiser, sharded where FSDP shards them: torch.distributed.checkpoint
+        saves them from any number of ranks and loads them on any other (harness.train.checkpoints)."""
+        return {f"fake.{k}": v for k, v in network_state(self.fake.module, self.fake_opt).items()}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        load_whole_state(self.fake.module, self.fake_opt, state["fake"])
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        load_network_state(self.fake.module, self.fake_opt,
+                           {k.removeprefix("fake."): v for k, v in state.items() if k.startswith("fake.")})

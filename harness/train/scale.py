@@ -16,15 +16,31 @@ as train.precision, train.checkpointing and train.sharding say).
   root, as torchtitan wraps a diffusion transformer: each rank keeps 1/N of their weights (and of the
   fake score's AdamW state) and gathers a block's weights only while it runs. Under mixed precision
   the fake score's weights become fp32 shards that FSDP casts to the model's dtype at each gather, and
-  its gradients are reduced in fp32. The adapter itself stays replicated (it is small) and its
-  gradients are summed by harness.train.distributed.
+  its gradients are reduced in fp32. The frozen base of the generator is sharded too
+  (`shard_generator`), but layer by layer, not block by block: the base and its adapted copies
+  (harness.train.adapters) are different module trees that share their leaf modules, the layers
+  that hold the weights, and FSDP2 gathers a unit's weights only in that unit's own forward hook, so
+  only a module that every tree runs can be a unit (a block of the base is not the adapted copy's
+  block, and Wan's chunked forward never runs the transformer's root). Each layer is one unit in its
+  own dtype (bf16 linears, the fp32 norms that diffusers keeps), resharded after every forward.
+  The trainable adapter stays out of every unit, replicated (it is small): its tensors live in
+  peft's LoRA layers of the copies, never in a base layer, so the uniform-dtype rule of FSDP2
+  (`FSDP expects uniform original parameter dtype`) never meets fp32 trainables beside bf16 frozen
+  weights, and harness.train.distributed sums its gradients. Parameters that belong to a module with
+  children (a Wan block's and the root's `scale_shift_table`, the toy's position tables: under 0.1%
+  of the weights) stay replicated.
 """
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from harness.errors import UsageError
+
+if TYPE_CHECKING:
+    from torch.distributed.device_mesh import DeviceMesh
 
 
 class MasterWeights:
@@ -74,16 +90,39 @@ def blocks_of(module: nn.Module) -> list[nn.Module]:
     return list(blocks)
 
 
-def shard_scores(objective: object, mixed: bool, shared: nn.Module) -> None:
-    """FSDP2 over DMD's real and fake scores (module docstring); a score that is the generator's own
-    module (`shared`: the toy flow model scores with its own denoiser) stays whole. The fake score's
-    optimiser is rebuilt over the sharded parameters."""
+def mesh_of_ranks() -> "DeviceMesh":
+    """The 1-D mesh of every rank: CUDA with NCCL, else a CPU mesh over gloo (the tests')."""
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
+
+    return init_device_mesh("cuda" if torch.cuda.is_available() else "cpu", (dist.get_world_size(),))
+
+
+def weight_layers(module: nn.Module) -> list[nn.Module]:
+    """The modules without children that hold parameters: the units of `shard_generator`."""
+    return [m for m in module.modules()
+            if next(m.children(), None) is None and next(m.parameters(recurse=False), None) is not None]
+
+
+def shard_generator(module: nn.Module, mesh: "DeviceMesh") -> None:
+    """FSDP2 over the generator's frozen base, each weight layer a unit of its own (module docstring).
+    Called after the adapters are built: their copies share these very layers."""
+    from torch.distributed.fsdp import fully_shard
+
+    if any(p.requires_grad for p in module.parameters()):
+        raise ValueError("the generator's base must be frozen before it is sharded")  # adapters live elsewhere
+    for layer in weight_layers(module):
+        # explicit: a unit that runs first becomes an FSDP root, which by default stays gathered
+        fully_shard(layer, mesh=mesh, reshard_after_forward=True)
+
+
+def shard_scores(objective: object, mixed: bool, shared: nn.Module, mesh: "DeviceMesh") -> None:
+    """FSDP2 over DMD's real and fake scores (module docstring); a score that is the generator's own
+    module (`shared`: the toy flow model scores with its own denoiser) is left to shard_generator. The
+    fake score's optimiser is rebuilt over the sharded parameters."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     scores = [s for s in (getattr(objective, "real", None), getattr(objective, "fake", None)) if s is not None]
-    mesh = init_device_mesh("cuda" if torch.cuda.is_available() else "cpu", (dist.get_world_size(),))
     for score in scores:
         module = score.module
         if module is shared:
@@ -101,21 +140,27 @@ def shard_scores(objective: object, mixed: bool, shared: nn.Module) -> None:
         objective.fake_opt = objective.critic_optimizer()
 
 
-def whole_state(module: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, object]:
-    """A network's and its optimiser's full state on the CPU, gathered from the ranks if sharded (a
-    collective then: every rank calls it); loads on any number of ranks."""
+def network_state(module: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """A trained network's and its optimiser's state as flat tensors, sharded (DTensors) where FSDP
+    shards them, as torch.distributed.checkpoint saves and reshards them: no gathering. The
+    optimiser's hyper-parameters (not tensors) are left out: they come from the run's config."""
     from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                          get_optimizer_state_dict)
 
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return {"model": get_model_state_dict(module, options=options),
-            "optimizer": get_optimizer_state_dict(module, optimizer, options=options)}
+    flat = StateDictOptions(flatten_optimizer_state_dict=True)
+    optim = get_optimizer_state_dict(module, optimizer, options=flat)  # allocates a fresh optimiser's state
+    return {**{f"model.{k}": v for k, v in get_model_state_dict(module).items()},
+            **{f"optimizer.{k}": v for k, v in optim.items() if isinstance(v, torch.Tensor)}}
 
 
-def load_whole_state(module: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, object]) -> None:
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
-                                                         set_optimizer_state_dict)
+def load_network_state(module: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, torch.Tensor]) -> None:
+    """Restore what network_state returned (loaded in place by torch.distributed.checkpoint)."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_optimizer_state_dict,
+                                                         set_model_state_dict, set_optimizer_state_dict)
 
-    options = StateDictOptions(full_state_dict=True)
-    set_model_state_dict(module, state["model"], options=options)
-    set_optimizer_state_dict(module, optimizer, state["optimizer"], options=options)
+    flat = StateDictOptions(flatten_optimizer_state_dict=True)
+    model = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+    optim = get_optimizer_state_dict(module, optimizer, options=flat)  # the hyper-parameters, from the config
+    optim.update({k.removeprefix("optimizer."): v for k, v in state.items() if k.startswith("optimizer.")})
+    set_model_state_dict(module, model)
+    set_optimizer_state_dict(module, optimizer, optim, options=flat)

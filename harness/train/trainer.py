@@ -53,10 +53,11 @@ from harness.engine.context import RolloutResult
 from harness.engine.samplers import Sampler
 from harness.engine.rollout import rollout
 from harness.engine.schema import check
-from harness.train.checkpoints import TrainingLog, load_resume, log_path, resume_path, save_resume
+from harness.train.checkpoints import (TrainingLog, load_step, log_path, read_run, refuse_old_resume, remove_steps,
+                                      save_step, section, step_folders)
 from harness.train.distributed import Split, World, join_world, launched, start_ranks, submit_to_slurm
 from harness.train.objectives import Draws, Objective, pick
-from harness.train.scale import MasterWeights, enable_checkpointing, shard_scores
+from harness.train.scale import MasterWeights, enable_checkpointing, mesh_of_ranks, shard_generator, shard_scores
 
 # settings that do not change what is trained (how the effective batch is computed: up to round-off)
 SLURM_LAUNCHER = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"  # the sweeps' one
@@ -157,11 +158,13 @@ def resolve_training(cfg: DictConfig) -> Training:
 
 
 def scale_objective(t: Training) -> None:
-    """The objective's own networks (DMD's scores): sharded over the ranks, checkpointed, trained in
-    mixed precision, as the settings say."""
+    """The generator's frozen base and the objective's own networks (DMD's scores): sharded over the
+    ranks, checkpointed, trained in mixed precision, as the settings say."""
     s = t.settings
     if s.sharding == "fsdp" and t.world.size > 1:
-        shard_scores(t.objective, s.precision == "mixed", shared=t.model.trainable)
+        mesh = mesh_of_ranks()
+        shard_generator(t.model.trainable, mesh)
+        shard_scores(t.objective, s.precision == "mixed", shared=t.model.trainable, mesh=mesh)
     if s.checkpointing:
         fake = getattr(t.objective, "fake", None)
         if fake is not None:
@@ -257,7 +260,7 @@ def run_training(t: Training, progress: bool = True) -> Path:
         if log:
             log.close()
     if writer:
-        resume_path(t.out).unlink(missing_ok=True)
+        remove_steps(t.out)
     t.world.barrier()
     return t.out
 
@@ -376,37 +379,36 @@ def adapter_state(t: Training) -> dict[str, torch.Tensor]:
     return t.masters.state() if t.masters else t.method.adapter_state()
 
 
+def trained_state(t: Training, optimizer: torch.optim.Optimizer, average: Average) -> dict[str, torch.Tensor]:
+    """What a step folder holds (harness.train.checkpoints), as flat tensors: the trained weights,
+    AdamW's state of them by position, their average, and the objective's state (sharded where its
+    networks are)."""
+    state = {f"adapter/{k}": v for k, v in adapter_state(t).items()}
+    for i, p in enumerate(t.optimised):
+        state.update({f"adapter_optimizer/{i}/{k}": v for k, v in optimizer.state.get(p, {}).items()})
+    state.update({f"average/{k}": v for k, v in (average.state or {}).items()})
+    return {**state, **objective_state(t)}
+
+
+def objective_state(t: Training) -> dict[str, torch.Tensor]:
+    return {f"objective/{k}": v for k, v in t.objective.state_dict().items()}
+
+
 def save(t: Training, optimizer: torch.optim.Optimizer, average: Average, step: int) -> None:
-    """The resume state first (harness.train.checkpoints), then the adapter file (harness.train.adapter_files),
-    both whole (gathered from every rank where a network is sharded) and written by rank 0 alone:
-    they resume on any number of ranks."""
-    objective = t.objective.state_dict()  # a collective where the objective's networks are sharded
-    if not t.world.is_writer:
-        return
-    adapter = adapter_state(t)
-    save_resume(resume_path(t.out), {"step": step, "identity": t.identity, "adapter": adapter,
-                                     "average": average.state, "optimizer": optimizer.state_dict(),
-                                     "objective": objective})
-    save_adapter(t.out, average.of(adapter), t.method.name, t.method.arch, t.model.spec.name,
-                 t.config["model"]["digest"], step, t.config)
+    """The step's folder first, every rank writing its shards (harness.train.checkpoints), then the
+    adapter file (harness.train.adapter_files), whole, by rank 0: they resume on any number of ranks."""
+    save_step(t.out, step, trained_state(t, optimizer, average), t.identity, t.world)
+    if t.world.is_writer:
+        save_adapter(t.out, average.of(adapter_state(t)), t.method.name, t.method.arch, t.model.spec.name,
+                     t.config["model"]["digest"], step, t.config)
 
 
 def restore(t: Training, optimizer: torch.optim.Optimizer, average: Average) -> int:
-    """The step to start from: the resume state's, s.steps for a finished run, or 0."""
-    resume = resume_path(t.out)
-    state = load_resume(resume)
-    if state is not None:
-        if canonical_json(state["identity"]) != canonical_json(t.identity):
-            raise UsageError(f"{resume} belongs to a training run with other settings "
-                             f"({', '.join(differing(state['identity'], t.identity))}); choose another train.out, "
-                             "or delete it and its checkpoint to start over")
-        t.method.load_adapter_state(state["adapter"], str(resume))
-        if t.masters:
-            t.masters.load(state["adapter"])
-        optimizer.load_state_dict(state["optimizer"])
-        t.objective.load_state_dict(state["objective"])
-        average.state = state["average"]
-        return state["step"]
+    """The step to start from: the newest step folder's, s.steps for a finished run, or 0."""
+    refuse_old_resume(t.out)
+    folders = step_folders(t.out)
+    if folders:
+        return resume(t, optimizer, average, folders[-1])
     if not t.out.exists():
         return 0
     meta = read_metadata(t.out)
@@ -415,3 +417,25 @@ def restore(t: Training, optimizer: torch.optim.Optimizer, average: Average) -> 
         return t.settings.steps
     raise UsageError(f"{t.out} exists and is not a finished run of these settings, and there is no resume state "
                      "to continue it; choose another train.out, or delete it to train from the start")
+
+
+def resume(t: Training, optimizer: torch.optim.Optimizer, average: Average, folder: Path) -> int:
+    """Load a step folder into the run (on any number of ranks); returns its step."""
+    run, ours = read_run(folder), json.loads(canonical_json(t.identity))  # as JSON: tuples are lists
+    if run["identity"] != ours:
+        raise UsageError(f"{folder} belongs to a training run with other settings "
+                         f"({', '.join(differing(run['identity'], ours))}); choose another train.out, "
+                         f"or delete {folder.parent} and its checkpoint to start over")
+    state = load_step(folder, objective_state(t))
+    adapter = section(state, "adapter/")
+    t.method.load_adapter_state(adapter, str(folder))
+    if t.masters:
+        t.masters.load(adapter)
+    moments: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in section(state, "adapter_optimizer/").items():
+        i, name = key.split("/")
+        moments.setdefault(int(i), {})[name] = value
+    optimizer.load_state_dict({"state": moments, "param_groups": optimizer.state_dict()["param_groups"]})
+    t.objective.load_state_dict(section(state, "objective/"))
+    average.state = section(state, "average/") or None
+    return int(run["step"])
