@@ -109,10 +109,13 @@ def merged_copy(adapted: nn.Module) -> nn.Module:
     merged = shared_copy(adapted)
     with torch.no_grad():
         for name, layer in [(n, m) for n, m in merged.named_modules() if isinstance(m, LoraLayer)]:
-            base = layer.get_base_layer()
-            base.weight = nn.Parameter(base.weight.detach().clone(), requires_grad=False)  # merge writes this one
+            shared = layer.get_base_layer()  # the base's own leaf (shared_copy): never written
+            own = copy.copy(shared)
+            own._parameters = {**shared._parameters,  # merge writes this weight
+                               "weight": nn.Parameter(shared.weight.detach().clone(), requires_grad=False)}
+            layer.base_layer = own
             layer.merge(safe_merge=True)
-            merged.set_submodule(name, base)
+            merged.set_submodule(name, own)
     return merged
 
 
