@@ -20,6 +20,7 @@ from pathlib import Path
 DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("sbatch", "squeue", "scancel", "sinfo", "scontrol", "mungekey")
 START_TIMEOUT_S = 60.0
+DRAIN_S = 30.0  # the most a stop waits for jobs still ending
 
 
 def missing_programs() -> list[str]:
@@ -151,7 +152,13 @@ class SlurmCluster:
         return {name: p.pid for name, p in self.processes.items()}
 
     def stop(self) -> None:
-        """Stop every daemon this cluster started, by PID, slurmd first; SIGKILL what ignores SIGTERM."""
+        """Stop every daemon this cluster started, by PID, slurmd first; SIGKILL what ignores SIGTERM.
+        Jobs still ending are let finish first: a step whose daemons are gone can never report its
+        exit, and its slurmstepd and srun would outlive the tests."""
+        if all(p.poll() is None for p in self.processes.values()) and "slurmd" in self.processes:
+            deadline = time.monotonic() + DRAIN_S
+            while self._jobs_left() and time.monotonic() < deadline:
+                time.sleep(0.2)
         for name in reversed(list(self.processes)):
             process = self.processes[name]
             if process.poll() is None:
@@ -161,6 +168,10 @@ class SlurmCluster:
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait()
+
+    def _jobs_left(self) -> bool:
+        out = subprocess.run(["squeue", "-h", "-o", "%i"], env=self.env, capture_output=True, text=True)
+        return out.returncode == 0 and bool(out.stdout.strip())
 
     def __enter__(self) -> SlurmCluster:
         return self
