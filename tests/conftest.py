@@ -13,23 +13,6 @@ torch.set_num_threads(1)
 FAST = ["suite=world_smoke", "samples_per_prompt=1", "model.num_chunks=2", "sampler.steps=2", "batch_size=4"]
 
 
-def pytest_collection_modifyitems(items):
-    """Under pytest-xdist (`make test` runs -n auto --dist loadgroup), every test that uses the one-node
-    SLURM cluster runs on one worker: each module's cluster is started once, never two at a time. The
-    tests of a module that share a module-scoped fixture (a generated sweep, a trained adapter) run on
-    one worker too: spread over two, each worker would build the fixture again."""
-    for item in items:
-        if "cluster" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("slurm"))
-        elif _uses_a_module_fixture(item):
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
-
-
-def _uses_a_module_fixture(item: pytest.Item) -> bool:
-    info = getattr(item, "_fixtureinfo", None)
-    return info is not None and any(defs[-1].scope == "module" for defs in info.name2fixturedefs.values())
-
-
 def fast_with(overrides: list[str], base: list[str] = FAST) -> list[str]:
     """FAST (or `base`) but the keys `overrides` set, then `overrides`: a key is given once (a key
     given twice with two values is refused)."""
