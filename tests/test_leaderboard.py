@@ -1,5 +1,9 @@
 """The leaderboard: ranks with bootstrap intervals, paired Δ against the baseline, cells read across
 stores, and a refusal naming the cells whenever two of them are not comparable."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -8,6 +12,7 @@ from harness.errors import UsageError
 from harness.report.leaderboard import Stores, check_comparable, write_leaderboard
 from harness.report.stats import holm, paired_difference, rank_intervals
 from harness.store.cells import Store
+from harness.store.files import host_tag
 from synthetic import PROMPTS, base_values, write_cell
 
 N = len(PROMPTS) * 2
@@ -28,6 +33,19 @@ def two_stores(tmp_path):
             write_cell(second, "follower_a", {"m.score": base + 0.05 + swing()}),
             write_cell(second, "follower_b", {"m.score": base + 0.05 - swing()})]
     return Stores([first, second]), refs, base
+
+
+def test_a_killed_writers_temp_files_go_with_the_next_leaderboard_and_a_live_ones_stay(two_stores, tmp_path):
+    stores, refs, _ = two_stores
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    left, live = (out / f".leaderboard.html.{host_tag()}.{pid}.0a1b2c3d.tmp" for pid in (dead.pid, os.getpid()))
+    for path in (left, live):
+        path.write_bytes(b"half a file")
+    write_leaderboard(stores, refs, out, "LB", ["m.score"], "base")
+    assert not left.exists() and live.exists()
 
 
 def test_ranks_intervals_and_paired_deltas(two_stores, tmp_path):

@@ -26,6 +26,7 @@ from harness.report.latex import booktabs, latex_entry
 from harness.report.stats import rank_intervals
 from harness.store.files import atomic_write_bytes, canonical_json
 from harness.store.cells import Cell, Store
+from harness.store.lease import remove_stale_temp_files
 
 _COMPARED = ("suite.name", "suite.version", "suite.prompts", "seeds")
 
@@ -150,6 +151,7 @@ def write_leaderboard(stores: Stores, refs: list[CellRef], out_dir: Path, title:
                                    timing=timing, meta=run_metadata(), table=table, notes=report.notes).encode(),
     }
     out_dir = Path(out_dir)
+    remove_stale_temp_files(out_dir)  # of a leaderboard writer killed mid-write
     for name, data in files.items():
         atomic_write_bytes(out_dir / name, data)
     return {name: out_dir / name for name in files}
