@@ -178,6 +178,8 @@ def lease(path: Path, label: str, timeout: float | None = None,
     if path in _HELD:
         yield _HELD[path]
         return
+    with refusing_writes(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
     owner = _owner()
     deadline = None if timeout is None else time.monotonic() + timeout
     announced = None  # the holder last named in a waiting line
@@ -212,6 +214,7 @@ def try_lease(path: Path, label: str) -> Iterator[Lease | None]:
     if path in _HELD:
         yield _HELD[path]
         return
+    path.parent.mkdir(parents=True, exist_ok=True)
     owner = _owner()
     # a claim is polled again and again (a writer waits for its cell's other batches): its watches
     # live across calls, so a holder's silence is judged on this host's clock, as lease() judges it
@@ -275,8 +278,8 @@ def _try_create(path: Path, owner: dict) -> bool:
                 fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 return False
-            except FileNotFoundError:  # the folder of claims is removed, once empty, by a writer that
-                path.parent.mkdir(parents=True, exist_ok=True)  # finished the cell (Cell.tidy_claims)
+            except FileNotFoundError:  # made by the caller, but removed since, once empty, by a writer
+                path.parent.mkdir(parents=True, exist_ok=True)  # that finished the cell (Cell.tidy_claims)
         try:
             with os.fdopen(fd, "w") as f:
                 f.write(json.dumps(owner))
