@@ -45,6 +45,7 @@ from harness.engine.method import build_params
 from harness.models.base import Cond, ModelSpec, ScoreNet, VideoModel, shift_sigmas
 from harness.engine.context import RolloutResult
 from harness.engine.samplers import Sampler
+from harness.train.checkpoints import section
 from harness.train.distributed import Split
 from harness.train.scale import load_network_state, network_state
 from harness.verifiers.base import Verifier
@@ -321,5 +322,4 @@ class DmdObjective(Objective):
         return {f"fake.{k}": v for k, v in network_state(self.fake.module, self.fake_opt).items()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        load_network_state(self.fake.module, self.fake_opt,
-                           {k.removeprefix("fake."): v for k, v in state.items() if k.startswith("fake.")})
+        load_network_state(self.fake.module, self.fake_opt, section(state, "fake."))

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from harness.errors import UsageError
+from harness.train.checkpoints import section
 
 if TYPE_CHECKING:
     from torch.distributed.device_mesh import DeviceMesh
@@ -159,8 +160,7 @@ def load_network_state(module: nn.Module, optimizer: torch.optim.Optimizer, stat
                                                          set_model_state_dict, set_optimizer_state_dict)
 
     flat = StateDictOptions(flatten_optimizer_state_dict=True)
-    model = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
     optim = get_optimizer_state_dict(module, optimizer, options=flat)  # the hyper-parameters, from the config
-    optim.update({k.removeprefix("optimizer."): v for k, v in state.items() if k.startswith("optimizer.")})
-    set_model_state_dict(module, model)
+    optim.update(section(state, "optimizer."))
+    set_model_state_dict(module, section(state, "model."))
     set_optimizer_state_dict(module, optimizer, optim, options=flat)
