@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from harness.errors import UsageError
@@ -29,9 +28,10 @@ from harness.assets import CONFIG_DIR
 from harness.experiment.plans import CellPlan, Experiment, compose, experiment, load_plugins, record, searchpath_overrides
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from harness.experiment.planner import SweepPlan, TrainMemory
-    from harness.store.cells import CellRef
-    from harness.store.cells import Cell, Damage, Store
+    from harness.store.cells import Cell, CellRef, Damage, Store
 
 __all__ = ["run", "sweep", "score", "report", "bench", "leaderboard", "export", "verify", "plans", "plan_cost",
            "scores"]
@@ -203,7 +203,7 @@ def _store(cfg: DictConfig) -> Store:
 
 
 def resampling_of(cfg: DictConfig):
-    from harness.report.stats import Resampling
+    from harness.report.resampling import Resampling
 
     return Resampling(**OmegaConf.to_container(cfg.report.stats))
 
@@ -295,6 +295,8 @@ def bench(overrides: Sequence[str] = ()) -> pd.DataFrame:
 
 
 def _bench(cells: list, baseline: tuple[str, DictConfig], store: Store) -> pd.DataFrame:
+    import pandas as pd
+
     from harness.experiment.pipeline import resolve_run
     from harness.report.timing import time_against, write_timing
 
@@ -372,6 +374,8 @@ def export(overrides: Sequence[str] = ()) -> pd.DataFrame:
     column), the written file in `.attrs["files"]`."""
     from dataclasses import asdict
 
+    import pandas as pd
+
     from harness.report.export import export_videos, split_options
 
     options, rest = split_options(list(overrides))
@@ -400,6 +404,8 @@ def verify(overrides: Sequence[str] = ()) -> pd.DataFrame:
     per damaged or missing file (cell, file, problem, fix), each also printed with its repair, and one
     line per cell that holds the same work as another (harness.experiment.spec_form). Reading a whole
     store needs no model."""
+    import pandas as pd
+
     from harness.experiment.spec_form import same_work
     from harness.store.cells import Store
 

@@ -529,7 +529,8 @@ def main(argv: list[str] | None = None) -> int:
             raise unknown_name("command", args[0], [*COMMANDS, *ALIASES])
         if _subcommand_help(args):
             return 0
-        parsed = parser(args[0]).parse_args(args)
+        asks_help = bool({"-h", "--help"} & set(args))  # the epilog reads configs from disk: only for help
+        parsed = parser(args[0] if asks_help else None).parse_args(args)
         if parsed.command is None:
             raise UsageError("name a command; see `refinery --help`")
         COMMANDS[parsed.command].run(parsed.args)

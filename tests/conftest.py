@@ -1,4 +1,9 @@
+import io
+import os
+import subprocess
 import sys
+import traceback
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
@@ -11,6 +16,38 @@ torch.set_num_threads(1)
 
 # A cell small enough for subprocess tests: 4 prompts, 1 seed, 2 chunks, 2 steps.
 FAST = ["suite=world_smoke", "samples_per_prompt=1", "model.num_chunks=2", "sampler.steps=2", "batch_size=4"]
+
+
+def refinery_here(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`refinery ARGS` run by the CLI's `main` in this process, answered as `subprocess.run` answers:
+    exit code, stdout, stderr (an uncaught exception: its traceback, code 1); `cwd` (default: the
+    repository) and `env` (default: this process's) as subprocess.run takes them. A CLI process spends
+    ~4 s importing torch; tests of what a command prints, writes and refuses do not need one (the
+    process boundary itself is tested in test_front_door). Torch's thread count, the working folder and
+    the environment are restored afterwards, as a process would leave them."""
+    from harness.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    threads, folder, environ = torch.get_num_threads(), os.getcwd(), dict(os.environ)
+    try:
+        os.chdir(cwd or ROOT)
+        if env is not None:
+            os.environ.clear()
+            os.environ.update(env)
+        with redirect_stdout(out), redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+            except Exception:
+                traceback.print_exc()
+                code = 1
+    finally:
+        torch.set_num_threads(threads)
+        os.chdir(folder)
+        os.environ.clear()
+        os.environ.update(environ)
+    return subprocess.CompletedProcess(["refinery", *args], code, out.getvalue(), err.getvalue())
 
 
 def fast_with(overrides: list[str], base: list[str] = FAST) -> list[str]:

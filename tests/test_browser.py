@@ -5,16 +5,14 @@ prompt with markup shown as text, sortable columns, no page-wide horizontal scro
 Chromium comes from Debian's `chromium` package (.ci/run installs it). In CI (CI set) a missing
 browser fails the test; elsewhere it is skipped, saying so."""
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from chromium import Chromium, executable
-from conftest import FAST, ROOT
+from conftest import FAST, refinery_here
 from harness.report.leaderboard import Stores, write_leaderboard
-from harness.report.stats import Resampling
+from harness.report.resampling import Resampling
 from harness.store.cells import CellRef
 from harness.report.write import write_report
 from harness.store.cells import Store
@@ -58,10 +56,8 @@ def demo_page(tmp_path_factory):
     fast = [o for o in FAST if not o.startswith("sampler.steps")]  # a key is given once
     overrides = ["experiment=quickstart", *fast, "sampler.steps=2,4", f"paths.store={tmp / 'store'}",
                  f"paths.reports={tmp / 'reports'}"]
-    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
     for command in ("sweep", "report"):
-        done = subprocess.run([sys.executable, "-m", "harness.cli", command, *overrides], cwd=ROOT, env=env,
-                              capture_output=True, text=True)
+        done = refinery_here(command, *overrides)
         assert done.returncode == 0, done.stderr
     (page,) = (tmp / "reports").glob("quickstart*/report.html")
     with Chromium() as browser:

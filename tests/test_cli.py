@@ -1,17 +1,10 @@
 """Bad input: one line naming the problem and the fix, exit code 2, nothing written to the store."""
-import subprocess
-import sys
-
 import pytest
 
-from conftest import FAST, ROOT, fast_with
+from conftest import FAST, fast_with
+from conftest import refinery_here as refinery
 
-pytestmark = pytest.mark.slow  # every test runs `refinery` in a subprocess
-
-
-def refinery(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True,
-                          cwd=cwd or ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+pytestmark = pytest.mark.slow  # every test runs `refinery` (in this process)
 
 
 CASES = {

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from conftest import FAST, ROOT
+from conftest import refinery_here as refinery
 from harness.store.cells import Store
 
-pytestmark = pytest.mark.slow  # a CLI sweep in a subprocess, damaged and repaired; a killed writer
+pytestmark = pytest.mark.slow  # a CLI sweep, damaged and repaired; a writer process killed
 from stores import contents, leftovers
 
 # 4 cells (one per seed) of 4 videos in 2 batches of 2, scored with the cheap metrics
@@ -45,11 +46,6 @@ DAMAGE = [  # (seed of the cell, file, what is done to it, what verify says)
 ]
 GENERATED = {0: 4, 1: 2, 2: 0, 3: 0}  # the videos of the batches that hold a damaged video or record
 REPAIRED_RECORD = 0  # the seed whose record is regenerated: its measured times are new, so are its scores
-
-
-def refinery(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=ROOT, capture_output=True, text=True,
-                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", **(env or {})})
 
 
 @pytest.fixture(scope="module")

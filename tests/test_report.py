@@ -13,7 +13,8 @@ from harness.store.cells import CellRef
 from harness.report.tables import build_report, collect, summarize
 from harness.report.write import report_folder, write_report
 from harness.report.figures import DPI, PANEL_INCHES, cost_quality_figures, pareto_front
-from harness.report.stats import Resampling, clustered_mean, holm, paired_difference
+from harness.report.resampling import Resampling
+from harness.report.stats import clustered_mean, holm, paired_difference
 from harness.store.cells import Store
 from harness.report.timing import Timing, write_timing
 from synthetic import PROMPTS, base_values, write_cell

@@ -1,23 +1,16 @@
 """`refinery run | report | bench | leaderboard` end to end on small real cells: headline lines, labels,
 the timing pass in the report, rank intervals, and bad input (one line, exit 2, nothing written)."""
-import subprocess
-import sys
-
 import pandas as pd
 import pytest
 
-from conftest import FAST, fast_with, ROOT
+from conftest import FAST, fast_with
+from conftest import refinery_here as refinery
 
-pytestmark = pytest.mark.slow  # CLI runs, sweeps and benches in subprocesses
+pytestmark = pytest.mark.slow  # CLI runs, sweeps and benches (in this process)
 
 # 2 samplers' steps x 2 seeds of the quickstart experiment, at FAST's size
 CELLS = [*(o for o in FAST if not o.startswith("sampler.steps")), "experiment=quickstart", "sampler=stochastic",
          "report.baseline='sampler.steps=2'"]  # each test sets sampler.steps (a key is given once)
-
-
-def refinery(*args):
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True,
-                          cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
 
 
 def ok(*args) -> str:

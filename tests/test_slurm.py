@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAST, ROOT
+from conftest import FAST, ROOT, refinery_here
 from slurm_cluster import SlurmCluster, missing_programs
 from stores import contents, leftovers
 
@@ -60,16 +60,19 @@ def cluster(tmp_path_factory):
     assert not alive, f"daemons still running after stop: {alive}"
 
 
-def refinery(env, cwd, *args, wait=True, path=str(ROOT), log: Path | None = None):
-    """Run the CLI in `cwd`; wait=False: started in the background, its output going to the file `log`
-    (a pipe that nobody reads until the end would fill up and block it)."""
-    cmd = [sys.executable, "-m", "harness.cli", *args]
+def refinery(env, cwd, *args) -> subprocess.CompletedProcess:
+    """Run the CLI in `cwd` with the environment `env`, in this process (the jobs it submits are
+    processes of SLURM's)."""
+    return refinery_here(*args, cwd=cwd, env={**env, "PYTHONPATH": str(ROOT)})
+
+
+def start_refinery(env, cwd, *args, path: str, log: Path) -> subprocess.Popen:
+    """The CLI started in the background in a process of its own, `path` its PYTHONPATH, its output
+    going to the file `log` (a pipe that nobody reads until the end would fill up and block it)."""
     env = {**env, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"}
-    if not wait:
-        with open(log, "w") as out:
-            return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, text=True,
-                                    preexec_fn=default_ctrl_c)
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    with open(log, "w") as out:
+        return subprocess.Popen([sys.executable, "-m", "harness.cli", *args], cwd=cwd, env=env, stdout=out,
+                                stderr=subprocess.STDOUT, text=True, preexec_fn=default_ctrl_c)
 
 
 def default_ctrl_c() -> None:
@@ -147,8 +150,8 @@ def test_an_array_task_cancelled_mid_cell_is_finished_by_a_rerun(cluster, local_
     (slow / "sitecustomize.py").write_text(SLOW_DISK)  # every Python process of this sweep imports it
     one_cell = [*CELLS, "sampler.steps=2"]  # one of local_store's cells
     jobs = f"paths.jobs={tmp_path / 'jobs'}"
-    sweep = refinery(cluster.env, work, "sweep", *one_cell, *SLURM, f"paths.store={store}", jobs, wait=False,
-                     path=f"{slow}:{ROOT}", log=tmp_path / "sweep.log")
+    sweep = start_refinery(cluster.env, work, "sweep", *one_cell, *SLURM, f"paths.store={store}", jobs,
+                           path=f"{slow}:{ROOT}", log=tmp_path / "sweep.log")
     try:
         cell, status = _running_cell(store)
         subprocess.run(["scancel", status["job"]], env=cluster.env, check=True)

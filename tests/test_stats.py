@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from harness.report.stats import Resampling, clustered_mean, holm, paired_difference, rank_intervals, sign_flip_p
+from harness.report.resampling import Resampling
+from harness.report.stats import clustered_mean, holm, paired_difference, rank_intervals, sign_flip_p
 
 # A small fixed table: 3 prompts, 2 seeds each (prompt-major), a method and its baseline.
 PROMPTS = np.array(["a", "a", "b", "b", "c", "c"])

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAST, ROOT
+from conftest import FAST, ROOT, refinery_here
 from harness.store.lease import pid_alive
 from harness.store.cells import Store
 from stores import contents, leftovers
 
-pytestmark = pytest.mark.slow  # CLI sweeps in subprocesses, killed and resumed
+pytestmark = pytest.mark.slow  # CLI sweeps, in subprocesses where they are killed or run by joblib
 
 # two batches per cell, so that a kill can land between the batches of one cell
 CELLS = [o for o in FAST if not o.startswith(("batch_size", "sampler.steps"))] + [
@@ -25,14 +25,18 @@ CELLS = [o for o in FAST if not o.startswith(("batch_size", "sampler.steps"))] +
 SWEEP = [*CELLS, "sampler.steps=2,3"]
 
 
-def refinery(*args, wait=True, path=str(ROOT)):
-    cmd = [sys.executable, "-m", "harness.cli", *args]
-    env = {"PYTHONPATH": path, "PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1"}
-    if not wait:
-        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+def refinery(*args) -> str:
+    """`refinery ARGS` in this process; what it printed."""
+    result = refinery_here(*args)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
+
+
+def start_refinery(*args, path=str(ROOT)) -> subprocess.Popen:
+    """`refinery ARGS` in a process of its own, to be killed; `path`: its PYTHONPATH."""
+    env = {"PYTHONPATH": path, "PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "harness.cli", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
 def report_table(tmp_path, store):
@@ -94,7 +98,7 @@ def first_complete_cell(store):
 
 def kill_when(store, condition, timeout=120.0):
     """Start a sweep and SIGKILL it the moment `condition(store)` holds."""
-    proc = refinery("sweep", *SWEEP, f"paths.store={store}", wait=False)
+    proc = start_refinery("sweep", *SWEEP, f"paths.store={store}")
     deadline = time.monotonic() + timeout
     while not condition(store) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
@@ -119,8 +123,10 @@ def test_two_joblib_workers_share_one_store_and_write_the_basic_launchers_bytes(
     # every cell twice, two workers: the same cell is written by two processes at once. A joblib worker
     # is limited to one thread (OMP_NUM_THREADS=1) while the basic launcher has two cores: the cells
     # compute with the spec's threads all the same (at batch 2 one thread gives other bits)
-    refinery("sweep", *CELLS, "sampler.steps=2,3,2,3", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-             f"paths.store={store}")
+    proc = start_refinery("sweep", *CELLS, "sampler.steps=2,3,2,3", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                          f"paths.store={store}")
+    said, _ = proc.communicate()
+    assert proc.returncode == 0, said.decode()
     assert not leftovers(store)
     assert contents(store) == reference.contents
     assert report_table(tmp_path, store) == reference.table
@@ -157,9 +163,8 @@ def test_killing_a_sweep_takes_its_workers_down(tmp_path, launcher):
     store, slow = tmp_path / "store", tmp_path / "slow_disk"
     slow.mkdir()
     (slow / "sitecustomize.py").write_text(SLOW_DISK)  # every Python process of the sweep imports it
-    proc = refinery("sweep", *SWEEP, "threads=1", *launcher, f"paths.store={store}", f"paths.jobs={tmp_path / 'jobs'}",
-                    wait=False,
-                    path=f"{slow}:{ROOT}")
+    proc = start_refinery("sweep", *SWEEP, "threads=1", *launcher, f"paths.store={store}",
+                          f"paths.jobs={tmp_path / 'jobs'}", path=f"{slow}:{ROOT}")
     deadline = time.monotonic() + 300
     while not first_record(store) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)

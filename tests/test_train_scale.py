@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT
+from conftest import ROOT, refinery_here
 from harness.experiment.plans import compose
 from harness.train import trainer
 from harness.train.checkpoints import load_step, log_path, resume_path, section, step_folders
@@ -207,9 +207,8 @@ _t.train_step = _stopping
 
 
 def cli(*args: str, path: str = str(ROOT)) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
+    """`refinery ARGS` in this process; the ranks it starts get `path` as their PYTHONPATH."""
+    return refinery_here(*args, env={**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"})
 
 
 @pytest.mark.slow
@@ -268,9 +267,8 @@ def test_a_checkpoint_of_two_ranks_resumes_in_one_process(tmp_path, monkeypatch,
 
 
 def test_a_slurm_run_without_sbatch_is_refused_in_one_line(tmp_path):
-    ran = subprocess.run([sys.executable, "-m", "harness.cli", "train", "method=lora", "train.batch=2",
-                          "train.slurm={nodes: 1, tasks_per_node: 2}", f"train.out={tmp_path / 'a.safetensors'}"],
-                         cwd=ROOT, env={"PATH": str(tmp_path), "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
+    ran = refinery_here("train", "method=lora", "train.batch=2", "train.slurm={nodes: 1, tasks_per_node: 2}",
+                        f"train.out={tmp_path / 'a.safetensors'}", env={"PATH": str(tmp_path)})
     lines = ran.stderr.strip().splitlines()
     assert ran.returncode == 2 and len(lines) == 1 and "needs SLURM's sbatch on PATH" in lines[0], ran.stderr
     assert not any(tmp_path.iterdir())

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import FAST, ROOT
+from conftest import refinery_here as refinery
 from harness.cli import main
 from harness.errors import UsageError
 from harness.store.cells import CellRef
@@ -35,11 +36,6 @@ def at(dim, fraction):
     """The raw score that normalises to `fraction` of the dimension's range."""
     low, high = BOUNDS[dim]
     return low + fraction * (high - low)
-
-
-def refinery(*args):
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True,
-                          cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
 
 
 def one_line_exit_2(capsys, *args):

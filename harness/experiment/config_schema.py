@@ -22,7 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from harness.errors import UsageError
 from harness.engine.schema import check, option, unknown_key
-from harness.report.stats import Resampling
+from harness.report.resampling import Resampling
 from harness.store.video_format import video_format
 from harness.vbench.scores import MODES
 

@@ -21,14 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from omegaconf import DictConfig, OmegaConf
-
 from harness.assets import CONFIG_DIR
 from harness.errors import UsageError, unknown_name
 from harness.store.files import atomic_write_json, canonical_json, read_json
 from harness.store.lease import remove_stale_temp_files
 
 if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
     from harness.experiment.pipeline import Run
     from harness.store.cells import Store
     from harness.store.cells import CellRef
@@ -171,14 +171,14 @@ def yaml_refused(exc: Exception, path: Path | None = None) -> UsageError:
 
 
 def _parse(overrides: list[str], check: bool = True) -> list:
+    if check:  # before importing Hydra: an unknown option is refused at once
+        refuse_repeated(overrides)
+        _check_group_choices(overrides)
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
     from harness.experiment.config_schema import override_error
 
-    if check:
-        refuse_repeated(overrides)
-        _check_group_choices(overrides)
     try:
         return OverridesParser.create().parse_overrides(overrides)
     except HydraException as exc:
@@ -199,6 +199,8 @@ def expand(overrides: list[str]) -> list[list[str]]:
     # method.params.n=2 may only exist under the swept options (method=bon,sop)
     choices = [o for o in fixed_overrides(overrides) if o.lstrip("+~").partition("=")[0] in (*GROUPS, "plugins")
                or "/" in o.partition("=")[0]]
+    from omegaconf import OmegaConf
+
     params = compose(choices, with_hydra=True).hydra.sweeper.params
     params = OmegaConf.to_container(params) if params else {}
     keys = {o.get_key_element() for o in given}
@@ -234,6 +236,8 @@ class CellPlan:
         from harness.engine.registry import METHODS
         from harness.experiment.suites import read_suite
         from harness.experiment.needed import needed_files
+        from omegaconf import OmegaConf
+
         from harness.experiment.spec_form import SPEC_FORM
 
         cfg = self.cfg

@@ -23,7 +23,8 @@ import numpy as np
 import pandas as pd
 
 from harness.errors import UsageError
-from harness.report.stats import Resampling, clustered_mean, holm, paired_difference
+from harness.report.resampling import Resampling
+from harness.report.stats import clustered_mean, holm, paired_difference
 from harness.store.files import atomic_write_bytes, canonical_json, sha256_hex
 from harness.store.cells import Cell, CellRef, Store
 from harness.report.timing import Timing

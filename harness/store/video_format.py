@@ -22,12 +22,13 @@ import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from harness.errors import UsageError
 from harness.store.files import atomic_write, atomic_write_bytes
+
+if TYPE_CHECKING:  # numpy is imported where frames are handled: checking a format name needs none
+    import numpy as np
 
 __all__ = ["VideoFormat", "NPY", "FORMAT_NAMES", "video_format", "format_of_spec", "format_of_suffix", "stored_problem", "decode",
            "ffmpeg"]
@@ -78,6 +79,8 @@ class VideoFormat:
 
     def write(self, path: Path, video: np.ndarray) -> None:
         """Store a uint8 (F, H, W, 3) video at path (which ends in self.suffix), atomically."""
+        import numpy as np
+
         if self.codec == "npy":
             buf = io.BytesIO()
             np.save(buf, np.asarray(video), allow_pickle=False)
@@ -87,6 +90,8 @@ class VideoFormat:
         atomic_write(path, lambda tmp: self._encode(tmp, video))
 
     def _encode(self, path: Path, video: np.ndarray) -> None:
+        import numpy as np
+
         _, muxer, encoder, options, pix_fmt = _ENCODERS[self.codec]
         quality = ["-crf", str(self.crf)] if self.crf is not None else []
         writer = ffmpeg().write_frames(
@@ -100,6 +105,8 @@ class VideoFormat:
 
     def read(self, path: Path) -> np.ndarray:
         """The uint8 (F, H, W, 3) frames stored at path; a file that does not decode is a ValueError."""
+        import numpy as np
+
         if self.codec == "npy":
             return np.load(path, allow_pickle=False)
         return decode(path)
@@ -110,6 +117,8 @@ NPY = VideoFormat("npy", "npy")
 
 def decode(path: Path) -> np.ndarray:
     """Every frame of an encoded video as uint8 RGB, converted with swscale's bit-exact path."""
+    import numpy as np
+
     try:
         reader = ffmpeg().read_frames(str(path), pix_fmt="rgb24", output_params=["-sws_flags", _SWS])
         meta = next(reader)
@@ -153,6 +162,8 @@ def stored_problem(suffix: str, data: bytes) -> str | None:
     """Why the bytes of a stored video file cannot be a whole video, or None; cheap (an encoded file's
     frames are decoded only when read): files are written whole or not at all (atomic renames), so
     this catches what was put there by other means."""
+    import numpy as np
+
     if suffix == ".npy":
         try:
             np.load(io.BytesIO(data), allow_pickle=False)
