@@ -86,9 +86,11 @@ def _collect(store: Store, refs: list[CellRef]) -> pd.DataFrame:
 
 def run(overrides: Sequence[str] = ()) -> pd.DataFrame:
     """Generate one cell (what is missing or damaged) and score what is stale; its scores."""
+    from harness.experiment.config_schema import validate
     from harness.store.cells import CellRef
 
     cfg = compose(list(overrides))
+    validate(cfg)  # a bad setting is refused before the generation code, and torch, is imported
     key = run_cell(cfg, list(overrides))
     return _collect(_store(cfg), [CellRef(key)])
 
@@ -145,11 +147,12 @@ def sweep(overrides: Sequence[str] = ()) -> pd.DataFrame:
     import hydra
 
     from harness.experiment.launchers import check_launcher, mark_sweep, submitit_override, submitit_sweep_folder
-    from harness.experiment.pipeline import resolve_run
     from harness.store.cells import CellRef
 
     overrides = list(overrides)
     exp = experiment(overrides)
+    from harness.experiment.pipeline import resolve_run  # torch: after every setting is checked
+
     keys = {resolve_run(plan.cfg).key for plan in exp.plans}  # every cell valid before anything is written
     baseline = exp.baseline_plan()
     if baseline is not None and resolve_run(baseline.cfg).key in keys:
@@ -214,9 +217,9 @@ def resampling_of(cfg: DictConfig):
 
 def score(overrides: Sequence[str] = ()) -> pd.DataFrame:
     """Rescore every stored cell of `overrides` with its metric config; the scores."""
-    from harness.experiment.pipeline import score as score_cell
-
     exp = experiment(list(overrides))
+    from harness.experiment.pipeline import score as score_cell  # torch: after every setting is checked
+
     store, refs = exp.store, exp.refs()
     for plan, ref in zip(exp.plans, refs):
         computed = score_cell(store.cell(ref.key), plan.cfg.metric, Path(plan.cfg.paths.weights), force=True)

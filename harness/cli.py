@@ -94,9 +94,8 @@ def cmd_distill(overrides: list[str]) -> None:
 def cmd_train(overrides: list[str]) -> None:
     """The train group is not in the root config's defaults (sampling never reads it), so the chosen
     option is appended to them."""
+    from harness.experiment.config_schema import validate
     from harness.experiment.plans import compose, group_choices, refuse_repeated
-    from harness.train.checkpoints import log_path
-    from harness.train.trainer import start
 
     refuse_repeated(overrides)  # `train=dmd train=reward` would otherwise train the last one
     known = group_choices("train", overrides)
@@ -105,7 +104,12 @@ def cmd_train(overrides: list[str]) -> None:
     if name not in known:
         raise unknown_name("train", name, known)
     rest = [o for o in overrides if o.partition("=")[0].lstrip("+") != "train"]
-    path = start(compose([f"+train={name}", *rest]), ["train", *overrides])
+    cfg = compose([f"+train={name}", *rest])
+    validate(cfg)  # a bad setting is refused before the training code, and torch, is imported
+    from harness.train.checkpoints import log_path
+    from harness.train.trainer import start
+
+    path = start(cfg, ["train", *overrides])
     if path is not None and os.environ.get("RANK", "0") == "0":
         print(f"adapter checkpoint at {path} (training log {log_path(path)})")
 

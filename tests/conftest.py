@@ -1,5 +1,6 @@
 import io
 import os
+import signal
 import subprocess
 import sys
 import traceback
@@ -18,17 +19,21 @@ torch.set_num_threads(1)
 FAST = ["suite=world_smoke", "samples_per_prompt=1", "model.num_chunks=2", "sampler.steps=2", "batch_size=4"]
 
 
+_HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+
+
 def refinery_here(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
     """`refinery ARGS` run by the CLI's `main` in this process, answered as `subprocess.run` answers:
     exit code, stdout, stderr (an uncaught exception: its traceback, code 1); `cwd` (default: the
     repository) and `env` (default: this process's) as subprocess.run takes them. A CLI process spends
     ~4 s importing torch; tests of what a command prints, writes and refuses do not need one (the
-    process boundary itself is tested in test_front_door). Torch's thread count, the working folder and
-    the environment are restored afterwards, as a process would leave them."""
+    process boundary itself is tested in test_front_door). Torch's thread count, signal handlers, the working
+    folder and the environment are restored afterwards, as a process would leave them."""
     from harness.cli import main
 
     out, err = io.StringIO(), io.StringIO()
     threads, folder, environ = torch.get_num_threads(), os.getcwd(), dict(os.environ)
+    handlers = {sig: signal.getsignal(sig) for sig in _HANDLED}  # torch's elastic launcher sets its own
     try:
         os.chdir(cwd or ROOT)
         if env is not None:
@@ -44,6 +49,8 @@ def refinery_here(*args: str, cwd: Path | None = None, env: dict | None = None) 
                 code = 1
     finally:
         torch.set_num_threads(threads)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
         os.chdir(folder)
         os.environ.clear()
         os.environ.update(environ)

@@ -1,6 +1,7 @@
 """The experiment layer and the Python API: sweeps expand as Hydra's own sweeper expands them, plans
 need no model, a report reads its cell keys from the store, `import refinery` runs a cell end to end,
 every command has --help, and a plug-in from outside the repository registers a method that runs."""
+import json
 import subprocess
 import sys
 import textwrap
@@ -148,6 +149,25 @@ PLUGIN = '''
 '''
 
 
+def cli_in_a_fresh_process(*commands: list[str], path: str = str(ROOT)) -> list[tuple[int, str]]:
+    """CLI commands run one after another by one new process (`path` its PYTHONPATH), so that what a
+    plug-in registers stays out of this one: each command's exit code and stdout."""
+    code = ("import contextlib, io, json, sys; from harness.cli import main\n"
+            "said = []\n"
+            "for argv in json.loads(sys.argv[1]):\n"
+            "    out = io.StringIO()\n"
+            "    with contextlib.redirect_stdout(out):\n"
+            "        code = main(argv)\n"
+            "    said.append((code, out.getvalue()))\n"
+            "print(json.dumps(said))\n")
+    done = subprocess.run([sys.executable, "-c", code, json.dumps(commands)], cwd=ROOT, capture_output=True,
+                          text=True, env={"PYTHONPATH": path, "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    said = [tuple(c) for c in json.loads(done.stdout.splitlines()[-1])]
+    assert all(code == 0 for code, _ in said), done.stderr
+    return said
+
+
 def _plugin_folder(root):
     folder = root / "echo_plugin"
     (folder / "configs" / "method").mkdir(parents=True)
@@ -160,17 +180,9 @@ def _plugin_folder(root):
 def test_a_method_from_an_include_folder_runs_and_is_listed_with_its_origin(tmp_path):
     folder = _plugin_folder(tmp_path)
     settings = [*CHEAP, f"paths.store={tmp_path / 'runs'}", f"plugins=[{folder}]"]
-    code = ("import sys; from harness.cli import main; sys.exit(main(sys.argv[1:]))")
-    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
-    ran = subprocess.run([sys.executable, "-c", code, "run", "method=echo", *settings], cwd=ROOT, env=env,
-                         capture_output=True, text=True)
-    assert ran.returncode == 0, ran.stderr
-    base = subprocess.run([sys.executable, "-c", code, "run", "method=base", *settings], cwd=ROOT, env=env,
-                          capture_output=True, text=True)
-    assert base.returncode == 0, base.stderr
-    listed = subprocess.run([sys.executable, "-c", code, "list", "methods", f"plugins=[{folder}]"], cwd=ROOT,
-                            env=env, capture_output=True, text=True)
-    (line,) = [line for line in listed.stdout.splitlines() if line.startswith("echo ")]
+    _, _, listed = cli_in_a_fresh_process(["run", "method=echo", *settings], ["run", "method=base", *settings],
+                                               ["list", "methods", f"plugins=[{folder}]"])
+    (line,) = [line for line in listed[1].splitlines() if line.startswith("echo ")]
     assert f"plug-in {folder / 'echo.py'}" in line
     from harness.store.cells import Store
 
@@ -194,11 +206,6 @@ def test_a_method_from_an_installed_package_runs(tmp_path):
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: echo-pkg\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text("[refinery.methods]\necho = echo_pkg.method:Echo\n\n"
                                            "[refinery.configs]\necho_pkg = echo_pkg.configs\n")
-    code = "import sys; from harness.cli import main; sys.exit(main(sys.argv[1:]))"
-    env = {"PYTHONPATH": f"{ROOT}:{tmp_path / 'site'}", "PATH": "/usr/bin:/bin"}
-    ran = subprocess.run([sys.executable, "-c", code, "run", "method=echo", *CHEAP, f"paths.store={tmp_path / 'runs'}"],
-                         cwd=ROOT, env=env, capture_output=True, text=True)
-    assert ran.returncode == 0, ran.stderr
-    listed = subprocess.run([sys.executable, "-c", code, "list", "methods"], cwd=ROOT, env=env,
-                            capture_output=True, text=True)
-    assert "package echo-pkg (entry point refinery.methods)" in listed.stdout
+    _, listed = cli_in_a_fresh_process(["run", "method=echo", *CHEAP, f"paths.store={tmp_path / 'runs'}"],
+                                         ["list", "methods"], path=f"{ROOT}:{tmp_path / 'site'}")
+    assert "package echo-pkg (entry point refinery.methods)" in listed[1]

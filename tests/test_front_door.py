@@ -1,5 +1,6 @@
 """The front door: --version, --help, COMMAND --help, `list ...` and command-line errors answer without
-importing torch (nor pandas or scipy), each in a fresh interpreter as a user's shell starts one."""
+importing torch (nor pandas or scipy), each in a fresh interpreter as a user's shell starts one. (A
+method's or metric's own parameters are checked by their plug-in's class, whose module imports torch.)"""
 import subprocess
 import sys
 
@@ -31,6 +32,11 @@ FAST_ANSWERS = {
     "unknown option, any case": (["run", "method=BoN"], 2, "did you mean 'bon'"),
     "override syntax": (["sweep", "sampler.steps=["], 2, "refinery: error:"),
     "unknown experiment": (["report", "experiment=tabel2_reward"], 2, "did you mean 'table2_reward'"),
+    "a value out of range": (["run", "sampler.steps=0"], 2, "sampler.steps=0 is out of range"),
+    "an unknown key": (["run", "sampler.stepz=3"], 2, "sampler.stepz is not an option"),
+    "a sweep's second cell out of range": (["sweep", "sampler.steps=2,0"], 2, "sampler.steps=0 is out of range"),
+    "a training setting out of range": (["train", "method=lora", "train.steps=0"], 2, "train.steps=0 is out of range"),
+    "a report's setting out of range": (["score", "seed=-1"], 2, "seed=-1 is out of range"),
 }
 
 

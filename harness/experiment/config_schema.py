@@ -284,21 +284,27 @@ def command_options(command: str, schema: type, overrides: list[str]) -> dict[st
     return values
 
 
-def validate(cfg: DictConfig) -> None:
+def validate(*cfgs: DictConfig) -> None:
     """Refuse, with one UsageError line, a composed config with an unresolvable interpolation, an
-    unknown key, a value of the wrong type or out of range (module docstring)."""
+    unknown key, a value of the wrong type or out of range (module docstring). The settings of every
+    config are checked before any plug-in's parameters, which import the plug-in (and so torch): a
+    bad setting anywhere on the command line is answered at once."""
     from harness.engine.registry import METHODS, METRICS, MODELS
 
-    values = resolved(cfg)
-    root = check(Root, values, "")
-    MODELS.target(str(root.model.get("backend")))  # an unknown backend: its did-you-mean line first
-    check(MODEL_SCHEMAS.get(root.model["backend"], AnyModel), _known_only(root.model, root.model["backend"]), "model")
-    video_format(str(root.model.get("video_format", "npy")))  # a name that is no format: one line
-    check(METHODS.get(root.method.name).Params, root.method.params, "method.params")
-    for name, options in root.metric.items():
-        METRICS.get(name).check_options(options)
-    if root.train is not None:
-        check(TrainSettings, root.train, "train")
+    roots = []
+    for cfg in cfgs:
+        root = check(Root, resolved(cfg), "")
+        MODELS.target(str(root.model.get("backend")))  # an unknown backend: its did-you-mean line first
+        check(MODEL_SCHEMAS.get(root.model["backend"], AnyModel), _known_only(root.model, root.model["backend"]),
+              "model")
+        video_format(str(root.model.get("video_format", "npy")))  # a name that is no format: one line
+        if root.train is not None:
+            check(TrainSettings, root.train, "train")
+        roots.append(root)
+    for root in roots:
+        check(METHODS.get(root.method.name).Params, root.method.params, "method.params")
+        for name, options in root.metric.items():
+            METRICS.get(name).check_options(options)
 
 
 def _known_only(model: dict[str, Any], backend: str) -> dict[str, Any]:

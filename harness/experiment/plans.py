@@ -372,8 +372,7 @@ def experiment(overrides: list[str]) -> Experiment:
 
     points = expand(overrides)
     cfgs = [compose(point) for point in points]
-    for cfg in cfgs:  # every value typed and in range before any command reads or writes a cell
-        validate(cfg)
+    validate(*cfgs)  # every value typed and in range before any command reads or writes a cell
     labels = label_points(points, cfgs)
     return Experiment(list(overrides), [CellPlan(p, c, lab) for p, c, lab in zip(points, cfgs, labels)])
 

@@ -137,14 +137,20 @@ class Split:
 
 def start_ranks(processes: int, argv: list[str]) -> int:
     """Run `python -m harness.cli <argv>` as `processes` ranks on this host under torch's elastic
-    launcher (torchrun's own code, torch.distributed.run), which sets each rank's environment, picks a
-    free rendezvous port and stops every rank when one fails; returns its exit code."""
-    import subprocess
-    import sys
+    launcher (torchrun's own code, torch.distributed.run, as `torchrun --standalone` runs it, but in this
+    process: starting a launcher process costs a torch import), which sets each rank's environment,
+    picks a free rendezvous port and stops every rank when one fails; returns the failed rank's exit
+    code (128 + the signal for a rank killed by one, as a shell gives it), or 0."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
 
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
-               "-m", "harness.cli", *argv]
-    return subprocess.run(command).returncode
+    try:
+        run(get_args_parser().parse_args(["--standalone", f"--nproc-per-node={processes}", "-m", "harness.cli",
+                                          *argv]))
+    except ChildFailedError as failed:
+        _, failure = failed.get_first_failure()
+        return failure.exitcode if failure.exitcode > 0 else 128 - failure.exitcode
+    return 0
 
 
 def submit_to_slurm(job: "SlurmJob", rank: Callable[..., None], args: tuple, folder: Path) -> None:

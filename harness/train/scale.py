@@ -32,6 +32,7 @@ as train.precision, train.checkpointing and train.sharding say).
 """
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING
 
 import torch
@@ -105,6 +106,14 @@ def weight_layers(module: nn.Module) -> list[nn.Module]:
             if next(m.children(), None) is None and next(m.parameters(recurse=False), None) is not None]
 
 
+def quiet_view_warning() -> None:
+    """FSDP2 warns, at every forward, that a sharded module returned a view, in case a caller modifies it
+    in place (which would skip the gradient's all-gather). Nothing here does: sharded training equals
+    whole training (tests/test_train_scale.py), so the warning is silenced, that warning alone."""
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module \(\w+\) returned a view tensor",
+                            category=UserWarning)
+
+
 def shard_generator(module: nn.Module, mesh: "DeviceMesh") -> None:
     """FSDP2 over the generator's frozen base, each weight layer a unit of its own (module docstring).
     Called after the adapters are built: their copies share these very layers."""
@@ -112,6 +121,7 @@ def shard_generator(module: nn.Module, mesh: "DeviceMesh") -> None:
 
     if any(p.requires_grad for p in module.parameters()):
         raise ValueError("the generator's base must be frozen before it is sharded")  # adapters live elsewhere
+    quiet_view_warning()
     for layer in weight_layers(module):
         # explicit: a unit that runs first becomes an FSDP root, which by default stays gathered
         fully_shard(layer, mesh=mesh, reshard_after_forward=True)
@@ -123,6 +133,7 @@ def shard_scores(objective: object, mixed: bool, shared: nn.Module, mesh: "Devic
     fake score's optimiser is rebuilt over the sharded parameters."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+    quiet_view_warning()
     scores = [s for s in (getattr(objective, "real", None), getattr(objective, "fake", None)) if s is not None]
     for score in scores:
         module = score.module
