@@ -92,9 +92,9 @@ def test_dmd_guides_its_real_score_and_trains_its_fake_score_online(toy, guidanc
     fake_before = [p.clone() for p in fake.module.parameters()]
     drawn = []
 
-    def fresh(k: int, rows: list[int]) -> tuple[RolloutResult, list[str]]:  # a rollout of its own per update
-        drawn.append(k)
-        return RolloutResult(None, x + k, None), ["a red circle bouncing"]
+    def fresh(ks: list[int], rows: list[int]) -> list[tuple[torch.Tensor, list[str]]]:  # a video per update
+        drawn.extend(ks)
+        return [(x + k, ["a red circle bouncing"]) for k in ks]
 
     objective.update(draws, fresh, Split.of(1, 1, World()))
     assert drawn == list(range(objective.params.fake_updates)) == list(range(5))  # Self-Forcing's ratio

@@ -91,6 +91,21 @@ def test_training_memory_falls_with_devices_checkpointing_and_micro_batch():
     assert peak[8, True, 2] > peak[8, True, 1]
 
 
+def test_the_critics_fresh_rollouts_are_planned_as_they_are_made():
+    """DMD's fresh rollouts made together hold a K/V cache per video at once: with the paper's recipe
+    that is the peak, one by one (fresh_batch=1) it is not, and a refusal says so."""
+    plans = {}
+    for together in ("null", "1"):
+        cfg = compose(["model=self_forcing", "method=autorefiner", "+train=dmd", "++train.devices=8",
+                       f"train.objective.params.fresh_batch={together}"])
+        plans[together] = planner.train_memory(cfg)
+    assert plans["null"].phase == "fresh rollouts (5 together)" and not plans["1"].phase.startswith("fresh")
+    assert plans["null"].peak_gb > plans["1"].peak_gb
+    paper = compose(["model=self_forcing", "method=autorefiner", "+train=dmd", "++train.devices=8"])
+    with pytest.raises(UsageError, match=r"fresh_batch=1\)"):
+        planner.refuse_unfit(planner.train_memory(paper, gpu_memory_gb=40))
+
+
 def test_calibrated_parameter_counts_are_the_built_models():
     """The training tables' parameter counts are those of the architectures the backend builds."""
     import torch

@@ -53,6 +53,36 @@ def test_micro_batches_accumulate_to_the_whole_batch_update(tmp_path, method, ob
     assert moved > 0 and gap <= 1e-6
 
 
+@pytest.mark.slow
+def test_the_critics_fresh_rollouts_made_together_train_as_one_by_one(tmp_path, monkeypatch):
+    """DMD's critic steps read fresh rollouts of a generator that does not change during them: made in
+    one batched call per exit step (the default) or one per critic step (fresh_batch=1), the adapter
+    after two steps (which reads the critic) is the same to float rounding, from fewer rollout calls."""
+    common = [*(o for o in WAN64 if not o.startswith("train.objective.params.fake_updates")),
+              "train.objective.params.fake_updates=3", "train.batch=2", "train.micro_batch=1", "train.steps=2"]
+    calls: list[int] = []
+    real_rollout = trainer.rollout
+
+    def counted(model, method, prompts, *args, **kwargs):
+        calls.append(len(prompts))
+        return real_rollout(model, method, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "rollout", counted)
+    made = {}
+    for name, extra in (("together", []), ("one_by_one", ["train.objective.params.fresh_batch=1"])):
+        calls.clear()
+        made[name] = (weights(train(config(tmp_path / f"{name}.safetensors", *common, *extra), progress=False)),
+                      list(calls))
+    (together, together_calls), (alone, alone_calls) = made["together"], made["one_by_one"]
+    gap = relative_gap(together, alone)
+    print(f"fresh rollouts batched vs one by one: relative gap {gap:.3g}; rollout calls "
+          f"{len(together_calls)} vs {len(alone_calls)}")
+    assert gap <= 1e-9 and max(float(v.norm()) for v in alone.values()) > 0
+    # 2 steps x 2 micro-batches: a generator rollout of 1 video, then 3 fresh videos, in 3 calls or fewer
+    assert alone_calls == [1, 1, 1, 1] * 4 and sum(together_calls) == sum(alone_calls)
+    assert len(together_calls) < len(alone_calls) and max(together_calls) > 1
+
+
 def test_a_run_killed_mid_accumulation_resumes_to_the_same_weights(tmp_path, monkeypatch):
     settings = [*TOY, "train.batch=2", "train.micro_batch=1", "train.steps=3"]
     whole = train(config(tmp_path / "whole.safetensors", *settings, objective="reward"), progress=False)

@@ -337,15 +337,18 @@ def train_memory(cfg: DictConfig, gpu_memory_gb: float | None = None) -> TrainMe
     rollout = chunks * forwards * _block_activations(gen, chunk_tokens, compute, s["checkpointing"], coef)
     kv_cache = 2 * gen["blocks"] * video_tokens * gen["dim"] * compute  # K/V of the history, no gradient
     phases = {"generator step": m * (rollout + kv_cache)}
+    given = cfg.train.objective.get("params")
+    params = OmegaConf.to_container(given, resolve=True) if given else {}
     if objective == "dmd":
         real, fake = arch["real_score"], arch["fake_score"]
         parts["real score (frozen)"] = real["parameters"] * compute / shard
         parts["fake score (fp32 weights, grads, AdamW)"] = fake["parameters"] * 16 / shard
         phases["fake-score step"] = m * _block_activations(fake, video_tokens, compute, s["checkpointing"], coef)
+        # the critic's fresh rollouts, made together without gradient: a K/V cache per video
+        together = int(params.get("fresh_batch") or params.get("fake_updates") or 1)
+        phases[f"fresh rollouts ({together} together)"] = m * together * kv_cache
     else:
         parts["VAE"] = arch["vae_parameters"] * compute
-        given = cfg.train.objective.get("params")
-        params = OmegaConf.to_container(given, resolve=True) if given else {}
         sampled = int(params.get("image_frames") or 0) + int(params.get("clip_frames") or 0)
         frames = sampled or (arch["latent_frames"] - 1) * 4 + 1  # the reward's frames, else all of them
         decoded = 1 if s["checkpointing"] else frames
@@ -378,6 +381,8 @@ def refuse_unfit(plan: TrainMemory) -> None:
     advice += [] if s["checkpointing"] else ["train.checkpointing=true"]
     advice += ["more train.devices"] if s["sharding"] == "fsdp" or advice else []
     advice += ["a smaller train.micro_batch"] if s["micro_batch"] > 1 else []
+    advice += ["fewer fresh rollouts together (train.objective.params.fresh_batch=1)"] \
+        if plan.phase.startswith("fresh rollouts") and not plan.phase.endswith("(1 together)") else []
     raise UsageError(f"training needs about {plan.peak_gb:.1f} GB per GPU (largest part: "
                      f"{max(plan.parts, key=plan.parts.get)} {max(plan.parts.values()):.1f} GB), more than the "
                      f"{plan.gpu_memory_gb:g} GB of one GPU; use {', '.join(advice) or 'GPUs with more memory'}")

@@ -28,7 +28,8 @@ before any rollout (`draw`), so that micro-batches and ranks each read their own
   online as Self-Forcing trains it (trainer/distillation.py, dfake_gen_update_ratio 5): after every
   generator step, `fake_updates` (5) critic steps, each on a fresh rollout of the updated generator
   (new prompts, seeds and exit step), with the flow loss ||v(x_t) - (eps - x)||^2 at a fresh
-  (sigma, eps), AdamW with betas (0, 0.999).
+  (sigma, eps), AdamW with betas (0, 0.999). The generator is fixed during those steps, so their
+  fresh rollouts are made before them, `fresh_batch` (default: all) in one batched call.
 """
 from __future__ import annotations
 
@@ -51,8 +52,8 @@ from harness.train.scale import load_network_state, network_state
 from harness.verifiers.base import Verifier
 
 Loss = tuple[torch.Tensor, dict[str, float]]  # the loss to minimise, figures for the training log
-# (k, rows) -> the k-th fresh rollout of those rows of its draw, and their prompts
-Sample = Callable[[int, list[int]], tuple[RolloutResult, list[str]]]
+# (ks, rows) -> for each k of ks, the latents of the k-th fresh rollout's rows (of its draw) and their prompts
+Sample = Callable[[list[int], list[int]], list[tuple[torch.Tensor, list[str]]]]
 Draws = dict[str, torch.Tensor]  # a step's random numbers, one row per video of the effective batch
 
 
@@ -216,6 +217,7 @@ class DmdParams:
     fake_lr: float = 1e-4
     fake_updates: int = 5  # critic steps per generator step, each on a fresh rollout (Self-Forcing's ratio)
     timestep_shift: float | None = None  # the shift of the score evaluations' levels; None: the sampler's
+    fresh_batch: int | None = None  # fresh rollouts made in one batched call (None: all fake_updates; 1: one by one)
 
     def __post_init__(self) -> None:
         if not _finite(self.real_guidance) or self.real_guidance < 0:
@@ -229,9 +231,11 @@ class DmdParams:
         if self.timestep_shift is not None and (not _finite(self.timestep_shift) or self.timestep_shift <= 0):
             raise UsageError(f"train.objective.params.timestep_shift={self.timestep_shift!r} is out of range; "
                              "use a shift > 0 (null: the sampler's)")
-        if isinstance(self.fake_updates, bool) or not isinstance(self.fake_updates, int) or self.fake_updates < 1:
-            raise UsageError(f"train.objective.params.fake_updates={self.fake_updates!r} is out of range; "
-                             "use >= 1")
+        for name in ("fake_updates", "fresh_batch"):
+            value = getattr(self, name)
+            if (value is not None or name == "fake_updates") and (
+                    isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise UsageError(f"train.objective.params.{name}={value!r} is out of range; use an integer >= 1")
 
 
 def x0_of(score: ScoreNet, x_t: torch.Tensor, sigma: torch.Tensor, cond: Cond) -> torch.Tensor:
@@ -298,12 +302,17 @@ class DmdObjective(Objective):
     def update(self, draws: Draws, sample: Sample, split: Split) -> dict[str, float]:
         losses = []
         parameters = list(self.fake.module.parameters())
-        for k in range(self.params.fake_updates):
+        updates = list(range(self.params.fake_updates))
+        per_call = self.params.fresh_batch or len(updates)
+        # the generator does not change during the critic's steps, so their fresh rollouts are all made
+        # first, `per_call` of them in one batched rollout
+        fresh = {tuple(rows): [made for i in range(0, len(updates), per_call)
+                               for made in sample(updates[i:i + per_call], rows)] for rows in split.parts}
+        for k in updates:
             self.fake_opt.zero_grad(set_to_none=True)
             weighted = 0.0
             for rows in split.parts:
-                fresh, fresh_prompts = sample(k, rows)
-                x = fresh.latents.detach()
+                x, fresh_prompts = fresh[tuple(rows)][k]
                 cond = self.model.encode(fresh_prompts)
                 mine = pick(draws, rows)
                 x_t, sigma, eps = self.noised(x, mine[f"fake.{k}.u"], mine[f"fake.{k}.eps"])

@@ -49,7 +49,6 @@ from harness.engine.noise import key_seed
 from harness.experiment.launchers import check_launcher
 from harness.experiment.planner import check_train_memory, train_settings
 from harness.experiment.resources import check_creatable
-from harness.engine.context import RolloutResult
 from harness.engine.samplers import Sampler
 from harness.engine.rollout import rollout
 from harness.engine.schema import check
@@ -342,15 +341,25 @@ class Fresh:
     def __init__(self, t: Training, step: int):
         self.t, self.step = t, step
 
-    def __call__(self, k: int, rows: list[int]) -> tuple[RolloutResult, list[str]]:
-        """The k-th fresh rollout's `rows` (of its whole-batch draw)."""
+    def __call__(self, ks: list[int], rows: list[int]) -> list[tuple[torch.Tensor, list[str]]]:
+        """For each k of ks, the latents of the k-th fresh rollout's `rows` (of its whole-batch draw) and
+        their prompts. Those that exit at the same step are one batched rollout: every video's noise is
+        keyed by its own seed, so batching changes no video beyond float rounding."""
         t = self.t
-        gen = torch.Generator().manual_seed(key_seed(t.settings.seed, "fresh", self.step, k))
-        prompts, seeds, exit_step = draw(t, gen, "fresh", self.step, k)
-        prompts, seeds = [prompts[i] for i in rows], [seeds[i] for i in rows]
-        with frozen(t.parameters):
-            return rollout(t.model, t.method, prompts, seeds, t.sampler, exit_step=exit_step,
-                           decode=t.objective.needs_videos), prompts
+        drawn = {}
+        for k in ks:
+            prompts, seeds, exit_step = draw(t, torch.Generator().manual_seed(key_seed(t.settings.seed, "fresh",
+                                                                                   self.step, k)), "fresh", self.step, k)
+            drawn[k] = ([prompts[i] for i in rows], [seeds[i] for i in rows], exit_step)
+        latents: dict[int, torch.Tensor] = {}
+        for exit_step in dict.fromkeys(exit for *_, exit in drawn.values()):
+            together = [k for k in ks if drawn[k][2] == exit_step]
+            with frozen(t.parameters):
+                result = rollout(t.model, t.method, [p for k in together for p in drawn[k][0]],
+                                 [s for k in together for s in drawn[k][1]], t.sampler, exit_step=exit_step,
+                                 decode=False)
+            latents.update(zip(together, result.latents.detach().split(len(rows))))
+        return [(latents[k], drawn[k][0]) for k in ks]
 
 
 class Average:
