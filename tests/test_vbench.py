@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import FAST, ROOT
+from conftest import FAST
 from conftest import refinery_here as refinery
 from harness.cli import main
 from harness.errors import UsageError

@@ -350,7 +350,7 @@ def test_dmd_scores_are_separate_models_and_the_fake_one_trains(wan_tiny):
     loss, _ = objective.loss(result, PROMPTS, draws)
     loss.backward()
     assert latents.grad.abs().sum() > 0
-    objective.update(draws, lambda k, rows: (result, PROMPTS), Split.of(2, 2, World()))
+    objective.update(draws, lambda ks, rows: [(latents.detach(), PROMPTS) for _ in ks], Split.of(2, 2, World()))
     assert all(torch.equal(a, b) for a, b in zip(real_before, objective.real.module.parameters()))
     assert any(not torch.equal(a, b) for a, b in zip(fake_before, objective.fake.module.parameters()))
 

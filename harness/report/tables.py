@@ -17,7 +17,6 @@ import html
 import math
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -25,7 +24,7 @@ import pandas as pd
 from harness.errors import UsageError
 from harness.report.resampling import Resampling
 from harness.report.stats import clustered_mean, holm, paired_difference
-from harness.store.files import atomic_write_bytes, canonical_json, sha256_hex
+from harness.store.files import canonical_json, sha256_hex
 from harness.store.cells import Cell, CellRef, Store
 from harness.report.timing import Timing
 
