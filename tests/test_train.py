@@ -2,6 +2,7 @@
 an uninterrupted one, the checkpoint carries its configuration and samples, the training rollout is the
 sampling loop, and bad input is refused in one line before any compute."""
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -106,6 +107,15 @@ def test_an_interrupted_run_resumes_only_with_its_own_settings(tmp_path, monkeyp
         train(config(tmp_path, "init_noise_refiner", "reward", "train.steps=3"), progress=False)
     with pytest.raises(UsageError, match=r"other settings \(train.lr\)"):
         train(config(tmp_path, "init_noise_refiner", "reward", "train.steps=3", "train.lr=0.01"), progress=False)
+
+
+def test_one_process_checkpoints_without_a_warning(tmp_path):
+    """torch.distributed.checkpoint warns at every save without a process group, even when told that
+    one process is the intent (no_dist): a one-process run says nothing of it."""
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        train(config(tmp_path, "lora", "reward", "train.steps=2", "train.checkpoint_every=1"), progress=False)
+    assert not [w for w in said if "torch.distributed" in str(w.message)], [str(w.message) for w in said]
 
 
 def test_checkpoint_metadata_and_a_finished_run(tmp_path, monkeypatch):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import pickle
 import shutil
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -82,7 +83,9 @@ def save_step(out: Path, step: int, state: dict[str, torch.Tensor], identity: di
         shutil.rmtree(partial, ignore_errors=True)  # a save that a kill cut short
         partial.mkdir(parents=True)
     world.barrier()  # the folder is empty before any rank writes into it
-    dcp.save(state, checkpoint_id=partial, no_dist=not distributed())
+    with warnings.catch_warnings():  # DCP warns at every save without ranks, even one asked for (no_dist)
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+        dcp.save(state, checkpoint_id=partial, no_dist=not distributed())
     if world.is_writer:
         atomic_write_text(partial / RUN_FILE, canonical_json({"step": step, "identity": identity}))
         partial.rename(partial.with_name(f"step-{step}"))
