@@ -68,6 +68,8 @@ CASES: dict[str, tuple[list[str], str]] = {
     "train out": (["train", "method=autorefiner", "train.out=FILE/adapter.safetensors"], "a plain file"),
     "train lr": (["train", "method=lora", "train.lr=0"], "train.lr=0.0 is out of range; use a value > 0"),
     "train nothing": (["train", "method=base"], "has nothing to train"),
+    "train fresh batch": (["train", "train=dmd", "method=lora", "train.objective.params.fresh_batch=0"],
+                          "train.objective.params.fresh_batch=0 is out of range; use a value >= 1"),
     "train-world steps": (["train-world", "steps=abc"], "train-world: steps='abc' is not an integer"),
     "train-world out": (["train-world", "out=FILE/toy.safetensors"], "a plain file"),
     "train-world typo": (["train-world", "stepz=3"], "stepz is not an option: did you mean 'steps'"),

@@ -99,7 +99,8 @@ def test_the_critics_fresh_rollouts_are_planned_as_they_are_made():
         cfg = compose(["model=self_forcing", "method=autorefiner", "+train=dmd", "++train.devices=8",
                        f"train.objective.params.fresh_batch={together}"])
         plans[together] = planner.train_memory(cfg)
-    assert plans["null"].phase == "fresh rollouts (5 together)" and not plans["1"].phase.startswith("fresh")
+    assert plans["null"].phase == "fresh rollouts" and plans["null"].settings["fresh_batch"] == 5
+    assert plans["1"].phase != "fresh rollouts" and plans["1"].settings["fresh_batch"] == 1
     assert plans["null"].peak_gb > plans["1"].peak_gb
     paper = compose(["model=self_forcing", "method=autorefiner", "+train=dmd", "++train.devices=8"])
     with pytest.raises(UsageError, match=r"fresh_batch=1\)"):

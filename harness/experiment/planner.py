@@ -344,8 +344,8 @@ def train_memory(cfg: DictConfig, gpu_memory_gb: float | None = None) -> TrainMe
         parts["fake score (fp32 weights, grads, AdamW)"] = fake["parameters"] * 16 / shard
         phases["fake-score step"] = m * _block_activations(fake, video_tokens, compute, s["checkpointing"], coef)
         # the critic's fresh rollouts, made together without gradient: a K/V cache per video
-        together = int(params.get("fresh_batch") or params.get("fake_updates") or 1)
-        phases[f"fresh rollouts ({together} together)"] = m * together * kv_cache
+        s["fresh_batch"] = int(params.get("fresh_batch") or params["fake_updates"])
+        phases["fresh rollouts"] = m * s["fresh_batch"] * kv_cache
     else:
         parts["VAE"] = arch["vae_parameters"] * compute
         sampled = int(params.get("image_frames") or 0) + int(params.get("clip_frames") or 0)
@@ -365,7 +365,8 @@ def format_train(plan: TrainMemory) -> str:
     lines = [f"training memory per GPU: {plan.peak_gb:.1f} GB of {plan.gpu_memory_gb:g} GB "
              f"({'fits' if plan.fits else 'DOES NOT FIT'}; margin {plan.gpu_memory_gb - plan.peak_gb:+.1f} GB) with "
              f"micro_batch={s['micro_batch']} devices={s['devices']} precision={s['precision']} "
-             f"checkpointing={str(s['checkpointing']).lower()} sharding={s['sharding']}"]
+             f"checkpointing={str(s['checkpointing']).lower()} sharding={s['sharding']}"
+             + (f" fresh_batch={s['fresh_batch']}" if "fresh_batch" in s else "")]
     lines += [f"  {name:48s} {gb:8.1f} GB" for name, gb in plan.parts.items()]
     lines.append(f"  from: {plan.source}")
     return "\n".join(lines)
@@ -381,7 +382,7 @@ def refuse_unfit(plan: TrainMemory) -> None:
     advice += ["more train.devices"] if s["sharding"] == "fsdp" or advice else []
     advice += ["a smaller train.micro_batch"] if s["micro_batch"] > 1 else []
     advice += ["fewer fresh rollouts together (train.objective.params.fresh_batch=1)"] \
-        if plan.phase.startswith("fresh rollouts") and not plan.phase.endswith("(1 together)") else []
+        if plan.phase == "fresh rollouts" and s["fresh_batch"] > 1 else []
     raise UsageError(f"training needs about {plan.peak_gb:.1f} GB per GPU (largest part: "
                      f"{max(plan.parts, key=plan.parts.get)} {max(plan.parts.values()):.1f} GB), more than the "
                      f"{plan.gpu_memory_gb:g} GB of one GPU; use {', '.join(advice) or 'GPUs with more memory'}")

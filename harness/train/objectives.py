@@ -43,6 +43,7 @@ import torch.nn.functional as F
 
 from harness.errors import UsageError
 from harness.engine.method import build_params
+from harness.engine.schema import option
 from harness.models.base import Cond, ModelSpec, ScoreNet, VideoModel, shift_sigmas
 from harness.engine.context import RolloutResult
 from harness.engine.samplers import Sampler
@@ -215,9 +216,9 @@ class DmdParams:
     min_sigma: float = 0.02  # Self-Forcing clamps timesteps to [20, 980]
     max_sigma: float = 0.98
     fake_lr: float = 1e-4
-    fake_updates: int = 5  # critic steps per generator step, each on a fresh rollout (Self-Forcing's ratio)
+    fake_updates: int = option(5, min=1)  # critic steps per generator step, each on a fresh rollout (Self-Forcing's ratio)
     timestep_shift: float | None = None  # the shift of the score evaluations' levels; None: the sampler's
-    fresh_batch: int | None = None  # fresh rollouts made in one batched call (None: all fake_updates; 1: one by one)
+    fresh_batch: int | None = option(None, min=1)  # fresh rollouts made in one batched call (None: all; 1: one by one)
 
     def __post_init__(self) -> None:
         if not _finite(self.real_guidance) or self.real_guidance < 0:
@@ -231,11 +232,6 @@ class DmdParams:
         if self.timestep_shift is not None and (not _finite(self.timestep_shift) or self.timestep_shift <= 0):
             raise UsageError(f"train.objective.params.timestep_shift={self.timestep_shift!r} is out of range; "
                              "use a shift > 0 (null: the sampler's)")
-        for name in ("fake_updates", "fresh_batch"):
-            value = getattr(self, name)
-            if (value is not None or name == "fake_updates") and (
-                    isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise UsageError(f"train.objective.params.{name}={value!r} is out of range; use an integer >= 1")
 
 
 def x0_of(score: ScoreNet, x_t: torch.Tensor, sigma: torch.Tensor, cond: Cond) -> torch.Tensor:
@@ -302,17 +298,13 @@ class DmdObjective(Objective):
     def update(self, draws: Draws, sample: Sample, split: Split) -> dict[str, float]:
         losses = []
         parameters = list(self.fake.module.parameters())
-        updates = list(range(self.params.fake_updates))
-        per_call = self.params.fresh_batch or len(updates)
-        # the generator does not change during the critic's steps, so their fresh rollouts are all made
-        # first, `per_call` of them in one batched rollout
-        fresh = {tuple(rows): [made for i in range(0, len(updates), per_call)
-                               for made in sample(updates[i:i + per_call], rows)] for rows in split.parts}
-        for k in updates:
+        # the generator does not change during the critic's steps: their fresh rollouts are made first
+        fresh = [self.fresh_rollouts(sample, rows) for rows in split.parts]
+        for k in range(self.params.fake_updates):
             self.fake_opt.zero_grad(set_to_none=True)
             weighted = 0.0
-            for rows in split.parts:
-                x, fresh_prompts = fresh[tuple(rows)][k]
+            for rows, made in zip(split.parts, fresh):
+                x, fresh_prompts = made[k]
                 cond = self.model.encode(fresh_prompts)
                 mine = pick(draws, rows)
                 x_t, sigma, eps = self.noised(x, mine[f"fake.{k}.u"], mine[f"fake.{k}.eps"])
@@ -324,6 +316,12 @@ class DmdObjective(Objective):
             self.fake_opt.step()
             losses.append(weighted)
         return {"fake_loss": sum(losses) / len(losses)}
+
+    def fresh_rollouts(self, sample: Sample, rows: list[int]) -> list[tuple[torch.Tensor, list[str]]]:
+        """Every critic step's fresh rollout of `rows`, `fresh_batch` (default: all) asked for at a time."""
+        updates = list(range(self.params.fake_updates))
+        at_a_time = self.params.fresh_batch or len(updates)
+        return [made for i in range(0, len(updates), at_a_time) for made in sample(updates[i:i + at_a_time], rows)]
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The fake score and its optimiser, sharded where FSDP shards them: torch.distributed.checkpoint

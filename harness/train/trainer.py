@@ -341,23 +341,26 @@ class Fresh:
     def __init__(self, t: Training, step: int):
         self.t, self.step = t, step
 
-    def __call__(self, ks: list[int], rows: list[int]) -> list[tuple[torch.Tensor, list[str]]]:
-        """For each k of ks, the latents of the k-th fresh rollout's `rows` (of its whole-batch draw) and
-        their prompts. Those that exit at the same step are one batched rollout: every video's noise is
-        keyed by its own seed, so batching changes no video beyond float rounding."""
+    def draw(self, k: int, rows: list[int]) -> tuple[list[str], list[int], int]:
+        """The k-th fresh rollout's prompts and video seeds of `rows` (of its whole-batch draw), its exit step."""
         t = self.t
-        drawn = {}
-        for k in ks:
-            prompts, seeds, exit_step = draw(t, torch.Generator().manual_seed(key_seed(t.settings.seed, "fresh",
-                                                                                   self.step, k)), "fresh", self.step, k)
-            drawn[k] = ([prompts[i] for i in rows], [seeds[i] for i in rows], exit_step)
+        gen = torch.Generator().manual_seed(key_seed(t.settings.seed, "fresh", self.step, k))
+        prompts, seeds, exit_step = draw(t, gen, "fresh", self.step, k)
+        return [prompts[i] for i in rows], [seeds[i] for i in rows], exit_step
+
+    def __call__(self, ks: list[int], rows: list[int]) -> list[tuple[torch.Tensor, list[str]]]:
+        """For each k of ks, the latents of the k-th fresh rollout's `rows` and their prompts. Those that
+        exit at the same step are one batched rollout: every video's noise is keyed by its own seed, so
+        batching changes no video beyond float rounding."""
+        t = self.t
+        drawn = {k: self.draw(k, rows) for k in ks}
         latents: dict[int, torch.Tensor] = {}
-        for exit_step in dict.fromkeys(exit for *_, exit in drawn.values()):
+        for exit_step in dict.fromkeys(exit for _, _, exit in drawn.values()):
             together = [k for k in ks if drawn[k][2] == exit_step]
+            prompts = [p for k in together for p in drawn[k][0]]
+            seeds = [seed for k in together for seed in drawn[k][1]]
             with frozen(t.parameters):
-                result = rollout(t.model, t.method, [p for k in together for p in drawn[k][0]],
-                                 [s for k in together for s in drawn[k][1]], t.sampler, exit_step=exit_step,
-                                 decode=False)
+                result = rollout(t.model, t.method, prompts, seeds, t.sampler, exit_step=exit_step, decode=False)
             latents.update(zip(together, result.latents.detach().split(len(rows))))
         return [(latents[k], drawn[k][0]) for k in ks]
 
