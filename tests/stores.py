@@ -55,6 +55,14 @@ def leftovers(store: Path) -> list[Path]:
     return [p for p in (store / "cells").rglob("*") if p.name.endswith((".tmp", ".lock")) or p.name.startswith(".lock")]
 
 
+def claims_of_unrecorded_batches(store: Path) -> list[Path]:
+    """Claims whose batch (one video: the tests' writers run batch_size=1) has no record yet: a writer
+    killed holding one left work undone. A claim seen just after its batch's record was written, before
+    its release, would leave none (Cell.tidy_claims removes such a claim)."""
+    return [p for p in sorted((store / "cells").glob("*/.claims/*.lock"))
+            if not (p.parent.parent / "records" / f"{p.stem}.json").exists()]
+
+
 def slow_disk(folder: Path, seconds: float, barrier: int = 0) -> Path:
     """A folder whose sitecustomize.py (put it first on PYTHONPATH) makes every fsync of the Python
     processes started with it take `seconds` longer; with barrier=N, each process's first fsync also

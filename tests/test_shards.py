@@ -19,7 +19,7 @@ from harness.errors import UsageError
 from harness.experiment.pipeline import worker_identity
 from harness.engine.devices import gpus_for
 from harness.store.cells import Store
-from stores import contents, leftovers, slow_disk
+from stores import claims_of_unrecorded_batches, contents, leftovers, slow_disk
 
 # one cell of 8 videos, one per rollout batch (the unit writers claim), 1 thread
 CELL = ["suite=world_smoke", "samples_per_prompt=2", "model.num_chunks=2", "sampler.steps=2", "batch_size=1",
@@ -77,6 +77,24 @@ with Store({str(tmp_path / 'store')!r}).cell("k").claim(4) as c:
     assert not list((cell.path / ".claims").glob("*.lock"))
 
 
+def test_a_dead_writers_claim_on_a_recorded_batch_is_removed_when_the_cell_completes(tmp_path, one_writer):
+    # a writer killed after its batch's last record and before it released the claim: no later writer
+    # needs that batch, so none takes the claim over; completing the cell removes it
+    store = tmp_path / "store"
+    subprocess.run(["cp", "-a", str(one_writer), str(store)], check=True)
+    cell_path = next(store.glob("cells/*"))
+    (cell_path / "records" / "00003.json").unlink()  # one batch to repair, so the cell is written again
+    subprocess.run([sys.executable, "-c", f"""
+import os, sys; sys.path.insert(0, {str(ROOT)!r})
+from harness.store.cells import Store
+with Store({str(store)!r}).cell({cell_path.name!r}).claim(1) as c:
+    os._exit(0 if c else 1)
+"""], check=True)
+    assert [p.name for p in (cell_path / ".claims").glob("*.lock")] == ["00001.lock"]
+    assert main(["run", *CELL, f"paths.store={store}"]) == 0
+    assert contents(store) == contents(one_writer) and not leftovers(store)
+
+
 def test_store_comparison_ignores_the_worker_field_and_nothing_else_of_a_record(tmp_path, one_writer):
     copy = tmp_path / "copy"
     subprocess.run(["cp", "-a", str(one_writer), str(copy)], check=True)
@@ -130,15 +148,15 @@ def test_a_writer_killed_holding_a_claim_is_taken_over_and_the_store_is_the_same
     store = tmp_path / "store"
     first = _start(store, slow_disk(tmp_path / "slow", 0.8), tmp_path / "first.log")
     try:
-        _until(lambda: any(store.glob("cells/*/records/*.json")) and any(store.glob("cells/*/.claims/*.lock")),
-               "the first writer inside a claim after its first video")
+        _until(lambda: any(store.glob("cells/*/records/*.json")) and claims_of_unrecorded_batches(store),
+               "the first writer inside the claim of an unrecorded batch after its first video")
         first.send_signal(signal.SIGKILL)
         first.wait()
     finally:
         if first.poll() is None:
             first.kill()
             first.wait()
-    orphaned = list(store.glob("cells/*/.claims/*.lock"))
+    orphaned = claims_of_unrecorded_batches(store)
     assert orphaned and json.loads(orphaned[0].read_text())["pid"] == first.pid
     assert main(["run", *CELL, f"paths.store={store}"]) == 0
     assert "taking over the lock of" in capsys.readouterr().err

@@ -17,7 +17,7 @@ import pytest
 
 from conftest import FAST, ROOT, refinery_here
 from slurm_cluster import SlurmCluster, missing_programs
-from stores import contents, leftovers
+from stores import claims_of_unrecorded_batches, contents, leftovers
 
 pytestmark = pytest.mark.slow  # sweeps on a one-node SLURM cluster
 
@@ -130,7 +130,8 @@ def _until(condition, what: str, timeout: float = 120) -> None:
 
 
 def _running_cell(store: Path, timeout: float = 300) -> tuple[Path, dict]:
-    """The first cell with a record whose status says running: an array task in the middle of a cell."""
+    """The first cell with a record whose status says running and the claim of an unrecorded batch: an
+    array task in the middle of a cell's batch."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for cell in store.glob("cells/*"):
@@ -138,7 +139,8 @@ def _running_cell(store: Path, timeout: float = 300) -> tuple[Path, dict]:
                 status = json.loads((cell / "status.json").read_text())
             except (OSError, ValueError):
                 continue
-            if status["state"] == "running" and any(cell.glob("records/*.json")):
+            if (status["state"] == "running" and any(cell.glob("records/*.json"))
+                    and claims_of_unrecorded_batches(store)):
                 return cell, status
         time.sleep(0.01)
     raise AssertionError(f"no array task got into a cell within {timeout} s")

@@ -493,9 +493,10 @@ class Cell:
         return [h for h in holders if not (other_than_me and (h.info.get("host"), h.info.get("pid")) == me)]
 
     def tidy_claims(self) -> None:
-        """Once the cell is complete: remove the writer leases of writers that are gone (killed ones
-        leave theirs), then the folders of writer leases and claims if nothing else is in them."""
-        for path in (self.path / ".writers").glob("*.lock"):
+        """Once the cell is complete: remove the writer leases and claims of writers that are gone (a
+        writer killed after its batch's last record, before it released the claim, leaves one that no
+        later writer needs to take over), then their folders if nothing else is in them."""
+        for path in [*(self.path / ".writers").glob("*.lock"), *(self.path / ".claims").glob("*.lock")]:
             holder = read_holder(path)
             if holder is not None and holder.gone():
                 path.unlink(missing_ok=True)
