@@ -403,7 +403,7 @@ COMMANDS = {
                         "models": "[key=value ...]", "cells": "[paths.store=DIR]"}),
     "train": Command(cmd_train, "train a method's adapter",
                      "refinery train [train=reward|dmd] method=autorefiner [train.out=...]"),
-    "train-world": Command(cmd_train_world, "retrain the toy model from scratch",
+    "train-world": Command(cmd_train_world, "retrain the flow toy from scratch (the same command resumes it)",
                            "refinery train-world [steps=2500 out=path threads=2]", takes="options"),
     "distill": Command(cmd_distill, "distil toy_sf or toy_causvid from the toy",
                        "refinery distill recipe=self_forcing|causvid [steps=100 threads=1]", takes="options"),

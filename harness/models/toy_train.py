@@ -9,6 +9,12 @@
    short windows of chunks at random offsets, where the context decides how it moves on. The
    windows cover the model's local attention (`ToyConfig.context_chunks`), so each training
    window looks like one step of a rollout, at a third of the cost of a whole clip.
+
+A run can be killed and resumed: the command again, with the same settings, continues from the newest
+step folder (`<out stem>.steps/`, harness.train.checkpoints: the networks, AdamW, the EMA and the data
+generator's state) to the weights of the uninterrupted run, bit for bit at the same thread count; the
+folders go once the run completes. The denoiser's architecture (patch, dim, depth, heads) is an option:
+the checkpoint records it, and loading follows it.
 """
 from __future__ import annotations
 
@@ -19,15 +25,21 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from typing import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from harness.errors import UsageError
 from harness.models.toy import FLOW_WEIGHTS, ToyConfig, ToyVideoModel, block_causal_mask, load_toy, tokenize
 from harness.engine.samplers import Sampler
 from harness.engine.schema import option
 from harness.models.weights import save_safetensors
+from harness.store.files import canonical_json
+from harness.train.checkpoints import differing, load_step, read_run, remove_steps, save_step, section, step_folders
+from harness.train.distributed import World
 from harness.world.grammar import parse
 from harness.world.prompts import train_prompts
 from harness.world.render import render
@@ -55,7 +67,26 @@ class TrainWorldConfig:
     threads: int = option(0, min=0)  # torch threads; 0 keeps torch's default (all cores)
     vae_from: str = ""  # a toy checkpoint whose autoencoder is reused instead of trained (vae_steps unused)
     init_from: str = ""  # a toy checkpoint to continue from: all its weights, its autoencoder kept
-    checkpoint_every: int = option(250, min=1)  # denoiser steps between checkpoints of the EMA weights to `out`
+    checkpoint_every: int = option(250, min=1)  # denoiser steps between checkpoints (resume state, EMA weights to `out`)
+    # the denoiser's architecture (harness.models.toy.ToyConfig): tokens of patch x patch latent pixels
+    patch: int = option(ToyConfig.patch, min=1)
+    dim: int = option(ToyConfig.dim, min=1)
+    depth: int = option(ToyConfig.depth, min=1)
+    heads: int = option(ToyConfig.heads, min=1)
+
+
+def architecture(cfg: TrainWorldConfig) -> ToyConfig:
+    return ToyConfig(patch=cfg.patch, dim=cfg.dim, depth=cfg.depth, heads=cfg.heads)
+
+
+def check_architecture(cfg: TrainWorldConfig) -> None:
+    """Refuse, before any compute, a denoiser whose tokens or heads do not divide evenly."""
+    size = ToyConfig.latent_size
+    if size % cfg.patch:
+        raise UsageError(f"train-world: patch={cfg.patch} does not divide the {size}x{size} latent frame; "
+                         f"choose a divisor of {size} (1, 2, 4, 8, 16)")
+    if cfg.dim % cfg.heads:
+        raise UsageError(f"train-world: dim={cfg.dim} is not a multiple of heads={cfg.heads}; choose heads that divide dim")
 
 
 def render_dataset(prompts: list[str], per_prompt: int, frames: int, size: int) -> tuple[np.ndarray, list[str]]:
@@ -140,48 +171,82 @@ def _stage(step: int, chunks: int, cfg: TrainWorldConfig, gen: torch.Generator) 
     return int(torch.randint(1, chunks - window + 1, (1,), generator=gen)), window, 0.0
 
 
-def train_denoiser(model: ToyVideoModel, latents: torch.Tensor, labels: list[str], cfg: TrainWorldConfig,
-                   gen: torch.Generator, on_checkpoint=None) -> ToyVideoModel:
-    params = list(model.text.parameters()) + list(model.denoiser.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
-    ema = copy.deepcopy(model).eval()
-    ids_all, mask_all = tokenize(labels)
-    null_ids, null_mask = tokenize([""])
+class DenoiserTraining:
+    """The text encoder and denoiser under training, their AdamW, their EMA (what ships) and the data
+    generator: everything a resume restores, as flat tensors (`state`, `load`)."""
+
+    def __init__(self, model: ToyVideoModel, gen: torch.Generator, cfg: TrainWorldConfig):
+        self.model, self.gen, self.cfg = model, gen, cfg
+        self.params = list(model.text.parameters()) + list(model.denoiser.parameters())
+        self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=0.01)
+        self.ema = copy.deepcopy(model).eval()
+
+    def state(self) -> dict[str, torch.Tensor]:
+        state = {f"model/{k}": v for k, v in self.model.state_dict().items()}
+        state.update({f"ema/{k}": v for k, v in self.ema.state_dict().items()})
+        for i, p in enumerate(self.params):
+            state.update({f"optimizer/{i}/{k}": v for k, v in self.opt.state.get(p, {}).items()})
+        return {**state, "generator": self.gen.get_state()}
+
+    def load(self, state: dict[str, torch.Tensor]) -> None:
+        self.model.load_state_dict(section(state, "model/"))
+        self.ema.load_state_dict(section(state, "ema/"))
+        moments: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in section(state, "optimizer/").items():
+            i, name = key.split("/")
+            moments.setdefault(int(i), {})[name] = value
+        self.opt.load_state_dict({"state": moments, "param_groups": self.opt.state_dict()["param_groups"]})
+        self.gen.set_state(state["generator"])
+
+
+def denoiser_step(t: DenoiserTraining, latents: torch.Tensor, text: tuple[torch.Tensor, torch.Tensor],
+                  step: int) -> float:
+    """One flow-matching step under diffusion forcing (module docstring), then the EMA; its loss."""
+    model, cfg, gen = t.model, t.cfg, t.gen
+    (ids_all, mask_all), (null_ids, null_mask) = text, tokenize([""])
     fpc = model.cfg.frames_per_chunk
-    chunks = latents.shape[1] // fpc
+    for g in t.opt.param_groups:
+        g["lr"] = _cosine_lr(step, cfg.first_chunk_steps + cfg.steps, cfg.warmup, cfg.lr)
+    first, k, noisy_first = _stage(step, latents.shape[1] // fpc, cfg, gen)
+    idx = torch.randint(len(latents), (cfg.batch,), generator=gen)
+    x0 = latents[idx, first * fpc: (first + k) * fpc]
+    ids, tmask = ids_all[idx].clone(), mask_all[idx].clone()
+    drop = torch.rand(cfg.batch, generator=gen) < cfg.prompt_dropout
+    ids[drop], tmask[drop] = null_ids, null_mask
+    sig = chunk_sigmas(cfg.batch, k, fpc, cfg.sampler_sigma_prob, noisy_first, gen)
+    noise = torch.randn(x0.shape, generator=gen)
+    s = sig[:, :, None, None, None]
+    xt = (1 - s) * x0 + s * noise
+    # float32 throughout: in bfloat16 the small differences between pooled prompts vanish
+    v, _ = model.denoiser(xt, sig, model.text(ids, tmask), tmask, first * fpc, None,
+                          block_causal_mask(k * fpc, model.cfg))
+    noisy = (sig > 0)[:, :, None, None, None].float()  # clean context chunks carry no loss
+    loss = ((v.float() - (noise - x0)) ** 2 * noisy).sum() / (noisy.sum() * x0[0, 0].numel())
+    t.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(t.params, 1.0)
+    t.opt.step()
+    with torch.no_grad():
+        decay = min(cfg.ema, (1 + step) / (10 + step))
+        for pe, pm in zip(t.ema.parameters(), model.parameters()):
+            pe.lerp_(pm, 1 - decay)
+    return loss.item()
+
+
+def train_denoiser(t: DenoiserTraining, latents: torch.Tensor, labels: list[str], start: int = 0,
+                   on_checkpoint: Callable[[int], None] | None = None) -> ToyVideoModel:
+    """Steps `start` .. the last of both stages; returns the EMA model."""
+    cfg = t.cfg
+    text = tokenize(labels)
     total = cfg.first_chunk_steps + cfg.steps
-    bar = tqdm(range(total), desc="train denoiser", unit="step")
+    bar = tqdm(range(start, total), initial=start, total=total, desc="train denoiser", unit="step")
     for step in bar:
-        for g in opt.param_groups:
-            g["lr"] = _cosine_lr(step, total, cfg.warmup, cfg.lr)
-        first, k, noisy_first = _stage(step, chunks, cfg, gen)
-        idx = torch.randint(len(latents), (cfg.batch,), generator=gen)
-        x0 = latents[idx, first * fpc: (first + k) * fpc]
-        ids, tmask = ids_all[idx].clone(), mask_all[idx].clone()
-        drop = torch.rand(cfg.batch, generator=gen) < cfg.prompt_dropout
-        ids[drop], tmask[drop] = null_ids, null_mask
-        sig = chunk_sigmas(cfg.batch, k, fpc, cfg.sampler_sigma_prob, noisy_first, gen)
-        noise = torch.randn(x0.shape, generator=gen)
-        s = sig[:, :, None, None, None]
-        xt = (1 - s) * x0 + s * noise
-        # float32 throughout: in bfloat16 the small differences between pooled prompts vanish
-        v, _ = model.denoiser(xt, sig, model.text(ids, tmask), tmask, first * fpc, None,
-                              block_causal_mask(k * fpc, model.cfg))
-        noisy = (sig > 0)[:, :, None, None, None].float()  # clean context chunks carry no loss
-        loss = ((v.float() - (noise - x0)) ** 2 * noisy).sum() / (noisy.sum() * x0[0, 0].numel())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        with torch.no_grad():
-            decay = min(cfg.ema, (1 + step) / (10 + step))
-            for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.lerp_(pm, 1 - decay)
+        loss = denoiser_step(t, latents, text, step)
         if step % 20 == 0:
-            bar.set_postfix(stage=1 if step < cfg.first_chunk_steps else 2, loss=f"{loss.item():.4f}")
-        if on_checkpoint and (step + 1) % cfg.checkpoint_every == 0:
-            on_checkpoint(ema, step + 1)
-    return ema
+            bar.set_postfix(stage=1 if step < cfg.first_chunk_steps else 2, loss=f"{loss:.4f}")
+        if on_checkpoint and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total:
+            on_checkpoint(step + 1)
+    return t.ema
 
 
 def save_toy(model: ToyVideoModel, path: str | Path, meta: dict) -> None:
@@ -190,27 +255,74 @@ def save_toy(model: ToyVideoModel, path: str | Path, meta: dict) -> None:
                                                 "teacher": model.teacher or "", "training": json.dumps(meta)})
 
 
+RUNTIME_KEYS = ("out", "threads", "checkpoint_every")  # they change where, how fast, how often: not the weights
+
+
+def identity(cfg: TrainWorldConfig) -> dict:
+    """What decides the weights: a resume must match it."""
+    return {k: v for k, v in asdict(cfg).items() if k not in RUNTIME_KEYS}
+
+
+def resumable(cfg: TrainWorldConfig) -> Path | None:
+    """The newest step folder of this run (`<out stem>.steps/step-N`), or None to start from scratch;
+    one of a run with other settings is refused."""
+    folders = step_folders(Path(cfg.out))
+    if not folders:
+        return None
+    run, ours = read_run(folders[-1]), json.loads(canonical_json(identity(cfg)))
+    if run["identity"] != ours:
+        raise UsageError(f"{folders[-1]} belongs to a train-world run with other settings "
+                         f"({', '.join(differing(run['identity'], ours))}); give that run's settings to finish it, "
+                         f"or delete {folders[-1].parent} to start over")
+    return folders[-1]
+
+
 def train_world(cfg: TrainWorldConfig) -> Path:
+    """Train the toy model from scratch, or resume the newest step folder of the same settings: the
+    autoencoder's end is step 0, then every `checkpoint_every` denoiser steps; the weights are those
+    of the uninterrupted run, bit for bit (same threads). The EMA weights go to `out` at every
+    checkpoint too, so a run can be judged while it trains."""
+    check_architecture(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    out, world = Path(cfg.out), World()
+    folder = resumable(cfg)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     start = time.time()
-    model = ToyVideoModel(ToyConfig())
+    model = ToyVideoModel(architecture(cfg))
     frames_per_video = model.cfg.frames_per_chunk * model.cfg.num_chunks
     videos, labels = render_dataset(train_prompts(), cfg.videos_per_prompt, frames_per_video, model.cfg.frame_size)
-    frames = torch.from_numpy(videos.reshape(-1, *videos.shape[2:]))
+    if folder is None:
+        _start_weights(model, videos, cfg, gen)
+    t = DenoiserTraining(model, gen, cfg)  # its EMA starts from the weights the denoiser's first step sees
+    if folder is None:
+        step = 0
+        save_step(out, step, t.state(), identity(cfg), world)
+    else:
+        t.load(load_step(folder, {}))
+        step = read_run(folder)["step"]
+    latents = encode_dataset(model, videos)
+
+    def checkpoint(at: int) -> None:
+        save_step(out, at, t.state(), identity(cfg), world)
+        save_toy(t.ema, out, {**asdict(cfg), "step": at, "wall_seconds": round(time.time() - start, 1)})
+
+    ema = train_denoiser(t, latents, labels, step, checkpoint)
+    meta = {**asdict(cfg), "step": cfg.first_chunk_steps + cfg.steps, "wall_seconds": round(time.time() - start, 1),
+            "torch": torch.__version__}
+    save_toy(ema, out, meta)
+    remove_steps(out)
+    return out
+
+
+def _start_weights(model: ToyVideoModel, videos: np.ndarray, cfg: TrainWorldConfig, gen: torch.Generator) -> None:
+    """The model before the denoiser's first step: a checkpoint's (init_from), or a trained or reused
+    autoencoder (vae_from) beside freshly initialised networks."""
     if cfg.init_from:
         model.load_state_dict(load_toy(cfg.init_from).state_dict())
     elif cfg.vae_from:
         model.vae.load_state_dict(load_toy(cfg.vae_from).vae.state_dict())
     else:
+        frames = torch.from_numpy(videos.reshape(-1, *videos.shape[2:]))
         train_autoencoder(model, frames, cfg, gen)
-    latents = encode_dataset(model, videos)
-    def checkpoint(ema: ToyVideoModel, step: int) -> None:
-        save_toy(ema, cfg.out, {**asdict(cfg), "step": step, "wall_seconds": round(time.time() - start, 1)})
-
-    ema = train_denoiser(model, latents, labels, cfg, gen, checkpoint)
-    meta = {**asdict(cfg), "step": cfg.first_chunk_steps + cfg.steps, "wall_seconds": round(time.time() - start, 1), "torch": torch.__version__}
-    save_toy(ema, cfg.out, meta)
-    return Path(cfg.out)

@@ -22,8 +22,9 @@ import json
 import pickle
 import shutil
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 
@@ -83,8 +84,7 @@ def save_step(out: Path, step: int, state: dict[str, torch.Tensor], identity: di
         shutil.rmtree(partial, ignore_errors=True)  # a save that a kill cut short
         partial.mkdir(parents=True)
     world.barrier()  # the folder is empty before any rank writes into it
-    with warnings.catch_warnings():  # DCP warns at every save without ranks, even one asked for (no_dist)
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+    with _one_process_quiet():
         dcp.save(state, checkpoint_id=partial, no_dist=not distributed())
     if world.is_writer:
         atomic_write_text(partial / RUN_FILE, canonical_json({"step": step, "identity": identity}))
@@ -122,8 +122,17 @@ def load_step(folder: Path, sharded: dict[str, torch.Tensor]) -> dict[str, torch
 
     state = {k: torch.empty(m.size, dtype=m.properties.dtype) for k, m in layout(folder).items() if k not in sharded}
     state.update(sharded)
-    dcp.load(state, checkpoint_id=folder, no_dist=not distributed())
+    with _one_process_quiet():
+        dcp.load(state, checkpoint_id=folder, no_dist=not distributed())
     return state
+
+
+@contextmanager
+def _one_process_quiet() -> Iterator[None]:
+    """DCP warns at every save and load without ranks, even one asked for (no_dist): not news."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+        yield
 
 
 def distributed() -> bool:
@@ -136,6 +145,18 @@ def distributed() -> bool:
 def section(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """The entries under `prefix`, without it."""
     return {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+
+
+def differing(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested dicts."""
+    keys = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            keys += differing(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            keys.append(prefix + k)
+    return keys
 
 
 def refuse_old_resume(out: Path) -> None:

@@ -52,8 +52,8 @@ from harness.experiment.resources import check_creatable
 from harness.engine.samplers import Sampler
 from harness.engine.rollout import rollout
 from harness.engine.schema import check
-from harness.train.checkpoints import (TrainingLog, load_step, log_path, read_run, refuse_old_resume, remove_steps,
-                                      save_step, section, step_folders)
+from harness.train.checkpoints import (TrainingLog, differing, load_step, log_path, read_run, refuse_old_resume,
+                                      remove_steps, save_step, section, step_folders)
 from harness.train.distributed import Split, World, join_world, launched, start_ranks, submit_to_slurm
 from harness.train.objectives import Draws, Objective, pick
 from harness.train.scale import MasterWeights, enable_checkpointing, mesh_of_ranks, shard_generator, shard_scores
@@ -99,18 +99,6 @@ def identity(config: dict[str, Any]) -> dict[str, Any]:
     if train.get("precision") == "model":  # the default, which files older than the setting were trained with
         del train["precision"]
     return {**config, "train": train}
-
-
-def differing(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two nested dicts."""
-    keys = []
-    for k in sorted(set(a) | set(b)):
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            keys += differing(va, vb, f"{prefix}{k}.")
-        elif va != vb:
-            keys.append(prefix + k)
-    return keys
 
 
 def resolve_training(cfg: DictConfig) -> Training:
