@@ -8,7 +8,7 @@ from safetensors import safe_open
 
 from harness.errors import UsageError
 from harness.models import toy_train
-from harness.models.toy import ToyVideoModel, load_toy
+from harness.models.toy import FLOW_WEIGHTS, ToyVideoModel, load_toy
 from harness.models.toy_train import SAMPLER_SIGMAS, TrainWorldConfig, chunk_sigmas, denoiser_step, save_toy, train_world
 from harness.train.checkpoints import resume_path, step_folders
 
@@ -45,8 +45,9 @@ def test_checkpoints_round_trip_with_their_config(tmp_path):
 # -- train-world: resume and architecture ----------------------------------------------------------
 
 def _tiny(out, **changes) -> TrainWorldConfig:
-    """A train-world run of seconds: a small denoiser (patch 2: the architecture options), 2 x 3 steps."""
-    return TrainWorldConfig(**{"out": str(out), "videos_per_prompt": 1, "vae_steps": 2, "vae_batch": 4,
+    """A train-world run of seconds: the shipped autoencoder (training one costs a 4096-frame pass for its
+    latent statistics), a small denoiser (patch 2: the architecture options), 2 + 3 steps."""
+    return TrainWorldConfig(**{"out": str(out), "videos_per_prompt": 1, "vae_from": str(FLOW_WEIGHTS),
                                "first_chunk_steps": 2, "steps": 3, "batch": 2, "warmup": 1, "checkpoint_every": 2,
                                "threads": 1, "patch": 2, "dim": 32, "heads": 2, "depth": 1, **changes})
 
