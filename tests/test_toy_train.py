@@ -96,8 +96,10 @@ def test_train_world_resumes_only_with_its_own_settings(tmp_path, monkeypatch, f
     assert [p.name for p in step_folders(out)] == ["step-0"]  # nothing lost
 
 
-@pytest.mark.parametrize("changes,problem", [({"patch": 3}, "patch=3 does not divide the 16x16 latent frame"),
-                                             ({"dim": 30, "heads": 4}, "dim=30 is not a multiple of heads=4")])
+@pytest.mark.parametrize("changes,problem", [
+    ({"patch": 3}, "patch=3 does not divide the 16x16 latent frame"),
+    ({"dim": 30, "heads": 4}, "dim=30 is not a multiple of heads=4"),
+    ({"init_from": str(FLOW_WEIGHTS)}, "is a model of another architecture; give its patch=4 dim=128 depth=4 heads=4 to")])
 def test_an_architecture_that_does_not_divide_is_refused_before_any_compute(tmp_path, changes, problem):
     with pytest.raises(UsageError, match=problem):
         train_world(_tiny(tmp_path / "toy.safetensors", **changes))

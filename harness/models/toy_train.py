@@ -87,6 +87,12 @@ def check_architecture(cfg: TrainWorldConfig) -> None:
                          f"choose a divisor of {size} (1, 2, 4, 8, 16)")
     if cfg.dim % cfg.heads:
         raise UsageError(f"train-world: dim={cfg.dim} is not a multiple of heads={cfg.heads}; choose heads that divide dim")
+    if cfg.init_from:
+        given, theirs = asdict(architecture(cfg)), asdict(load_toy(cfg.init_from).cfg)
+        if given != theirs:
+            differ = " ".join(f"{k}={theirs[k]}" for k in given if given[k] != theirs[k])
+            raise UsageError(f"train-world: init_from={cfg.init_from} is a model of another architecture; "
+                             f"give its {differ} to continue it")
 
 
 def render_dataset(prompts: list[str], per_prompt: int, frames: int, size: int) -> tuple[np.ndarray, list[str]]:
