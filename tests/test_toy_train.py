@@ -8,7 +8,7 @@ from safetensors import safe_open
 
 from harness.errors import UsageError
 from harness.models import toy_train
-from harness.models.toy import FLOW_WEIGHTS, ToyVideoModel, load_toy
+from harness.models.toy import FLOW_WEIGHTS, ToyConfig, ToyVideoModel, load_toy
 from harness.models.toy_train import SAMPLER_SIGMAS, TrainWorldConfig, chunk_sigmas, denoiser_step, save_toy, train_world
 from harness.train.checkpoints import resume_path, step_folders
 
@@ -29,6 +29,10 @@ def test_chunk_noise_levels_follow_diffusion_forcing():
     # the default sampler's levels are over-represented
     at_levels = torch.isin(noisy, SAMPLER_SIGMAS).float().mean()
     assert 0.45 < at_levels < 0.55
+
+
+def test_train_worlds_default_architecture_is_the_toy_models():
+    assert toy_train.architecture(TrainWorldConfig()) == ToyConfig()
 
 
 def test_checkpoints_round_trip_with_their_config(tmp_path):

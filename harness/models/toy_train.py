@@ -68,11 +68,12 @@ class TrainWorldConfig:
     vae_from: str = ""  # a toy checkpoint whose autoencoder is reused instead of trained (vae_steps unused)
     init_from: str = ""  # a toy checkpoint to continue from: all its weights, its autoencoder kept
     checkpoint_every: int = option(250, min=1)  # denoiser steps between checkpoints (resume state, EMA weights to `out`)
-    # the denoiser's architecture (harness.models.toy.ToyConfig): tokens of patch x patch latent pixels
-    patch: int = option(ToyConfig.patch, min=1)
-    dim: int = option(ToyConfig.dim, min=1)
-    depth: int = option(ToyConfig.depth, min=1)
-    heads: int = option(ToyConfig.heads, min=1)
+    # the denoiser's architecture (harness.models.toy.ToyConfig, whose defaults these are; literal, so
+    # that --help reads them from the source): tokens of patch x patch latent pixels
+    patch: int = option(4, min=1)
+    dim: int = option(128, min=1)
+    depth: int = option(4, min=1)
+    heads: int = option(4, min=1)
 
 
 def architecture(cfg: TrainWorldConfig) -> ToyConfig:
