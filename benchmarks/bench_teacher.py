@@ -15,7 +15,8 @@ where the prompt alone decides what the video shows, so where shape is decided; 
 steps and CFG 4, docs/shapes-world.md). `train` trains `refinery train-world`'s stage 1 (first chunks
 alone) from one seed and the shipped autoencoder (which round-trips the renders at 1.00), changing one
 thing: patch size, width, depth, length, learning rate or noise levels, then judges the EMA with 32 ODE
-steps and CFG 4 (`world_alignment`). Every result is one JSON line appended to <out>/results.jsonl
+steps and CFG 4 (`world_alignment`); from scratch, 1,000 steps are too few to learn anything (shape and
+colour about 0.05, benchmarks/RESULTS.md), so compare variants at several thousand, or --init-from a model. Every result is one JSON line appended to <out>/results.jsonl
 (default runs/teacher_study/), so a partial study keeps what it measured; a trained variant
 already there is not trained again.
 """
