@@ -33,11 +33,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness import api  # noqa: E402
+from harness.train.adapter_files import read_metadata  # noqa: E402
 from harness.models.toy import FLOW_WEIGHTS, ToyVideoModel, load_toy  # noqa: E402
 from harness.models.toy_train import (DenoiserTraining, TrainWorldConfig, architecture, encode_dataset,  # noqa: E402
                                       render_dataset, save_toy, train_denoiser)
@@ -148,8 +148,7 @@ def train_study(args: argparse.Namespace, results: Path) -> None:
 
 def training_step(model_file: str) -> int | None:
     """The denoiser step a train-world checkpoint was written at (its metadata)."""
-    with safe_open(model_file, "pt") as f:
-        return json.loads((f.metadata() or {}).get("training", "{}")).get("step")
+    return json.loads(read_metadata(Path(model_file)).get("training", "{}")).get("step")
 
 
 def append(results: Path, row: dict) -> None:

@@ -24,7 +24,6 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
 from typing import Callable
 
 import numpy as np
@@ -40,6 +39,7 @@ from harness.models.weights import save_safetensors
 from harness.store.files import canonical_json
 from harness.train.checkpoints import differing, load_step, read_run, remove_steps, save_step, section, step_folders
 from harness.train.distributed import World
+from harness.train.scale import load_network_state, network_state
 from harness.world.grammar import parse
 from harness.world.prompts import train_prompts
 from harness.world.render import render
@@ -187,22 +187,15 @@ class DenoiserTraining:
         self.params = list(model.text.parameters()) + list(model.denoiser.parameters())
         self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=0.01)
         self.ema = copy.deepcopy(model).eval()
+        self.null = tokenize([""])  # the unconditional prompt that prompt dropout swaps in
 
     def state(self) -> dict[str, torch.Tensor]:
-        state = {f"model/{k}": v for k, v in self.model.state_dict().items()}
-        state.update({f"ema/{k}": v for k, v in self.ema.state_dict().items()})
-        for i, p in enumerate(self.params):
-            state.update({f"optimizer/{i}/{k}": v for k, v in self.opt.state.get(p, {}).items()})
-        return {**state, "generator": self.gen.get_state()}
+        return {**network_state(self.model, self.opt), **{f"ema/{k}": v for k, v in self.ema.state_dict().items()},
+                "generator": self.gen.get_state()}
 
     def load(self, state: dict[str, torch.Tensor]) -> None:
-        self.model.load_state_dict(section(state, "model/"))
+        load_network_state(self.model, self.opt, state)
         self.ema.load_state_dict(section(state, "ema/"))
-        moments: dict[int, dict[str, torch.Tensor]] = {}
-        for key, value in section(state, "optimizer/").items():
-            i, name = key.split("/")
-            moments.setdefault(int(i), {})[name] = value
-        self.opt.load_state_dict({"state": moments, "param_groups": self.opt.state_dict()["param_groups"]})
         self.gen.set_state(state["generator"])
 
 
@@ -210,7 +203,7 @@ def denoiser_step(t: DenoiserTraining, latents: torch.Tensor, text: tuple[torch.
                   step: int) -> float:
     """One flow-matching step under diffusion forcing (module docstring), then the EMA; its loss."""
     model, cfg, gen = t.model, t.cfg, t.gen
-    (ids_all, mask_all), (null_ids, null_mask) = text, tokenize([""])
+    (ids_all, mask_all), (null_ids, null_mask) = text, t.null
     fpc = model.cfg.frames_per_chunk
     for g in t.opt.param_groups:
         g["lr"] = _cosine_lr(step, cfg.first_chunk_steps + cfg.steps, cfg.warmup, cfg.lr)
@@ -270,18 +263,18 @@ def identity(cfg: TrainWorldConfig) -> dict:
     return {k: v for k, v in asdict(cfg).items() if k not in RUNTIME_KEYS}
 
 
-def resumable(cfg: TrainWorldConfig) -> Path | None:
-    """The newest step folder of this run (`<out stem>.steps/step-N`), or None to start from scratch;
-    one of a run with other settings is refused."""
+def resumable(cfg: TrainWorldConfig) -> tuple[Path | None, int]:
+    """The newest step folder of this run (`<out stem>.steps/step-N`) and its step, or (None, 0) to
+    start from scratch; one of a run with other settings is refused."""
     folders = step_folders(Path(cfg.out))
     if not folders:
-        return None
+        return None, 0
     run, ours = read_run(folders[-1]), json.loads(canonical_json(identity(cfg)))
     if run["identity"] != ours:
         raise UsageError(f"{folders[-1]} belongs to a train-world run with other settings "
                          f"({', '.join(differing(run['identity'], ours))}); give that run's settings to finish it, "
                          f"or delete {folders[-1].parent} to start over")
-    return folders[-1]
+    return folders[-1], int(run["step"])
 
 
 def train_world(cfg: TrainWorldConfig) -> Path:
@@ -293,7 +286,7 @@ def train_world(cfg: TrainWorldConfig) -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out, world = Path(cfg.out), World()
-    folder = resumable(cfg)
+    folder, step = resumable(cfg)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     start = time.time()
@@ -304,19 +297,19 @@ def train_world(cfg: TrainWorldConfig) -> Path:
         _start_weights(model, videos, cfg, gen)
     t = DenoiserTraining(model, gen, cfg)  # its EMA starts from the weights the denoiser's first step sees
     if folder is None:
-        step = 0
         save_step(out, step, t.state(), identity(cfg), world)
     else:
         t.load(load_step(folder, {}))
-        step = read_run(folder)["step"]
     latents = encode_dataset(model, videos)
+    # wall_seconds: this process's, from the step it resumed at (resumed_from; 0 from scratch)
+    run = {**asdict(cfg), "resumed_from": step}
 
     def checkpoint(at: int) -> None:
         save_step(out, at, t.state(), identity(cfg), world)
-        save_toy(t.ema, out, {**asdict(cfg), "step": at, "wall_seconds": round(time.time() - start, 1)})
+        save_toy(t.ema, out, {**run, "step": at, "wall_seconds": round(time.time() - start, 1)})
 
     ema = train_denoiser(t, latents, labels, step, checkpoint)
-    meta = {**asdict(cfg), "step": cfg.first_chunk_steps + cfg.steps, "wall_seconds": round(time.time() - start, 1),
+    meta = {**run, "step": cfg.first_chunk_steps + cfg.steps, "wall_seconds": round(time.time() - start, 1),
             "torch": torch.__version__}
     save_toy(ema, out, meta)
     remove_steps(out)
